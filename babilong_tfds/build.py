@@ -1,0 +1,202 @@
+"""Building BABILong datasets from Python: TFDS array_record datasets and JSONL exports.
+
+`build(...)` makes one TFDS dataset per (task, length) with `babilong.Builder`, then, when
+asked, exports `{jsonl_dir}/{task}/{length}.jsonl` with one JSON object per line in the
+published layout (`input`, `question`, `target`, then our extra fields). Config names are
+`{task}_{length}` for the default options and carry a suffix naming every option that
+differs (`qa1_4k_n20_s3`), so that datasets built with other options never collide.
+
+Nothing half-written is left behind: TFDS writes into a temporary folder that it renames at
+the end (and removes on error), and each JSONL file is written to a temporary file that is
+renamed once complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from babilong_tfds.babilong import BabilongConfig, Builder
+from babilong_tfds.babilong.babilong_dataset_builder import (
+    DEFAULT_TEST_SAMPLES,
+    DEFAULT_TRAIN_SAMPLES,
+)
+from babilong_tfds.tasks import parse_lengths, parse_tasks
+
+FIELDS_FIRST = ("input", "question", "target")
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    """What every dataset of one build shares."""
+
+    split: str = "test"  # 'test', 'train' or 'all'
+    num_samples: int = DEFAULT_TEST_SAMPLES  # per split built
+    seed: int = 0
+    babi_source: str = "files"
+    tokenizer: str = "sentencepiece"
+    allow_reuse: bool = False
+    window: tuple[float, float] = (0.0, 1.0)
+    depths: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        if self.split not in ("test", "train", "all"):
+            raise ValueError(f"unknown split {self.split!r}: expected test, train or all")
+        if self.num_samples <= 0:
+            raise ValueError(f"num_samples must be positive, got {self.num_samples}")
+
+    def config(self, task: str, length: str) -> BabilongConfig:
+        num_test = self.num_samples if self.split in ("test", "all") else 0
+        num_train = self.num_samples if self.split in ("train", "all") else 0
+        suffix = []
+        if (num_test, num_train) != (DEFAULT_TEST_SAMPLES, DEFAULT_TRAIN_SAMPLES):
+            suffix.append(f"{self.split}{self.num_samples}")
+        if self.seed:
+            suffix.append(f"s{self.seed}")
+        if self.babi_source != "files":
+            suffix.append("gen")
+        if self.tokenizer != "sentencepiece":
+            suffix.append(self.tokenizer.split(":")[0])
+        if self.allow_reuse:
+            suffix.append("reuse")
+        if self.window != (0.0, 1.0):
+            suffix.append(f"w{self.window[0]:g}-{self.window[1]:g}")
+        if self.depths:
+            suffix.append(f"depths{len(self.depths)}")
+        name = "_".join([f"{task}_{length}", *suffix])
+        return BabilongConfig(
+            name=name,
+            description=f"bAbI {task} hidden in {length} tokens of book text ({name}).",
+            task=task,
+            length=length,
+            num_test=num_test,
+            num_train=num_train,
+            seed=self.seed,
+            babi_source=self.babi_source,
+            tokenizer=self.tokenizer,
+            allow_reuse=self.allow_reuse,
+            window=self.window,
+            depths=self.depths,
+        )
+
+
+def splits_of(options: BuildOptions) -> list[str]:
+    return ["test", "train"] if options.split == "all" else [options.split]
+
+
+def _jsonable(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def export_jsonl(source, path: Path) -> int:
+    """Writes every record of a data source to `path` atomically; returns the count."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for i in range(len(source)):
+                record = {k: _jsonable(v) for k, v in source[i].items()}
+                ordered = {k: record.pop(k) for k in FIELDS_FIRST} | dict(sorted(record.items()))
+                f.write(json.dumps(ordered, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return len(source)
+
+
+@dataclasses.dataclass
+class BuildResult:
+    task: str
+    length: str
+    split: str
+    config: str
+    samples: int
+    mean_tokens: float
+    seconds: float
+    jsonl: str | None
+
+
+def build(
+    tasks: str | Sequence[str],
+    lengths: str | Sequence[str],
+    *,
+    data_dir: str | os.PathLike,
+    manual_dir: str | os.PathLike | None = None,
+    jsonl_dir: str | os.PathLike | None = None,
+    options: BuildOptions = BuildOptions(),
+    progress=None,
+) -> list[BuildResult]:
+    """Builds every (task, length) dataset; validates all names before building anything."""
+    task_list = parse_tasks(tasks)
+    length_list = parse_lengths(lengths)
+    if manual_dir is not None and not Path(manual_dir).is_dir():
+        raise FileNotFoundError(
+            f"manual dir {manual_dir} does not exist: it should hold babi/ and haystack/"
+        )
+    download_config = tfds.download.DownloadConfig(
+        manual_dir=os.fspath(manual_dir) if manual_dir is not None else None
+    )
+    results = []
+    for task in task_list:
+        for length in length_list:
+            start = time.perf_counter()
+            config = options.config(task, length)
+            builder = Builder(config=config, data_dir=os.fspath(data_dir))
+            builder.download_and_prepare(
+                file_format="array_record", download_config=download_config
+            )
+            seconds = time.perf_counter() - start
+            for split in splits_of(options):
+                source = tfds.data_source(
+                    f"babilong/{config.name}", split=split, data_dir=os.fspath(data_dir)
+                )
+                tokens = [int(source[i]["num_tokens"]) for i in range(len(source))]
+                jsonl = None
+                if jsonl_dir is not None:
+                    name = f"{length}.jsonl" if split == "test" else f"{length}_{split}.jsonl"
+                    jsonl_path = Path(jsonl_dir) / task / name
+                    export_jsonl(source, jsonl_path)
+                    jsonl = str(jsonl_path)
+                results.append(
+                    BuildResult(
+                        task=task,
+                        length=length,
+                        split=split,
+                        config=config.name,
+                        samples=len(source),
+                        mean_tokens=float(np.mean(tokens)) if tokens else 0.0,
+                        seconds=seconds,
+                        jsonl=jsonl,
+                    )
+                )
+            if progress is not None:
+                progress.update(1)
+    return results
+
+
+def format_table(results: Sequence[BuildResult]) -> str:
+    header = f"{'task':<6}{'length':>7}{'split':>7}{'samples':>9}{'mean tokens':>13}{'seconds':>9}"
+    rows = [header, "-" * len(header)]
+    for r in results:
+        rows.append(
+            f"{r.task:<6}{r.length:>7}{r.split:>7}{r.samples:>9}{r.mean_tokens:>13.0f}"
+            f"{r.seconds:>9.1f}"
+        )
+    return "\n".join(rows)

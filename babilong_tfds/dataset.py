@@ -1,0 +1,295 @@
+"""BABILong records: materialized splits (for the TFDS builder) and an on-the-fly source.
+
+Both draw bAbI samples from the original files (`babi_source='files'`) or from the world
+simulator (`babi_source='generated'`), hide them in haystack text with a `Composer`, and
+produce records with the published field names (`input`, `question`, `target`) plus
+`task`, `length`, `num_tokens`, `fact_offsets` (token offset of each inserted fact in the
+context), `facts`, `supporting`, `book_ids`, `seed`, `index`, `depth` and `origin`.
+
+Randomness: record `i` of a split depends on (seed, task, length, split, i) alone, and
+record `i` of the on-the-fly source on (seed, i) alone, so records can be made in any
+order, by any worker, and come out byte-identical.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from babilong_tfds.babi import SPLITS, BabiSample, load_babi
+from babilong_tfds.compose import Composer, Composition, CompositionError, Placement
+from babilong_tfds.tasks import LENGTHS, TASKS, check_length, check_task
+
+BABI_SOURCES = ("files", "generated")
+# Stories drawn from the simulator for one record before giving up on the length filter.
+MAX_GENERATED_TRIES = 64
+
+
+def check_babi_source(babi_source: str) -> str:
+    if babi_source not in BABI_SOURCES:
+        raise ValueError(
+            f"unknown babi_source {babi_source!r}: expected one of {', '.join(BABI_SOURCES)}"
+        )
+    return babi_source
+
+
+def _task_no(task: str) -> int:
+    return TASKS.index(task) + 1
+
+
+def record_rng(*keys: int) -> np.random.Generator:
+    """A generator that depends on the integer keys alone."""
+    return np.random.default_rng(np.random.SeedSequence([int(k) for k in keys]))
+
+
+def compose_sample(
+    composer: Composer,
+    sample: BabiSample,
+    length: str,
+    rng: np.random.Generator,
+    *,
+    window: tuple[float, float] = (0.0, 1.0),
+    depth: float | None = None,
+) -> Composition:
+    """Composes with facts uniform in `window`, or at `depth` (the needle sweep).
+
+    At a depth, a story with a single supporting fact gets that fact at the depth, the
+    facts before it anywhere before and those after anywhere after (order kept); a story
+    with several supporting facts gets every fact at the depth.
+    """
+    if depth is None:
+        return composer.compose(sample, length, rng, Placement(window=window))
+    composition = composer.compose(sample, length, rng, Placement(depth=depth))
+    if len(sample.supporting) != 1 or len(sample.facts) == 1:
+        return composition
+    # Single supporting fact: spread the others before and after the needle, order kept.
+    needle = sample.supporting[0]
+    k = int(composition.boundaries[needle])
+    before = rng.integers(0, k + 1, size=needle) if needle else np.zeros(0, np.int64)
+    n_after = len(sample.facts) - needle - 1
+    n_bg = sum(b - a for a, b in composition.background.runs)
+    after = rng.integers(k, n_bg + 1, size=n_after)
+    boundaries = np.concatenate([np.sort(before), [k], np.sort(after)]).astype(np.int64)
+    return composer.recompose(composition, boundaries)
+
+
+def to_record(
+    composition: Composition,
+    composer: Composer,
+    *,
+    seed: int,
+    index: int,
+    depth: float | None = None,
+    with_text: bool = True,
+    with_ids: bool = False,
+) -> dict:
+    sample = composition.sample
+    record = {
+        "question": sample.question,
+        "target": sample.answer,
+        "task": sample.task,
+        "length": composition.length,
+        "num_tokens": composition.num_tokens,
+        "fact_offsets": np.asarray(composition.fact_offsets, np.int64),
+        "facts": list(sample.facts),
+        "supporting": np.asarray(sample.supporting, np.int64),
+        "book_ids": list(composition.background.book_ids),
+        "seed": seed,
+        "index": index,
+        "depth": -1.0 if depth is None else float(depth),
+        "origin": sample.origin,
+    }
+    if with_text:
+        record["input"] = composition.text(composer.haystack)
+    if with_ids:
+        record["input_ids"] = composition.token_ids(composer.haystack)
+    return record
+
+
+class StoryPool:
+    """The bAbI samples of one task and split, from the files or the simulator."""
+
+    def __init__(
+        self,
+        task: str,
+        split: str,
+        *,
+        babi_source: str = "files",
+        babi_root: str | Path | None = None,
+        seed: int = 0,
+    ):
+        self.task = check_task(task)
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+        self.split = split
+        self.babi_source = check_babi_source(babi_source)
+        self.seed = seed
+        if babi_source == "files":
+            if babi_root is None:
+                raise ValueError("babi_source='files' needs babi_root: the folder of bAbI files")
+            self.samples: list[BabiSample] | None = load_babi(task, split, babi_root)
+        else:
+            self.samples = None
+        self._eligible: dict[str, list[BabiSample]] = {}
+
+    def eligible(self, composer: Composer, length: str) -> list[BabiSample]:
+        """File samples that fit `length` (facts within length/8 tokens); error if none."""
+        if length not in self._eligible:
+            assert self.samples is not None
+            fitting = [s for s in self.samples if composer.fits(s, length)]
+            if not fitting:
+                shortest = min(composer.fact_token_count(s) for s in self.samples)
+                need = next(
+                    (name for name, n in LENGTHS.items() if n and shortest <= n / 8), "none"
+                )
+                raise CompositionError(
+                    f"length {length} is too small for any {self.task} story: the shortest "
+                    f"story's facts take {shortest} tokens, more than length/8 = "
+                    f"{LENGTHS[length] // 8}; the smallest length that fits is {need}"
+                )
+            self._eligible[length] = fitting
+        return self._eligible[length]
+
+    def generated(self, composer: Composer, length: str, rng: np.random.Generator) -> BabiSample:
+        """A fresh simulated story's question that fits `length`."""
+        from babilong_tfds.babi_generator import generate_story
+
+        # Train and test draw from disjoint simulator seeds.
+        sim_seed = self.seed * len(SPLITS) + SPLITS.index(self.split)
+        for _ in range(MAX_GENERATED_TRIES):
+            story = generate_story(self.task, sim_seed, int(rng.integers(1 << 62)))
+            sample = story[int(rng.integers(len(story)))]
+            if composer.fits(sample, length):
+                return sample
+        raise CompositionError(
+            f"length {length} is too small for the simulated {self.task} stories: none of "
+            f"{MAX_GENERATED_TRIES} drawn fits within length/8 tokens; use a longer length"
+        )
+
+
+def generate_split(
+    composer: Composer,
+    task: str,
+    length: str,
+    split: str,
+    num_samples: int,
+    *,
+    seed: int = 0,
+    babi_source: str = "files",
+    babi_root: str | Path | None = None,
+    window: tuple[float, float] = (0.0, 1.0),
+    depths: Sequence[float] | None = None,
+    pool: StoryPool | None = None,
+) -> Iterator[tuple[int, dict]]:
+    """Yields (key, record) for a split; with `depths`, each sample at every depth."""
+    check_task(task)
+    tokens = check_length(length)
+    if num_samples <= 0:
+        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    pool = pool or StoryPool(task, split, babi_source=babi_source, babi_root=babi_root, seed=seed)
+    split_no = SPLITS.index(split)
+    keys = (seed, _task_no(task), tokens, split_no)
+    order = None
+    if pool.samples is not None:
+        eligible = pool.eligible(composer, length)
+        order = record_rng(*keys, 1 << 40).permutation(len(eligible))
+    sweep = list(depths) if depths else [None]
+    for i in range(num_samples):
+        rng = record_rng(*keys, i)
+        if order is not None:
+            sample = eligible[order[i % len(order)]]
+        else:
+            sample = pool.generated(composer, length, rng)
+        for j, depth in enumerate(sweep):
+            composition = compose_sample(composer, sample, length, rng, window=window, depth=depth)
+            key = i * len(sweep) + j
+            yield key, to_record(composition, composer, seed=seed, index=i, depth=depth)
+
+
+class BabilongSource:
+    """Random-access BABILong samples made on the fly (a grain `RandomAccessDataSource`).
+
+    `source[i]` is deterministic in (seed, i): a task and a length drawn from the mixes, a
+    bAbI question drawn from the pool of that task, composed into haystack text. Records
+    carry `input_ids` (int32 context tokens), `question_ids` and `target_ids`, and `input`
+    text only when `with_text`.
+    """
+
+    def __init__(
+        self,
+        composer: Composer,
+        tasks: Sequence[str],
+        lengths: Sequence[str],
+        *,
+        seed: int = 0,
+        split: str = "train",
+        babi_source: str = "generated",
+        babi_root: str | Path | None = None,
+        num_records: int = (1 << 31) - 1,
+        with_text: bool = False,
+    ):
+        if not tasks or not lengths:
+            raise ValueError("BabilongSource needs at least one task and one length")
+        self.tasks = [check_task(t) for t in tasks]
+        self.lengths = list(lengths)
+        for length in self.lengths:
+            check_length(length)
+        self.composer = composer
+        self.seed = int(seed)
+        self.split = split
+        self.babi_source = check_babi_source(babi_source)
+        self.babi_root = babi_root
+        self.num_records = int(num_records)
+        self.with_text = with_text
+
+    @functools.cached_property
+    def _pools(self) -> dict[str, StoryPool]:
+        return {
+            t: StoryPool(
+                t,
+                self.split,
+                babi_source=self.babi_source,
+                babi_root=self.babi_root,
+                seed=self.seed,
+            )
+            for t in self.tasks
+        }
+
+    def __len__(self) -> int:
+        return self.num_records
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        if not 0 <= index < self.num_records:
+            raise IndexError(f"index {index} out of range [0, {self.num_records})")
+        rng = record_rng(self.seed, 0xBAB1, index)
+        task = self.tasks[int(rng.integers(len(self.tasks)))]
+        length = self.lengths[int(rng.integers(len(self.lengths)))]
+        pool = self._pools[task]
+        if pool.samples is not None:
+            eligible = pool.eligible(self.composer, length)
+            sample = eligible[int(rng.integers(len(eligible)))]
+        else:
+            sample = pool.generated(self.composer, length, rng)
+        composition = self.composer.compose(sample, length, rng)
+        record = to_record(
+            composition,
+            self.composer,
+            seed=self.seed,
+            index=index,
+            with_text=self.with_text,
+            with_ids=True,
+        )
+        tok = self.composer.tokenizer
+        record["question_ids"] = np.asarray(tok.encode(sample.question), np.int32)
+        record["target_ids"] = np.asarray(tok.encode(sample.answer), np.int32)
+        return record
+
+    def __repr__(self) -> str:
+        return (
+            f"BabilongSource(tasks={self.tasks}, lengths={self.lengths}, seed={self.seed}, "
+            f"babi_source={self.babi_source!r}, num_records={self.num_records})"
+        )

@@ -1,0 +1,82 @@
+r"""Builds BABILong TFDS datasets (array_record) and optionally exports JSONL.
+
+    python -m launch.build_babilong --tasks=qa1,qa2 --lengths=0k,4k --split=test \
+        --num_samples=100 --seed=0 --manual_dir=../shared/data --data_dir=/tmp/babilong \
+        --jsonl_dir=/tmp/babilong_jsonl
+
+Writes `{data_dir}/babilong/{config}/1.0.0/` per task and length, read back with
+`tfds.data_source("babilong/{config}", split=..., data_dir=...)`, and with `--jsonl_dir`
+`{jsonl_dir}/{task}/{length}.jsonl` (`{length}_train.jsonl` for the train split).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from tqdm import tqdm
+
+from babilong_tfds.build import BuildOptions, build, format_table
+from babilong_tfds.tasks import parse_lengths, parse_tasks
+
+_TASKS = flags.DEFINE_string("tasks", "qa1", "Comma-separated qa1..qa20, or 'all'.")
+_LENGTHS = flags.DEFINE_string("lengths", "0k", "Comma-separated 0k,1k,...,10M, or 'all'.")
+_SPLIT = flags.DEFINE_enum("split", "test", ["test", "train", "all"], "Which splits to build.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 100, "Samples per split.")
+_SEED = flags.DEFINE_integer("seed", 0, "Every record depends on the seed and its index.")
+_MANUAL_DIR = flags.DEFINE_string(
+    "manual_dir", None, "Folder with babi/ and haystack/ (e.g. ../shared/data); else download."
+)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Where the TFDS datasets go.", required=True)
+_JSONL_DIR = flags.DEFINE_string("jsonl_dir", None, "Also export {task}/{length}.jsonl here.")
+_BABI_SOURCE = flags.DEFINE_enum(
+    "babi_source", "files", ["files", "generated"], "Original bAbI files or the simulator."
+)
+_TOKENIZER = flags.DEFINE_string(
+    "tokenizer", "sentencepiece", "'sentencepiece', 'sentencepiece:MODEL' or 'gpt2:DIR'."
+)
+_ALLOW_REUSE = flags.DEFINE_bool(
+    "allow_reuse", False, "Let one sample use a book twice when the haystack is too small."
+)
+_WINDOW = flags.DEFINE_list("window", ["0", "1"], "Facts confined to [start,end] of the context.")
+_DEPTHS = flags.DEFINE_list("depths", [], "Needle sweep: e.g. 0,0.1,...,1 (every sample at each).")
+
+
+def main(argv):
+    del argv
+    try:
+        tasks = parse_tasks(_TASKS.value)
+        lengths = parse_lengths(_LENGTHS.value)
+        options = BuildOptions(
+            split=_SPLIT.value,
+            num_samples=_NUM_SAMPLES.value,
+            seed=_SEED.value,
+            babi_source=_BABI_SOURCE.value,
+            tokenizer=_TOKENIZER.value,
+            allow_reuse=_ALLOW_REUSE.value,
+            window=tuple(float(x) for x in _WINDOW.value),
+            depths=tuple(float(x) for x in _DEPTHS.value),
+        )
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    try:
+        with tqdm(total=len(tasks) * len(lengths), desc="babilong", unit="dataset") as bar:
+            results = build(
+                tasks,
+                lengths,
+                data_dir=_DATA_DIR.value,
+                manual_dir=_MANUAL_DIR.value,
+                jsonl_dir=_JSONL_DIR.value,
+                options=options,
+                progress=bar,
+            )
+    except (ValueError, FileNotFoundError) as e:
+        # Bad input (unknown names, missing or malformed files, too small a haystack):
+        # nothing of the failed dataset was written.
+        sys.exit(f"error: {e}")
+    print(format_table(results))
+    logging.info("built %d datasets under %s", len(results), _DATA_DIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
