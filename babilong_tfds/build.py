@@ -159,9 +159,17 @@ def build(
             start = time.perf_counter()
             config = options.config(task, length)
             builder = Builder(config=config, data_dir=os.fspath(data_dir))
-            builder.download_and_prepare(
-                file_format="array_record", download_config=download_config
-            )
+            config_dir = Path(builder.data_dir).parent
+            existed = config_dir.exists()
+            try:
+                builder.download_and_prepare(
+                    file_format="array_record", download_config=download_config
+                )
+            except BaseException:
+                # TFDS removed its temporary folder; drop the empty folder it made for it.
+                if not existed and config_dir.exists() and not any(config_dir.iterdir()):
+                    config_dir.rmdir()
+                raise
             seconds = time.perf_counter() - start
             for split in splits_of(options):
                 source = tfds.data_source(

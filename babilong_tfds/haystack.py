@@ -34,13 +34,19 @@ from absl import logging
 # Sentences with fewer words than this (chapter titles, "Yes.", page furniture) are dropped.
 MIN_WORDS = 3
 # Bump when splitting or cleaning changes, so that caches are rebuilt.
-SPLITTER_VERSION = "blingfire-1"
+SPLITTER_VERSION = "blingfire-2"
 
 _START = re.compile(
     r"^\s*\*\*\*\s*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK[^\n]*$", re.I | re.M
 )
 _END = re.compile(r"^\s*\*\*\*\s*END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK[^\n]*$", re.I | re.M)
-_OLD_END = re.compile(r"^\s*End of (?:the )?Project Gutenberg'?s? ", re.I | re.M)
+_OLD_END = re.compile(r"^\s*End of (?:the )?Project Gutenberg", re.I | re.M)
+# Titles that Blingfire sometimes takes for a sentence end ("Yes. Dr. Watson ..."): a
+# sentence ending in one of them is joined to the next.
+_TITLES = frozenset(
+    "Mr. Mrs. Ms. Dr. St. M. Mme. Mlle. Messrs. Capt. Col. Gen. Lieut. Sgt. Rev. Prof. Hon. "
+    "Gov. Sen. Rep. Fr. Sr. Mt.".split()
+)
 _PARAGRAPH = re.compile(r"\n\s*\n")
 
 PG19_BUCKET = "https://storage.googleapis.com/deepmind-gutenberg"
@@ -68,9 +74,9 @@ def strip_gutenberg(text: str) -> str:
     start = _START.search(text)
     if start:
         text = text[start.end() :]
-    end = _END.search(text) or _OLD_END.search(text)
-    if end:
-        text = text[: end.start()]
+    ends = [m.start() for m in (_END.search(text), _OLD_END.search(text)) if m]
+    if ends:
+        text = text[: min(ends)]
     return text.strip()
 
 
@@ -80,7 +86,17 @@ def split_sentences(text: str, min_words: int = MIN_WORDS) -> list[str]:
     joined = "\n".join(p for p in paragraphs if p)
     if not joined:
         return []
-    sentences = blingfire.text_to_sentences(joined).split("\n")
+    sentences: list[str] = []
+    carry = ""
+    for sentence in blingfire.text_to_sentences(joined).split("\n"):
+        sentence = f"{carry} {sentence}" if carry else sentence
+        if sentence.rsplit(" ", 1)[-1] in _TITLES:
+            carry = sentence
+            continue
+        carry = ""
+        sentences.append(sentence)
+    if carry:
+        sentences.append(carry)
     return [s for s in sentences if len(s.split(" ")) >= min_words]
 
 

@@ -33,3 +33,39 @@ def haystack_dir(shared_data) -> Path:
 @pytest.fixture(scope="session")
 def gpt2_dir(shared_data) -> Path:
     return _need(shared_data / "gpt2_tokenizer")
+
+
+# A few books are enough for most tests and keep tokenizing them quick.
+SMALL_BOOKS = ("pg11.txt", "pg1342.txt", "pg84.txt")
+
+
+@pytest.fixture(scope="session")
+def small_haystack_dir(haystack_dir, tmp_path_factory) -> Path:
+    """A folder linking three of the shared books."""
+    out = tmp_path_factory.mktemp("small_haystack")
+    for name in SMALL_BOOKS:
+        (out / name).symlink_to(haystack_dir / name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def manual_dir(babi_root, small_haystack_dir, tmp_path_factory) -> Path:
+    """A TFDS manual dir laid out like ../shared/data, with the small haystack."""
+    out = tmp_path_factory.mktemp("manual")
+    (out / "babi").symlink_to(babi_root)
+    (out / "haystack").symlink_to(small_haystack_dir)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sp_tokenizer():
+    from babilong_tfds.tokenizer import get_tokenizer
+
+    return get_tokenizer("sentencepiece")
+
+
+@pytest.fixture(scope="session")
+def small_haystack(small_haystack_dir, sp_tokenizer):
+    from babilong_tfds.haystack import Haystack, load_books_from_dir
+
+    return Haystack.build(load_books_from_dir(small_haystack_dir), sp_tokenizer)

@@ -1,0 +1,159 @@
+"""The TFDS builder and the build script: builds, reads back, reproducibility, bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import tensorflow_datasets as tfds
+
+from babilong_tfds import dataset as dataset_lib
+from babilong_tfds.babilong import BabilongConfig, Builder
+from babilong_tfds.build import BuildOptions, build
+from babilong_tfds.tasks import LENGTHS, TASKS
+
+from .conftest import REPO
+
+
+def test_configs_cover_every_task_and_length():
+    names = {c.name for c in Builder.BUILDER_CONFIGS}
+    assert len(names) == len(TASKS) * len(LENGTHS) == 20 * 14
+    assert {"qa1_0k", "qa20_10M", "qa5_2M"} <= names
+    assert Builder.VERSION and Builder.RELEASE_NOTES
+
+
+def build_small(tmp_path, manual_dir, tag, **options):
+    opts = BuildOptions(num_samples=5, **options)
+    return build(
+        "qa1,qa2",
+        "0k,2k",
+        data_dir=tmp_path / tag,
+        manual_dir=manual_dir,
+        jsonl_dir=tmp_path / f"{tag}_jsonl",
+        options=opts,
+    )
+
+
+def test_build_read_back_and_export(tmp_path, manual_dir):
+    results = build_small(tmp_path, manual_dir, "a")
+    assert [(r.task, r.length, r.samples) for r in results] == [
+        ("qa1", "0k", 5),
+        ("qa1", "2k", 5),
+        ("qa2", "0k", 5),
+        ("qa2", "2k", 5),
+    ]
+    source = tfds.data_source("babilong/qa2_2k_test5", split="test", data_dir=tmp_path / "a")
+    record = source[0]
+    assert record["task"] == b"qa2" and record["length"] == b"2k"
+    assert 1748 - 20 <= record["num_tokens"] <= 1748  # 2k minus the 300-token margin
+    lines = (tmp_path / "a_jsonl" / "qa2" / "2k.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    assert list(first)[:3] == ["input", "question", "target"] and len(lines) == 5
+    assert [json.loads(line)["index"] for line in lines] == list(range(5))
+    for fact in first["facts"]:
+        assert fact in first["input"]
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path, manual_dir):
+    build_small(tmp_path, manual_dir, "a")
+    build_small(tmp_path, manual_dir, "b")
+    build_small(tmp_path, manual_dir, "c", seed=1)
+    for task in ("qa1", "qa2"):
+        for length in ("0k", "2k"):
+            a = (tmp_path / "a_jsonl" / task / f"{length}.jsonl").read_bytes()
+            b = (tmp_path / "b_jsonl" / task / f"{length}.jsonl").read_bytes()
+            c = (tmp_path / "c_jsonl" / task / f"{length}.jsonl").read_bytes()
+            assert a == b and a != c
+    shard = "babilong/qa1_2k_test5/1.0.0/babilong-test.array_record-00000-of-00001"
+    assert (tmp_path / "a" / shard).read_bytes() == (tmp_path / "b" / shard).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "tasks, lengths, message",
+    [
+        ("qa1,qa21", "0k", "unknown task 'qa21': expected one of qa1..qa20"),
+        ("qa1", "0k,3k", "unknown length '3k': expected one of 0k, 1k, 2k"),
+    ],
+)
+def test_unknown_names_fail_before_anything_is_written(
+    tmp_path, manual_dir, tasks, lengths, message
+):
+    with pytest.raises(ValueError, match=message):
+        build(tasks, lengths, data_dir=tmp_path / "d", manual_dir=manual_dir)
+    assert not (tmp_path / "d").exists()
+
+
+def test_missing_babi_files_say_where(tmp_path, small_haystack_dir):
+    manual = tmp_path / "manual"
+    (manual / "babi").mkdir(parents=True)
+    (manual / "haystack").symlink_to(small_haystack_dir)
+    with pytest.raises(FileNotFoundError, match="no bAbI file qa1_single-supporting-fact_test"):
+        build("qa1", "1k", data_dir=tmp_path / "d", manual_dir=manual)
+    assert not list((tmp_path / "d").rglob("*.array_record*"))
+
+
+def test_haystack_too_small_errors_unless_reuse(tmp_path, manual_dir):
+    opts = BuildOptions(num_samples=1)
+    with pytest.raises(ValueError, match="allow reuse of books explicitly"):
+        build("qa1", "2M", data_dir=tmp_path / "d", manual_dir=manual_dir, options=opts)
+    assert not (tmp_path / "d" / "babilong" / "qa1_2M_test1").exists()
+    opts = BuildOptions(num_samples=1, allow_reuse=True)
+    (result,) = build("qa1", "2M", data_dir=tmp_path / "d", manual_dir=manual_dir, options=opts)
+    assert result.mean_tokens >= 0.99 * (2 * 2**20 - 300)
+
+
+def test_interrupted_build_leaves_nothing(tmp_path, manual_dir, monkeypatch):
+    real = dataset_lib.to_record
+    calls = []
+
+    def failing(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("interrupted")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(dataset_lib, "to_record", failing)
+    with pytest.raises(KeyboardInterrupt):
+        build(
+            "qa1",
+            "1k",
+            data_dir=tmp_path / "d",
+            manual_dir=manual_dir,
+            jsonl_dir=tmp_path / "j",
+            options=BuildOptions(num_samples=5),
+        )
+    leftovers = [p for p in (tmp_path / "d").rglob("*") if "downloads" not in p.parts]
+    assert not [p for p in leftovers if p.is_file() and ".config" not in p.parts]
+    assert not (tmp_path / "j").exists() or not list((tmp_path / "j").rglob("*.jsonl"))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="unknown task"):
+        BabilongConfig(name="x", task="qa0")
+    with pytest.raises(ValueError, match="unknown babi_source"):
+        BabilongConfig(name="x", babi_source="web")
+    with pytest.raises(ValueError, match="at least one positive"):
+        BabilongConfig(name="x", num_test=0, num_train=0)
+
+
+def test_build_script_end_to_end(tmp_path, manual_dir):
+    cmd = [
+        sys.executable,
+        "-m",
+        "launch.build_babilong",
+        "--tasks=qa1",
+        "--lengths=0k,1k",
+        "--split=test",
+        "--num_samples=3",
+        f"--manual_dir={manual_dir}",
+        f"--data_dir={tmp_path / 'd'}",
+        f"--jsonl_dir={tmp_path / 'j'}",
+    ]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "qa1" in out.stdout and "mean tokens" in out.stdout
+    assert len((tmp_path / "j" / "qa1" / "1k.jsonl").read_text().splitlines()) == 3
+    bad = subprocess.run(
+        [*cmd[:3], "--tasks=qa99", *cmd[4:]], cwd=REPO, capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "unknown task 'qa99'" in bad.stderr

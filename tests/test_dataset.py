@@ -1,0 +1,100 @@
+"""Splits and the on-the-fly source: determinism, length filter, generated stories, grain."""
+
+import grain
+import numpy as np
+import pytest
+
+from babilong_tfds.compose import Composer, CompositionError
+from babilong_tfds.dataset import BabilongSource, StoryPool, generate_split
+
+
+@pytest.fixture(scope="module")
+def composer(small_haystack, sp_tokenizer):
+    return Composer(small_haystack, sp_tokenizer)
+
+
+def records(composer, babi_root, **kw):
+    args = dict(seed=0, babi_root=babi_root) | kw
+    return [r for _, r in generate_split(composer, "qa1", "2k", "test", 4, **args)]
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_split_is_deterministic_in_seed(composer, babi_root):
+    first, again = records(composer, babi_root), records(composer, babi_root)
+    assert all(same(a, b) for a, b in zip(first, again, strict=True))
+    other = records(composer, babi_root, seed=1)
+    assert not any(a["input"] == b["input"] for a, b in zip(first, other, strict=True))
+    r = first[0]
+    assert {"input", "question", "target", "task", "length", "num_tokens", "fact_offsets"} <= set(r)
+    assert r["task"] == "qa1" and r["length"] == "2k" and len(r["book_ids"]) >= 1
+
+
+def test_length_filter_drops_long_stories_and_errors_when_none_fit(composer, babi_root):
+    pool = StoryPool("qa3", "test", babi_root=babi_root)
+    fitting = pool.eligible(composer, "4k")
+    assert 0 < len(fitting) < len(pool.samples)
+    assert all(composer.fact_token_count(s) <= 4 * 1024 / 8 for s in fitting)
+    # Keep only stories too long for 1k: nothing fits, and the error says what would.
+    pool.samples = [s for s in pool.samples if composer.fact_token_count(s) > 128]
+    with pytest.raises(CompositionError, match="too small for any qa3 story.*smallest length"):
+        pool.eligible(composer, "1k")
+
+
+def test_generated_source_differs_between_splits(composer):
+    a = [r for _, r in generate_split(composer, "qa2", "1k", "test", 3, babi_source="generated")]
+    b = [r for _, r in generate_split(composer, "qa2", "1k", "train", 3, babi_source="generated")]
+    assert all(r["origin"].startswith("generated:qa2:") for r in a + b)
+    assert {r["origin"] for r in a}.isdisjoint({r["origin"] for r in b})
+
+
+def test_depth_sweep_makes_each_sample_at_each_depth(composer, babi_root):
+    recs = list(
+        generate_split(composer, "qa1", "4k", "test", 2, babi_root=babi_root, depths=[0, 0.5, 1])
+    )
+    assert [k for k, _ in recs] == list(range(6))
+    assert [r["depth"] for _, r in recs] == [0.0, 0.5, 1.0] * 2
+    assert recs[0][1]["input"] != recs[1][1]["input"]
+
+
+def test_bad_arguments(composer, babi_root):
+    with pytest.raises(ValueError, match="unknown babi_source 'web'"):
+        StoryPool("qa1", "test", babi_source="web")
+    with pytest.raises(ValueError, match="unknown length '3k'"):
+        next(generate_split(composer, "qa1", "3k", "test", 1, babi_root=babi_root))
+    with pytest.raises(ValueError, match="num_samples must be positive"):
+        next(generate_split(composer, "qa1", "1k", "test", 0, babi_root=babi_root))
+
+
+def test_on_the_fly_source_is_random_access_and_deterministic(composer, babi_root):
+    def make(seed):
+        return BabilongSource(
+            composer,
+            ["qa1", "qa2"],
+            ["0k", "1k", "2k"],
+            seed=seed,
+            babi_root=babi_root,
+            babi_source="files",
+            num_records=1000,
+        )
+
+    src = make(0)
+    assert same(src[17], make(0)[17]) and not same(src[17], make(1)[17])
+    recs = [src[i] for i in range(30)]
+    assert {r["task"] for r in recs} == {"qa1", "qa2"}
+    assert {r["length"] for r in recs} == {"0k", "1k", "2k"}
+    for r in recs:
+        assert r["input_ids"].dtype == np.int32 and len(r["input_ids"]) == r["num_tokens"]
+        assert composer.tokenizer.decode(r["target_ids"]).strip() == r["target"]
+    with pytest.raises(IndexError):
+        src[1000]
+    # As a grain data source: same records through a MapDataset.
+    assert same(grain.MapDataset.source(src)[5], src[5])
+
+
+def test_generated_source_default(composer):
+    src = BabilongSource(composer, ["qa5"], ["1k"], seed=3)
+    r = src[0]
+    assert r["origin"].startswith("generated:qa5:") and r["num_tokens"] > 600
