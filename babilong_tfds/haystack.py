@@ -308,7 +308,7 @@ class Haystack:
 
     @classmethod
     def _load(cls, path: Path) -> Haystack:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             sentences = z["sentences"].tobytes().decode("utf-8").split("\n")
             haystack = cls(
                 book_ids=[str(b) for b in z["book_ids"]],

@@ -7,6 +7,7 @@ import sys
 import pytest
 import tensorflow_datasets as tfds
 
+from babilong_tfds import babi_solver
 from babilong_tfds import dataset as dataset_lib
 from babilong_tfds.babilong import BabilongConfig, Builder
 from babilong_tfds.build import BuildOptions, build
@@ -157,3 +158,20 @@ def test_build_script_end_to_end(tmp_path, manual_dir):
         [*cmd[:3], "--tasks=qa99", *cmd[4:]], cwd=REPO, capture_output=True, text=True
     )
     assert bad.returncode != 0 and "unknown task 'qa99'" in bad.stderr
+
+
+def test_build_with_generated_stories(tmp_path, manual_dir):
+    opts = BuildOptions(num_samples=3, babi_source="generated")
+    results = build(
+        "qa5,qa19",
+        "1k",
+        data_dir=tmp_path / "d",
+        manual_dir=manual_dir,
+        options=opts,
+        jsonl_dir=tmp_path / "j",
+    )
+    assert [r.config for r in results] == ["qa5_1k_test3_gen", "qa19_1k_test3_gen"]
+    for line in (tmp_path / "j" / "qa19" / "1k.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        assert record["origin"].startswith("generated:qa19:")
+        assert babi_solver.solve("qa19", record["facts"], record["question"]) == record["target"]
