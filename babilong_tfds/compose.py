@@ -1,5 +1,8 @@
 """Composing BABILong samples: bAbI facts hidden in background text of a target length.
 
+A length is a name from `tasks.LENGTHS` ("4k") or, for training, an int: the context size
+in tokens itself, with no prompt margin and no length/8 filter (facts must only fit).
+
 Contract of one sample of length L tokens (L from `tasks.LENGTHS`):
   * the context (`input`) holds `L - margin` tokens (`margin` = 300 by default) within
     `tolerance(L - margin)` = max(20, 1%) tokens; "0k" is the facts alone;
@@ -38,8 +41,12 @@ def tolerance(budget: int) -> int:
     return max(20, budget // 100)
 
 
-def context_budget(length: str, margin: int = PROMPT_MARGIN) -> int:
-    """Tokens of context for a length name: the length minus the prompt margin (0 for 0k)."""
+def context_budget(length: str | int, margin: int = PROMPT_MARGIN) -> int:
+    """Tokens of context: a named length minus the prompt margin (0 for 0k), or an int."""
+    if not isinstance(length, str):
+        if int(length) < 0:
+            raise ValueError(f"a context length in tokens must be >= 0, got {length}")
+        return int(length)
     tokens = check_length(length)
     return 0 if tokens == 0 else max(tokens - margin, 0)
 
@@ -70,7 +77,7 @@ class Composition:
     """
 
     sample: BabiSample
-    length: str
+    length: str | int
     background: Background
     boundaries: np.ndarray
     fact_tokens: tuple[np.ndarray, ...]
@@ -151,15 +158,18 @@ class Composer:
     def fact_token_count(self, sample: BabiSample) -> int:
         return int(sum(len(t) for t in self.encode_facts(sample.facts)))
 
-    def fits(self, sample: BabiSample, length: str) -> bool:
-        """The reference's filter: above 0k, facts may take at most length/8 tokens."""
+    def fits(self, sample: BabiSample, length: str | int) -> bool:
+        """The reference's filter: above 0k, facts may take at most length/8 tokens. For a
+        length in tokens (an int), the facts must fit in it."""
+        if not isinstance(length, str):
+            return int(length) == 0 or self.fact_token_count(sample) <= int(length)
         tokens = check_length(length)
         return tokens == 0 or self.fact_token_count(sample) <= tokens * MAX_FACT_FRACTION
 
     def compose(
         self,
         sample: BabiSample,
-        length: str,
+        length: str | int,
         rng: np.random.Generator,
         placement: Placement = Placement(),
     ) -> Composition:

@@ -91,7 +91,7 @@ def to_record(
         "question": sample.question,
         "target": sample.answer,
         "task": sample.task,
-        "length": composition.length,
+        "length": str(composition.length),
         "num_tokens": composition.num_tokens,
         "fact_offsets": np.asarray(composition.fact_offsets, np.int64),
         "facts": list(sample.facts),
@@ -135,11 +135,15 @@ class StoryPool:
             self.samples = None
         self._eligible: dict[str, list[BabiSample]] = {}
 
-    def eligible(self, composer: Composer, length: str) -> list[BabiSample]:
+    def eligible(self, composer: Composer, length: str | int) -> list[BabiSample]:
         """File samples that fit `length` (facts within length/8 tokens); error if none."""
         if length not in self._eligible:
             assert self.samples is not None
             fitting = [s for s in self.samples if composer.fits(s, length)]
+            if not fitting and not isinstance(length, str):
+                raise CompositionError(
+                    f"no {self.task} story's facts fit in {length} tokens: use longer contexts"
+                )
             if not fitting:
                 shortest = min(composer.fact_token_count(s) for s in self.samples)
                 need = next(
@@ -153,7 +157,9 @@ class StoryPool:
             self._eligible[length] = fitting
         return self._eligible[length]
 
-    def generated(self, composer: Composer, length: str, rng: np.random.Generator) -> BabiSample:
+    def generated(
+        self, composer: Composer, length: str | int, rng: np.random.Generator
+    ) -> BabiSample:
         """A fresh simulated story's question that fits `length`."""
         from babilong_tfds.babi_generator import generate_story
 
@@ -212,7 +218,8 @@ def generate_split(
 class BabilongSource:
     """Random-access BABILong samples made on the fly (a grain `RandomAccessDataSource`).
 
-    `source[i]` is deterministic in (seed, i): a task and a length drawn from the mixes, a
+    `source[i]` is deterministic in (seed, i): a task and a length drawn from the mixes (a
+    length is a name such as '4k', or an int: the context size in tokens, for training), a
     bAbI question drawn from the pool of that task, composed into haystack text. Records
     carry `input_ids` (int32 context tokens), `question_ids` and `target_ids`, and `input`
     text only when `with_text`.
@@ -222,7 +229,7 @@ class BabilongSource:
         self,
         composer: Composer,
         tasks: Sequence[str],
-        lengths: Sequence[str],
+        lengths: Sequence[str | int],
         *,
         seed: int = 0,
         split: str = "train",
@@ -236,7 +243,10 @@ class BabilongSource:
         self.tasks = [check_task(t) for t in tasks]
         self.lengths = list(lengths)
         for length in self.lengths:
-            check_length(length)
+            if isinstance(length, str):
+                check_length(length)
+            elif int(length) < 0:
+                raise ValueError(f"context length {length} must be >= 0 tokens")
         self.composer = composer
         self.seed = int(seed)
         self.split = split

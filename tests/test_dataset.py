@@ -98,3 +98,15 @@ def test_generated_source_default(composer):
     src = BabilongSource(composer, ["qa5"], ["1k"], seed=3)
     r = src[0]
     assert r["origin"].startswith("generated:qa5:") and r["num_tokens"] > 600
+
+
+def test_lengths_in_tokens_for_training(composer, babi_root):
+    src = BabilongSource(
+        composer, ["qa1"], [256, 512], seed=0, babi_source="files", babi_root=babi_root
+    )
+    for i in range(10):
+        r = src[i]
+        assert r["length"] in ("256", "512")
+        assert int(r["length"]) - 20 <= r["num_tokens"] <= int(r["length"])
+    with pytest.raises(ValueError, match="must be >= 0 tokens"):
+        BabilongSource(composer, ["qa1"], [-1])
