@@ -1,0 +1,291 @@
+r"""Throughput of the RMT recurrence: inference, a full training step, and streaming.
+
+  python -m launch.benchmark_rmt --preset=tiny --mode=infer --batch=8 --segments=8 \
+      --out=results/benchmark_rmt_cpu.json
+  python -m launch.benchmark_rmt --preset=tiny --mode=train --peer   # also runs the peer
+  python -m launch.benchmark_rmt --preset=tiny --mode=stream --stream_tokens=10000000 \
+      --out=results/rmt_stream_cpu.json
+
+Each run prints a table row and one JSON line, and appends the record to --out (a JSON list).
+
+  infer   scan over the segments, then the answer segment with the LM head at its last
+          position only (no LM head per segment).
+  train   one AdamW step (clip 1.0) with full back-propagation through every segment; model
+          and optimizer state are donated.
+  stream  `stream_infer` over --stream_tokens host tokens in chunks of --chunk_segments;
+          reports time and the host RSS along the stream (flat for RMT).
+
+Model FLOPs are counted analytically (matmuls only): forward = 2 * block params * positions
++ 4 * layers * t^2 * d per segment of t positions (memory included) + retrieval + the LM head
+where it is computed; a training step is 3x forward. The fraction is of the bf16 matmul
+peak measured in the same run with one large matmul. Peak memory is the device's
+`peak_bytes_in_use` where `memory_stats()` exists, else the host's peak RSS (`memory_kind`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import psutil
+from absl import app, flags
+from flax import nnx
+
+from rmt_jax import RMT, count_params, get_config, loss_fn, scan_segments, stream_infer
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("preset", "tiny", ["test", "tiny", "small", "gpt2_small"], "model preset")
+flags.DEFINE_enum("mode", "infer", ["infer", "train", "stream"], "what to time")
+flags.DEFINE_integer("batch", 1, "batch size")
+flags.DEFINE_integer("segments", 8, "segments per sample (infer, train)")
+flags.DEFINE_integer("segment_len", 0, "tokens per segment; 0 = preset")
+flags.DEFINE_integer("mem_tokens", 0, "memory tokens; 0 = preset")
+flags.DEFINE_enum("dtype", "bf16", ["bf16", "fp32"], "compute dtype")
+flags.DEFINE_enum("param_dtype", "fp32", ["bf16", "fp32"], "parameter dtype")
+flags.DEFINE_bool("retrieval", False, "RMT-R (self-retrieval)")
+flags.DEFINE_string("attention_impl", None, "None (JAX picks), 'xla' or 'cudnn'")
+flags.DEFINE_string("remat_policy", "none", "remat policy of the segment step (train)")
+flags.DEFINE_integer("query_len", 16, "question+answer tokens in the answer segment")
+flags.DEFINE_integer("repeats", 3, "timed repeats (median reported)")
+flags.DEFINE_integer("stream_tokens", 1_000_000, "tokens to stream (mode=stream)")
+flags.DEFINE_integer("chunk_segments", 256, "segments per jitted chunk (mode=stream)")
+flags.DEFINE_integer("peak_matmul_n", 0, "size of the bf16 peak matmul; 0 = 8192 GPU, 1024 CPU")
+flags.DEFINE_bool("peer", False, "also run the peer PyTorch benchmark with the same shape")
+flags.DEFINE_string("peer_script", "../shared/bench/peer_rmt_torch.py", "peer script path")
+flags.DEFINE_string("out", None, "JSON file to append the records to")
+
+DTYPE_NAMES = {"bf16": "bfloat16", "fp32": "float32"}
+
+
+def build_config():
+    overrides = dict(dtype=DTYPE_NAMES[FLAGS.dtype], param_dtype=DTYPE_NAMES[FLAGS.param_dtype],
+                     retrieval=FLAGS.retrieval, attention_impl=FLAGS.attention_impl,
+                     remat_policy=FLAGS.remat_policy)
+    if FLAGS.segment_len:
+        overrides["segment_len"] = FLAGS.segment_len
+    if FLAGS.mem_tokens:
+        overrides["mem_tokens"] = FLAGS.mem_tokens
+    return get_config(FLAGS.preset, **overrides)
+
+
+# -- measurements ---------------------------------------------------------------------------
+def peak_memory() -> tuple[float, str]:
+    """(GiB, kind): device peak where the backend reports it, else host peak RSS."""
+    stats = jax.devices()[0].memory_stats()
+    if stats and "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**30, "device_peak_bytes_in_use"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "host_peak_rss"
+
+
+def measure_bf16_peak(n: int, repeats: int = 3) -> float:
+    """FLOP/s of one n x n x n bf16 matmul, best of `repeats`."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
+    matmul = jax.jit(lambda a, b: a @ b)
+    matmul(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def forward_flops(cfg, model, batch, segments, query_len, head_positions) -> float:
+    """Matmul FLOPs of one forward pass over `segments` segments and the answer segment."""
+    block_params = count_params(model, exclude_embeddings=True)
+    if model.retrieval is not None:
+        block_params -= count_params(model.retrieval)
+    d, n = cfg.d_model, cfg.mem_tokens
+
+    def segment(t):
+        return 2 * block_params * t + 4 * cfg.layers * t * t * d
+
+    flops = segments * segment(cfg.segment_positions) + segment(cfg.read_tokens + query_len)
+    flops += 2 * d * cfg.vocab_size * head_positions
+    if cfg.retrieval:  # per read: q, o, MLP on n tokens; k, v and scores over the buffer
+        per_read = 2 * 2 * n * d * d + 2 * 2 * n * d * 4 * d
+        per_read += 2 * 2 * segments * n * d * d + 4 * n * segments * n * d
+        flops += (segments + 1) * per_read
+    return float(flops * batch)
+
+
+def timed(compiled, args, repeats, rebind=None):
+    """Median seconds of `compiled(*args)`; `rebind` threads donated outputs back into args."""
+    times = []
+    out = None
+    for _ in range(repeats + 1):  # the first call warms up
+        start = time.perf_counter()
+        out = compiled(*args)
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - start)
+        if rebind is not None:
+            args = rebind(args, out)
+    return statistics.median(times[1:]), out
+
+
+# -- modes ----------------------------------------------------------------------------------
+def make_batch(cfg, rng):
+    context = rng.integers(0, cfg.vocab_size, (FLAGS.batch, FLAGS.segments * cfg.segment_len))
+    query = rng.integers(0, cfg.vocab_size, (FLAGS.batch, FLAGS.query_len))
+    loss_mask = np.zeros(query.shape, np.float32)
+    loss_mask[:, -4:] = 1.0
+    return dict(context=context.astype(np.int32), query=query.astype(np.int32),
+                loss_mask=loss_mask)
+
+
+def run_infer(cfg, model, batch):
+    graphdef, params = nnx.split(model)
+
+    def infer(params, context, question):
+        model = nnx.merge(graphdef, params)
+        state, _ = scan_segments(model, context)
+        read = model.read_memory(state.memory, state.buffer, state.buffer_valid)
+        hidden = model.answer_hidden(read, question)
+        return model.logits(hidden[:, -1])  # the LM head at the answer position only
+
+    args = (params, batch["context"], batch["query"])
+    start = time.perf_counter()
+    compiled = jax.jit(infer).lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    seconds, _ = timed(compiled, args, FLAGS.repeats)
+    return seconds, compile_s, forward_flops(cfg, model, FLAGS.batch, FLAGS.segments,
+                                             FLAGS.query_len, 1)
+
+
+def run_train(cfg, model, batch):
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-5, weight_decay=0.01))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+
+    def train_step(state, batch):
+        model, optimizer = nnx.merge(graphdef, state)
+        (loss, _), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, batch)
+        optimizer.update(model, grads)
+        return nnx.state((model, optimizer)), loss
+
+    start = time.perf_counter()
+    compiled = jax.jit(train_step, donate_argnums=0).lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    seconds, _ = timed(compiled, (state, batch), FLAGS.repeats,
+                       rebind=lambda args, out: (out[0], args[1]))
+    flops = 3 * forward_flops(cfg, model, FLAGS.batch, FLAGS.segments, FLAGS.query_len,
+                              FLAGS.query_len)
+    return seconds, compile_s, flops
+
+
+def run_stream(cfg, model):
+    """Streams random tokens from a host generator; records the RSS as the stream advances."""
+    piece = 1 << 20
+    rss = []
+    process = psutil.Process()
+
+    def pieces():
+        rng = np.random.default_rng(0)
+        for start in range(0, FLAGS.stream_tokens, piece):
+            rss.append(process.memory_info().rss / 2**20)
+            size = min(piece, FLAGS.stream_tokens - start)
+            yield rng.integers(0, cfg.vocab_size, (FLAGS.batch, size), dtype=np.int32)
+
+    start = time.perf_counter()
+    state = stream_infer(model, pieces(), chunk_segments=FLAGS.chunk_segments)
+    jax.block_until_ready(state)
+    seconds = time.perf_counter() - start
+    rss.append(process.memory_info().rss / 2**20)
+    segments = int(state.step)
+    peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return dict(seconds=round(seconds, 2), stream_tokens=FLAGS.stream_tokens,
+                chunk_segments=FLAGS.chunk_segments, segment_slots=segments,
+                tokens_per_s=round(FLAGS.batch * FLAGS.stream_tokens / seconds, 1),
+                rss_mb_first_piece=round(rss[0], 1), rss_mb_second_piece=round(rss[1], 1),
+                rss_mb_last=round(rss[-1], 1), rss_mb_max_along_stream=round(max(rss), 1),
+                host_peak_rss_mb=round(peak_rss_kib / 1024, 1),
+                carried_state_bytes=int(sum(x.nbytes for x in jax.tree.leaves(state))),
+                note="time includes compiling the chunk function: once for RMT, once per "
+                "buffer capacity for RMT-R")
+
+
+def run_peer(cfg):
+    """The peer PyTorch loop with the same shape; None when torch is missing."""
+    script = Path(FLAGS.peer_script)
+    if not script.exists():
+        return {"peer": "missing", "script": str(script)}
+    cmd = [sys.executable, str(script), f"--layers={cfg.layers}", f"--d={cfg.d_model}",
+           f"--heads={cfg.heads}", f"--vocab={cfg.vocab_size}", f"--seg={cfg.segment_len}",
+           f"--mem={cfg.mem_tokens}", f"--batch={FLAGS.batch}", f"--segments={FLAGS.segments}",
+           f"--mode={FLAGS.mode}", f"--dtype={FLAGS.dtype}", f"--repeats={FLAGS.repeats}",
+           "--head=1" if FLAGS.mode == "train" else "--head=0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    if done.returncode:
+        return {"peer": "failed", "stderr_tail": done.stderr[-500:]}
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    record["command"] = " ".join(cmd)
+    if FLAGS.retrieval:
+        record["note"] = "the peer has no retrieval: it runs plain RMT"
+    return record
+
+
+def append_json(path, record):
+    path = Path(path)
+    records = json.loads(path.read_text()) if path.exists() else []
+    records.append(record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records, indent=1) + "\n")
+
+
+def main(argv):
+    del argv
+    cfg = build_config()
+    device = jax.devices()[0]
+    model = RMT(cfg, rngs=nnx.Rngs(0))
+    record = dict(preset=FLAGS.preset, layers=cfg.layers, d_model=cfg.d_model, heads=cfg.heads,
+                  vocab=cfg.vocab_size, segment_len=cfg.segment_len, mem_tokens=cfg.mem_tokens,
+                  batch=FLAGS.batch, dtype=FLAGS.dtype, param_dtype=FLAGS.param_dtype,
+                  mode=FLAGS.mode, retrieval=cfg.retrieval, params=count_params(model),
+                  device=f"{device.platform}:{device.device_kind}",
+                  cpu_count=os.cpu_count(), jax=jax.__version__)
+
+    if FLAGS.mode == "stream":
+        record.update(run_stream(cfg, model))
+        print(json.dumps(record), flush=True)
+        if FLAGS.out:
+            append_json(FLAGS.out, record)
+        return
+
+    batch = make_batch(cfg, np.random.default_rng(0))
+    run = run_infer if FLAGS.mode == "infer" else run_train
+    seconds, compile_s, flops = run(cfg, model, batch)
+    peak_gib, memory_kind = peak_memory()
+    n = FLAGS.peak_matmul_n or (8192 if device.platform == "gpu" else 1024)
+    peak_flops = measure_bf16_peak(n)
+    tokens = FLAGS.batch * FLAGS.segments * cfg.segment_len
+    record.update(segments=FLAGS.segments, query_len=FLAGS.query_len,
+                  median_s=round(seconds, 4), tokens_per_s=round(tokens / seconds, 1),
+                  compile_s=round(compile_s, 2), peak_memory_gib=round(peak_gib, 3),
+                  memory_kind=memory_kind, model_flops_per_s=round(flops / seconds, 1),
+                  bf16_peak_flops_per_s=round(peak_flops, 1), peak_matmul_n=n,
+                  mfu=round(flops / seconds / peak_flops, 4))
+    if FLAGS.peer:
+        record["peer"] = run_peer(cfg)
+    header = ("mode", "preset", "batch", "segments", "dtype", "retrieval", "tokens_per_s",
+              "compile_s", "peak_memory_gib", "mfu")
+    print(" | ".join(f"{h:>14}" for h in header))
+    print(" | ".join(f"{record[h]!s:>14}" for h in header))
+    if FLAGS.peer and "tokens_per_s" in record["peer"]:
+        print(f"{'peer (torch)':>14} | tokens_per_s {record['peer']['tokens_per_s']}")
+    print(json.dumps(record), flush=True)
+    if FLAGS.out:
+        append_json(FLAGS.out, record)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,129 @@
+"""Typed configuration of the RMT / RMT-R model, with named presets.
+
+`ModelConfig` validates itself on construction: sizes that disagree raise a `ValueError`
+that names the problem and the fix. Presets:
+
+  test        2 layers, d 32, 2 heads, vocab 64, segments of 8, 4 memory tokens (unit tests)
+  tiny        2 layers, d 128, 4 heads, GPT-2 vocabulary, segments of 128, 8 memory tokens
+  small       4 layers, d 256, 4 heads, GPT-2 vocabulary, segments of 128, 8 memory tokens
+  gpt2_small  GPT-2 small (12 layers, d 768, 12 heads, 50257 tokens), segments of 512, 16 memory
+
+`get_config("tiny", retrieval=True)` returns a preset with fields replaced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable", "everything_saveable",
+                  "dots_with_no_batch_dims_saveable", "checkpoint_dots")
+DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16,
+          "bf16": jnp.bfloat16}
+ATTENTION_IMPLS = (None, "xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    layers: int = 2                  # transformer blocks
+    d_model: int = 32                # residual width
+    heads: int = 2                   # attention heads; d_model % heads == 0
+    vocab_size: int = 64             # token vocabulary (LM head is tied to the embedding)
+    segment_len: int = 8             # context tokens per segment (L)
+    mem_tokens: int = 4              # memory vectors (N)
+    max_positions: int = 64          # learned positions; each segment restarts them at 0
+    param_dtype: str = "float32"     # storage dtype of parameters: float32 | bfloat16
+    dtype: str = "float32"           # compute dtype of activations: float32 | bfloat16
+    retrieval: bool = False          # RMT-R: read [m; retrieve(m, past memories)]
+    dropout: float = 0.0             # backbone dropout (embeddings, attention out, MLP out)
+    retrieval_dropout: float = 0.1   # dropout inside the retrieval block (RMT-R)
+    remat_policy: str = "none"       # 'none', 'full' (save nothing), or a checkpoint_policies name
+    bptt_segments: int | None = None  # back-propagate through the last k segments; None = all
+    attention_map_layers: tuple[int, ...] = ()  # layers whose attention weights are returned
+    attention_impl: str | None = None  # jax.nn.dot_product_attention implementation; 'cudnn' on GPU
+
+    def __post_init__(self):
+        for name in ("layers", "d_model", "heads", "vocab_size", "segment_len", "max_positions"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        if self.mem_tokens <= 0:
+            raise ValueError(f"mem_tokens={self.mem_tokens} must be >= 1: RMT needs at least one "
+                             "memory vector (use a plain transformer for no memory)")
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by heads={self.heads}: "
+                             "pick heads that divide d_model (e.g. d_model=768, heads=12)")
+        if self.segment_positions > self.max_positions:
+            raise ValueError(
+                f"a segment needs {self.segment_positions} positions ({self.read_tokens} read "
+                f"memory + {self.segment_len} tokens + {self.mem_tokens} write memory) but "
+                f"max_positions={self.max_positions}: lower segment_len or mem_tokens, or raise "
+                "max_positions")
+        if self.param_dtype not in DTYPES or self.dtype not in DTYPES:
+            raise ValueError(f"param_dtype={self.param_dtype!r}, dtype={self.dtype!r}: expected "
+                             f"one of {sorted(DTYPES)}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"unknown remat_policy {self.remat_policy!r}: expected one of "
+                             f"{REMAT_POLICIES}")
+        if self.bptt_segments is not None and self.bptt_segments < 1:
+            raise ValueError(f"bptt_segments={self.bptt_segments} must be >= 1 or None (full BPTT)")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.retrieval_dropout < 1.0:
+            raise ValueError("dropout rates must lie in [0, 1)")
+        bad = [i for i in self.attention_map_layers if not 0 <= i < self.layers]
+        if bad:
+            raise ValueError(f"attention_map_layers {bad} out of range: "
+                             f"layers are 0..{self.layers - 1}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of "
+                             f"{ATTENTION_IMPLS} (None lets JAX choose; 'cudnn' needs a GPU)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.heads
+
+    @property
+    def read_tokens(self) -> int:
+        """Memory tokens read at the start of a segment: N, or 2N ([m; r]) with retrieval."""
+        return self.mem_tokens * (2 if self.retrieval else 1)
+
+    @property
+    def segment_positions(self) -> int:
+        """Length of one segment's input: read memory, tokens, write memory."""
+        return self.read_tokens + self.segment_len + self.mem_tokens
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def params_dtype(self) -> jnp.dtype:
+        return DTYPES[self.param_dtype]
+
+    @property
+    def checkpoint_policy(self):
+        """The `jax.checkpoint` policy, or None for 'full' (save nothing)."""
+        if self.remat_policy in ("none", "full"):
+            return None
+        return getattr(jax.checkpoint_policies, self.remat_policy)
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "test": ModelConfig(),
+    "tiny": ModelConfig(layers=2, d_model=128, heads=4, vocab_size=50257, segment_len=128,
+                        mem_tokens=8, max_positions=512),
+    "small": ModelConfig(layers=4, d_model=256, heads=4, vocab_size=50257, segment_len=128,
+                         mem_tokens=8, max_positions=512),
+    "gpt2_small": ModelConfig(layers=12, d_model=768, heads=12, vocab_size=50257,
+                              segment_len=512, mem_tokens=16, max_positions=1024),
+}
+
+
+def get_config(preset: str = "tiny", **overrides) -> ModelConfig:
+    """A preset by name with fields replaced, e.g. `get_config('tiny', retrieval=True)`."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: expected one of {sorted(PRESETS)}")
+    return PRESETS[preset].replace(**overrides)

@@ -1,0 +1,107 @@
+"""Inference over inputs larger than device memory: the host streams chunks of segments.
+
+`stream_infer` cuts host tokens (numpy) into chunks of `chunk_segments * segment_len` tokens,
+and one jitted function scans each chunk and returns the carried `MemoryState` (its input
+state is donated). Device memory stays flat for RMT; for RMT-R it grows only with the
+retrieval buffer, which is preallocated when the total length is known (an array input) and
+otherwise doubled as needed (so the chunk function recompiles O(log chunks) times).
+
+The last chunk is padded with masked tokens to the full chunk shape: padded segments are
+empty and leave the memory unchanged, so the result equals one `scan_segments` over the
+whole input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rmt_jax.model import RMT
+from rmt_jax.recurrence import MemoryState, initial_state, scan_segments
+
+
+def grow_buffer(state: MemoryState, capacity: int) -> MemoryState:
+    """The same state with the RMT-R buffer padded to `capacity` rows (no-op for RMT)."""
+    if state.buffer is None or state.buffer.shape[1] >= capacity:
+        return state
+    extra = capacity - state.buffer.shape[1]
+    buffer = jnp.pad(state.buffer, ((0, 0), (0, extra), (0, 0), (0, 0)))
+    valid = jnp.pad(state.buffer_valid, ((0, 0), (0, extra)))
+    return state._replace(buffer=buffer, buffer_valid=valid)
+
+
+def _as_rows(chunk) -> np.ndarray:
+    chunk = np.asarray(chunk)
+    if chunk.ndim == 1:
+        chunk = chunk[None]
+    if chunk.ndim != 2:
+        raise ValueError(f"token chunks must be [tokens] or [batch, tokens], got {chunk.shape}")
+    return chunk
+
+
+def _host_chunks(pieces: Iterable, size: int) -> Iterator[np.ndarray]:
+    """Re-cuts arbitrary [B, t] pieces into [B, size] chunks (the last may be shorter)."""
+    pending, held = [], 0
+    for piece in pieces:
+        piece = _as_rows(piece)
+        pending.append(piece)
+        held += piece.shape[1]
+        while held >= size:
+            joined = np.concatenate(pending, axis=1)
+            yield joined[:, :size]
+            pending, held = [joined[:, size:]], held - size
+    if held:
+        yield np.concatenate(pending, axis=1)
+
+
+def stream_infer(model: RMT, tokens, *, chunk_segments: int = 64,
+                 state: MemoryState | None = None) -> MemoryState:
+    """Scans `tokens` chunk by chunk -> final MemoryState (pass it to `generate_answer`).
+
+    tokens: a numpy array [T] or [B, T], or an iterable of such pieces of any length.
+    state: carry from an earlier call, to continue a stream (it is donated: do not reuse it).
+    """
+    cfg = model.config
+    if chunk_segments < 1:
+        raise ValueError(f"chunk_segments={chunk_segments} must be >= 1")
+    chunk_tokens = chunk_segments * cfg.segment_len
+    known_segments = None
+    if isinstance(tokens, np.ndarray | jax.Array):
+        rows = _as_rows(tokens)
+        if rows.shape[1] == 0:
+            raise ValueError("empty input: stream at least one token")
+        known_segments = -(-rows.shape[1] // chunk_tokens) * chunk_segments
+        pieces = [rows]
+    else:
+        pieces = tokens
+
+    graphdef, params = nnx.split(model)
+
+    def run_chunk(params, state, chunk, mask):
+        state, _ = scan_segments(nnx.merge(graphdef, params), chunk, mask, state=state,
+                                 bptt_segments=None)
+        return state
+
+    run_chunk = jax.jit(run_chunk, donate_argnums=(1,))
+    # segment slots consumed, tracked on the host to avoid a device sync per chunk
+    seen = 0 if state is None else int(state.step)
+    for chunk in _host_chunks(pieces, chunk_tokens):
+        if state is None:
+            capacity = known_segments or chunk_segments
+            state = initial_state(model, chunk.shape[0], capacity if cfg.retrieval else 0)
+        if state.buffer is not None and state.buffer.shape[1] < seen + chunk_segments:
+            state = grow_buffer(state, max(seen + chunk_segments, 2 * state.buffer.shape[1]))
+        mask = np.ones(chunk.shape, bool)
+        if chunk.shape[1] < chunk_tokens:
+            pad = chunk_tokens - chunk.shape[1]
+            mask = np.pad(mask, ((0, 0), (0, pad)))
+            chunk = np.pad(chunk, ((0, 0), (0, pad)))
+        state = run_chunk(params, state, chunk.astype(np.int32), mask)
+        seen += chunk_segments
+    if state is None:
+        raise ValueError("empty input: stream at least one token")
+    return state

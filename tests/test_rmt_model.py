@@ -1,0 +1,161 @@
+"""The model: configs and bad input, parameter count, attention maps, bf16, decoding, learning."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from rmt_jax import (
+    PRESETS,
+    RMT,
+    answer_logits,
+    count_params,
+    generate_answer,
+    get_config,
+    loss_fn,
+    scan_segments,
+    stream_infer,
+)
+from tests.test_rmt_recurrence import jit, make_model, random_tokens
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(heads=3), "d_model=32 is not divisible by heads=3"),
+    (dict(mem_tokens=0), "mem_tokens=0 must be >= 1"),
+    (dict(mem_tokens=-2), "mem_tokens=-2 must be >= 1"),
+    (dict(retrieval=True, mem_tokens=20), r"needs 68 positions .* max_positions=64"),
+    (dict(segment_len=100), r"needs 108 positions .* lower segment_len"),
+    (dict(remat_policy="bogus"), "unknown remat_policy 'bogus'"),
+    (dict(dtype="float16"), "expected one of"),
+    (dict(attention_map_layers=(5,)), r"attention_map_layers \[5\] out of range"),
+    (dict(bptt_segments=0), "bptt_segments=0 must be >= 1 or None"),
+    (dict(attention_impl="flash"), "attention_impl='flash'"),
+])
+def test_bad_config_raises_clear_error(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        get_config("test", **overrides)
+
+
+def test_bad_input_raises_clear_error():
+    model = make_model()
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        get_config("huge")
+    with pytest.raises(ValueError, match=r"empty context \(shape \(1, 0\)\)"):
+        scan_segments(model, np.zeros((1, 0), np.int32))
+    with pytest.raises(ValueError, match=r"context must be \[batch, tokens\]"):
+        scan_segments(model, np.zeros((8,), np.int32))
+    with pytest.raises(ValueError, match="context_mask shape"):
+        scan_segments(model, np.zeros((1, 8), np.int32), np.ones((1, 9), bool))
+    with pytest.raises(ValueError, match="attention_map_layers is empty"):
+        scan_segments(model, np.ones((1, 8), np.int32), return_attention=True)
+    with pytest.raises(ValueError, match="empty input"):
+        stream_infer(model, np.zeros((0,), np.int32))
+    state, _ = scan_segments(model, np.ones((1, 8), np.int32))
+    with pytest.raises(ValueError, match=r"answer segment needs 84 positions .* raise max_pos"):
+        answer_logits(model, state, np.ones((1, 80), np.int32))
+    with pytest.raises(ValueError, match="empty question"):
+        generate_answer(model, state, np.ones((1, 0), np.int32), max_new_tokens=1)
+
+
+def test_presets_build_and_gpt2_small_has_gpt2_parameter_count():
+    for name, cfg in PRESETS.items():
+        abstract = nnx.eval_shape(lambda cfg=cfg: RMT(cfg, rngs=nnx.Rngs(0)))
+        assert count_params(abstract) > count_params(abstract, exclude_embeddings=True) > 0, name
+    gpt2 = nnx.eval_shape(lambda: RMT(PRESETS["gpt2_small"], rngs=nnx.Rngs(0)))
+    # GPT-2 small (124,439,808 with 1024 positions, tied head) plus 16 x 768 memory
+    assert count_params(gpt2) == 124_439_808 + 16 * 768
+    assert count_params(gpt2, exclude_embeddings=True) == 12 * (12 * 768**2 + 13 * 768) + 2 * 768
+
+
+def test_attention_maps_on_and_off():
+    model = make_model(attention_map_layers=(0, 1))
+    context = random_tokens((2, 3 * 8 - 2))
+    on = jit(lambda m: scan_segments(m, context, return_attention=True), model)
+    off = jit(lambda m: scan_segments(m, context), model)
+    state_on, maps = on()
+    state_off, none = off()
+    assert none is None
+    assert sorted(maps) == ["layer_0", "layer_1"]
+    t = 4 + 8 + 4
+    assert maps["layer_1"].shape == (3, 2, 2, t, t)  # [segments, batch, heads, t, t]
+    np.testing.assert_allclose(maps["layer_0"].sum(-1), 1.0, rtol=1e-5)
+    assert float(jnp.abs(jnp.triu(maps["layer_0"], 1)).max()) == 0.0  # causal
+    np.testing.assert_allclose(state_on.memory, state_off.memory, rtol=1e-5, atol=1e-6)
+    # with the maps off, nothing of shape [.., t, t] leaves the computation
+    outs = jax.make_jaxpr(lambda: scan_segments(model, context))().out_avals
+    assert not any(a.shape[-2:] == (t, t) for a in outs)
+    assert len(jax.make_jaxpr(lambda: scan_segments(model, context, return_attention=True))()
+               .out_avals) == len(outs) + 2
+
+
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
+def test_bf16_runs(param_dtype):
+    cfg = dict(dtype="bfloat16", param_dtype=param_dtype, retrieval=True)
+    model = make_model(**cfg)
+    ref = make_model(retrieval=True)
+    batch = dict(context=random_tokens((2, 20)), query=random_tokens((2, 5), seed=1),
+                 loss_mask=np.array([[0, 0, 1, 1, 1]] * 2, np.float32))
+    step = lambda m: nnx.value_and_grad(loss_fn, has_aux=True)(m, batch)  # noqa: E731
+    (loss, _), grads = jit(step, model)()
+    (loss_ref, _), _ = jit(step, ref)()
+    leaves = jax.tree.leaves(grads)
+    assert all(g.dtype == jnp.dtype(param_dtype) for g in leaves)
+    assert all(bool(jnp.isfinite(g.astype(jnp.float32)).all()) for g in leaves)
+    assert abs(float(loss) - float(loss_ref)) < 0.05  # same init, lower precision
+    state, _ = jit(lambda m: scan_segments(m, batch["context"]), model)()
+    assert state.memory.dtype == jnp.bfloat16 and state.buffer.dtype == jnp.bfloat16
+
+
+def test_generate_answer_is_greedy_and_respects_question_lengths():
+    model = make_model(retrieval=True)
+    context = random_tokens((2, 20))
+    question = random_tokens((2, 3), seed=2)
+
+    def run(model, question, lengths):
+        state, _ = scan_segments(model, context)
+        return generate_answer(model, state, question, max_new_tokens=3,
+                               question_lengths=lengths), state
+
+    answer, state = jit(run, model)(question, None)
+    first = answer_logits(model, state, question)[:, -1].argmax(-1)
+    np.testing.assert_array_equal(answer[:, 0], first)
+    extended = np.concatenate([question, np.asarray(answer[:, :1])], axis=1)
+    np.testing.assert_array_equal(answer[:, 1], answer_logits(model, state, extended)[:, -1]
+                                  .argmax(-1))
+    # row 1 asks a shorter question, right-padded with junk
+    padded = question.copy()
+    padded[1, 2] = 63
+    answer_short, _ = jit(run, model)(padded, np.array([3, 2]))
+    answer_ref, _ = jit(run, model)(question[:, :2], None)
+    np.testing.assert_array_equal(answer_short[1], answer_ref[1])
+    np.testing.assert_array_equal(answer_short[0], answer[0])
+
+
+def test_tiny_model_learns_a_copy_task_through_memory():
+    """The answer is the token filling segment 1; segment 2 is the same filler for everyone.
+
+    Without the memory the best loss is ln(8) ~ 2.08 (8 equally likely answers).
+    """
+    model = RMT(get_config("test"), rngs=nnx.Rngs(0))
+    batch_size = 8
+    answers = np.random.RandomState(0).choice(np.arange(10, 64), batch_size, replace=False)
+    context = np.concatenate([np.repeat(answers[:, None], 8, 1),
+                              np.full((batch_size, 8), 3)], axis=1).astype(np.int32)
+    batch = dict(context=context,
+                 query=np.stack([np.ones(batch_size), answers], 1).astype(np.int32),
+                 loss_mask=np.array([[0, 1]] * batch_size, np.float32))
+    optimizer = nnx.Optimizer(model, optax.adamw(3e-3), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer, batch):
+        (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, batch)
+        optimizer.update(model, grads)
+        return loss, aux["accuracy"]
+
+    losses = [float(train_step(model, optimizer, batch)[0]) for _ in range(60)]
+    _, accuracy = train_step(model, optimizer, batch)
+    assert losses[0] > 3.5
+    assert losses[-1] < 1.0, losses
+    assert float(accuracy) == 1.0

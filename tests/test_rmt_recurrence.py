@@ -1,0 +1,217 @@
+"""The recurrence: scan == loop, truncated BPTT, empty segments, token padding, retrieval."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from rmt_jax import RMT, answer_logits, get_config, loop_segments, scan_segments
+
+SEG = 8  # segment_len of the 'test' preset
+# Tests check numbers, not speed: XLA's backend optimisations only cost compile time here.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def jit(fn, model):
+    """`fn(model, *args)` compiled with the model's parameters as traced inputs."""
+    graphdef, params = nnx.split(model)
+    compiled = jax.jit(lambda p, *a: fn(nnx.merge(graphdef, p), *a),
+                       compiler_options=FAST_COMPILE)
+    return lambda *args: compiled(params, *args)
+
+
+@functools.cache
+def make_model(**overrides) -> RMT:
+    return RMT(get_config("test", **overrides), rngs=nnx.Rngs(0))
+
+
+def random_tokens(shape, seed=0):
+    return np.random.RandomState(seed).randint(1, 64, shape).astype(np.int32)
+
+
+def rel_err(a, b) -> float:
+    a = jnp.concatenate([x.ravel() for x in jax.tree.leaves(a)])
+    b = jnp.concatenate([x.ravel() for x in jax.tree.leaves(b)])
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+def objective(runner, context, mask=None, key=None, **kw):
+    """A scalar that depends on every segment (answer log-likelihood), with the state as aux."""
+    query = jnp.arange(6, dtype=jnp.int32)[None].repeat(context.shape[0], 0)
+
+    def f(model):
+        state, _ = runner(model, context, mask, key=key, **kw)
+        k_ans = None if key is None else jax.random.fold_in(key, 99)
+        logits = answer_logits(model, state, query, k_ans)
+        return -jax.nn.log_softmax(logits)[:, :-1].mean() + (state.memory**2).mean(), state
+
+    return f
+
+
+def value_and_grad(f, model):
+    """-> ((value, final state), grads)."""
+    return jit(nnx.value_and_grad(f, has_aux=True), model)()
+
+
+@pytest.mark.parametrize("retrieval", [False, True])
+def test_scan_equals_loop_outputs_and_grads(retrieval):
+    model = make_model(retrieval=retrieval, dropout=0.1)
+    context = random_tokens((2, 3 * SEG - 3))
+    key = jax.random.key(1)
+    (v_scan, scan_state), g_scan = value_and_grad(objective(scan_segments, context, key=key),
+                                                  model)
+    (v_loop, loop_state), g_loop = value_and_grad(objective(loop_segments, context, key=key),
+                                                  model)
+    assert rel_err(scan_state, loop_state) <= 1e-5
+    assert abs(float(v_scan - v_loop)) <= 1e-5 * abs(float(v_loop))
+    assert rel_err(g_scan, g_loop) <= 1e-5
+    assert rel_err(g_scan, jax.tree.map(jnp.zeros_like, g_loop)) > 0.5  # grads are not zero
+
+
+def test_dropout_key_changes_output_and_none_is_deterministic():
+    model = make_model(dropout=0.1)
+    context = random_tokens((1, 3 * SEG))
+    run = jit(lambda m, k: scan_segments(m, context, key=k)[0].memory, model)
+    a, b = run(jax.random.key(0)), run(jax.random.key(1))
+    assert float(jnp.abs(a - b).max()) > 1e-4
+    off = jit(lambda m: scan_segments(m, context)[0].memory, model)
+    np.testing.assert_array_equal(off(), off())
+
+
+def test_truncated_bptt_cuts_gradients_of_older_segments():
+    model = make_model()
+    context = random_tokens((2, 4 * SEG), seed=3)
+    _, g_full = value_and_grad(objective(scan_segments, context, bptt_segments=None), model)
+    _, g_all = value_and_grad(objective(scan_segments, context, bptt_segments=4), model)
+    _, g_k1 = value_and_grad(objective(scan_segments, context, bptt_segments=1), model)
+    assert rel_err(g_all, g_full) <= 1e-6  # k covering every segment is full BPTT
+    assert float(jnp.abs(g_full["memory"][...]).max()) > 0
+    # With k=1 the learned initial memory only reaches the loss through older segments.
+    assert float(jnp.abs(g_k1["memory"][...]).max()) == 0.0
+
+    # k=1 equals running the last segment from a constant memory computed by the first three.
+    prefix_state, _ = jit(lambda m: scan_segments(m, context[:, : 3 * SEG]), model)()
+    frozen = jax.tree.map(jax.lax.stop_gradient, prefix_state)
+    _, g_ref = value_and_grad(
+        objective(
+            lambda m, c, mk, key: scan_segments(m, c, mk, state=frozen, key=key),
+            context[:, 3 * SEG :],
+        ),
+        model,
+    )
+    assert rel_err(g_k1, g_ref) <= 1e-5
+    assert rel_err(g_k1, g_full) > 1e-3  # truncation did change something
+
+
+@pytest.mark.parametrize("retrieval", [False, True])
+def test_empty_segments_leave_memory_unchanged(retrieval):
+    model = make_model(retrieval=retrieval)
+    context = random_tokens((1, 3 * SEG), seed=4)
+    # Same tokens with an empty segment inserted in the middle and two appended at the end.
+    padded = np.zeros((1, 6 * SEG), np.int32)
+    mask = np.zeros((1, 6 * SEG), bool)
+    for src, dst in ((0, 0), (1, 2), (2, 3)):
+        padded[:, dst * SEG : (dst + 1) * SEG] = context[:, src * SEG : (src + 1) * SEG]
+        mask[:, dst * SEG : (dst + 1) * SEG] = True
+    padded[~mask] = 7  # pad values must not matter
+
+    def answer(model, context, mask):
+        state, _ = scan_segments(model, context, mask)
+        return state.memory, answer_logits(model, state, jnp.ones((context.shape[0], 4), jnp.int32))
+
+    answer = jit(answer, model)
+    mem_a, logits_a = answer(context, np.ones(context.shape, bool))
+    mem_b, logits_b = answer(padded, mask)
+    np.testing.assert_allclose(mem_b, mem_a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits_b, logits_a, rtol=1e-5, atol=1e-5)
+    # a batch whose rows have different segment counts gives each row its own answer
+    both = np.concatenate([np.pad(context, ((0, 0), (0, 3 * SEG))), padded])
+    both_mask = np.concatenate(
+        [np.pad(np.ones_like(mask[:, : 3 * SEG]), ((0, 0), (0, 3 * SEG))), mask]
+    )
+    mem_ab, _ = answer(both, both_mask)
+    np.testing.assert_allclose(mem_ab[0], mem_a[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mem_ab[1], mem_a[0], rtol=1e-5, atol=1e-6)
+    # an extra *non-empty* segment does change the memory
+    mask[:, SEG] = True
+    mem_c, _ = answer(padded, mask)
+    assert float(jnp.abs(mem_c - mem_a).max()) > 1e-4
+
+
+def test_token_padding_is_invisible():
+    model = make_model()
+    run = jit(lambda m, c, mk: scan_segments(m, c, mk)[0].memory, model)
+    context = random_tokens((2, 2 * SEG + 5), seed=5)  # not a whole number of segments
+    ref = run(context, None)
+    # explicit padding to 3 whole segments, pad values arbitrary
+    padded = np.pad(context, ((0, 0), (0, SEG - 5)), constant_values=9)
+    mask = np.pad(np.ones(context.shape, bool), ((0, 0), (0, SEG - 5)))
+    np.testing.assert_allclose(run(padded, mask), ref, rtol=1e-5, atol=1e-6)
+    # masked tokens anywhere inside a segment act as if removed from that segment:
+    # segment 1 = [a0 a1 X X a2 a3 a4 a5] with X masked == [a0 .. a5 pad pad]
+    a = context[:, SEG : SEG + 6]
+    holes, hole_mask = padded.copy(), mask.copy()
+    holes[:, SEG : 2 * SEG] = np.concatenate([a[:, :2], np.full((2, 2), 5), a[:, 2:]], axis=1)
+    hole_mask[:, SEG + 2 : SEG + 4] = False
+    short, short_mask = padded.copy(), mask.copy()
+    short[:, SEG : 2 * SEG] = np.concatenate([a, np.zeros((2, 2), np.int32)], axis=1)
+    short_mask[:, SEG + 6 : 2 * SEG] = False
+    np.testing.assert_allclose(
+        run(holes, hole_mask), run(short, short_mask), rtol=1e-5, atol=1e-6
+    )
+    # and the pad values really are ignored, while a real token change is not
+    assert float(jnp.abs(run(padded + (~mask) * 3, mask) - ref).max()) < 1e-6
+    changed = context.copy()
+    changed[:, -1] += 1
+    assert float(jnp.abs(run(changed, None) - ref).max()) > 1e-5
+
+
+def test_retrieval_is_causal_in_outputs_and_gradients():
+    model = make_model(retrieval=True)
+    context = random_tokens((2, 5 * SEG), seed=6)
+    later = context.copy()
+    later[:, 3 * SEG :] = random_tokens((2, 2 * SEG), seed=7)  # perturb segments 4 and 5
+
+    def early(model, context):
+        def f(model):  # depends on the memories written by segments 1..3 only
+            state, _ = scan_segments(model, context)
+            return (state.buffer[:, :3] ** 2).sum(), state
+
+        return nnx.value_and_grad(f, has_aux=True)(model)
+
+    early = jit(early, model)
+    (v_a, state_a), g_a = early(context)
+    (v_b, state_b), g_b = early(later)
+    np.testing.assert_array_equal(state_a.buffer[:, :3], state_b.buffer[:, :3])
+    assert float(v_a) == float(v_b)
+    assert rel_err(g_b, g_a) == 0.0
+    assert float(jnp.abs(state_a.buffer[:, 3:] - state_b.buffer[:, 3:]).max()) > 1e-4
+    assert bool(state_a.buffer_valid.all())
+
+
+def test_retrieval_reads_only_valid_states():
+    model = make_model(retrieval=True)
+    retrieval = model.retrieval
+    rng = np.random.RandomState(8)
+    m = jnp.asarray(rng.randn(2, 4, 32), jnp.float32) * 0.1
+    buffer = jnp.asarray(rng.randn(2, 3, 4, 32), jnp.float32)
+    valid = jnp.array([[True, True, False], [True, False, False]])
+    r = retrieval(m, buffer, valid)
+    r2 = retrieval(m, buffer.at[0, 2].set(5.0).at[1, 1:].set(-3.0), valid)
+    np.testing.assert_allclose(r2, r, rtol=1e-6, atol=1e-6)
+    assert float(jnp.abs(retrieval(m, buffer.at[0, 1].set(5.0), valid) - r).max()) > 1e-4
+    # first segment: nothing stored, so r = m + MLP(LN(m))
+    empty = retrieval(m, buffer, jnp.zeros((2, 3), bool))
+    np.testing.assert_allclose(empty, m + retrieval.mlp(retrieval.ln_mlp(m)), rtol=1e-6, atol=1e-6)
+
+
+def test_remat_policy_keeps_gradients():
+    context = random_tokens((1, 3 * SEG), seed=9)
+    _, g_ref = value_and_grad(objective(scan_segments, context), make_model())
+    _, g_remat = value_and_grad(
+        objective(scan_segments, context), make_model(remat_policy="dots_saveable")
+    )
+    assert rel_err(g_remat, g_ref) <= 1e-5

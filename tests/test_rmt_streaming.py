@@ -1,0 +1,39 @@
+"""Streaming inference equals one scan over the whole input (RMT and RMT-R)."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from rmt_jax import RMT, answer_logits, get_config, scan_segments, stream_infer
+
+SEG = 8
+
+
+@pytest.mark.parametrize("retrieval", [False, True])
+def test_stream_equals_one_shot_scan(retrieval):
+    model = RMT(get_config("test", retrieval=retrieval), rngs=nnx.Rngs(0))
+    tokens = np.random.RandomState(0).randint(1, 64, (7 * SEG + 3,)).astype(np.int32)
+    query = np.arange(1, 5, dtype=np.int32)[None]
+    one_shot, _ = jax.jit(lambda: scan_segments(model, tokens[None]))()
+    segments = one_shot.step
+
+    # from an array (buffer preallocated) and from an iterator of odd pieces (buffer grown)
+    pieces = (tokens[i:i + 13] for i in range(0, tokens.size, 13))
+    for source in (tokens, pieces):
+        streamed = stream_infer(model, source, chunk_segments=3)
+        np.testing.assert_allclose(streamed.memory, one_shot.memory, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(answer_logits(model, streamed, query),
+                                   answer_logits(model, one_shot, query), rtol=1e-5, atol=1e-5)
+        if retrieval:
+            assert streamed.buffer.shape[1] >= 9  # 3 chunks of 3 segment slots
+            np.testing.assert_allclose(streamed.buffer[:, :segments], one_shot.buffer,
+                                       rtol=1e-5, atol=1e-6)
+            assert not bool(streamed.buffer_valid[:, segments:].any())
+        else:
+            assert streamed.buffer is None  # RMT carries only [B, n, d]
+
+    # continuing a stream from a carried state
+    first = stream_infer(model, tokens[: 4 * SEG], chunk_segments=2)
+    rest = stream_infer(model, tokens[4 * SEG:], chunk_segments=2, state=first)
+    np.testing.assert_allclose(rest.memory, one_shot.memory, rtol=1e-5, atol=1e-6)
