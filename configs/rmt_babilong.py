@@ -1,0 +1,112 @@
+r"""RMT and RMT-R trained on BABILong with a curriculum over segment counts.
+
+    python -m launch.train --config=configs/rmt_babilong.py:small,qa1 --workdir=/tmp/rmt_qa1
+    python -m launch.train --config=configs/rmt_babilong.py:gpt2_small,qa1,retrieval \
+        --workdir=gs://BUCKET/rmt_r_qa1 --config.train.batch_size=64
+
+The argument is a comma-separated list: one size (`tiny`, `small`, `gpt2_small`), the tasks
+to train on (any of qa1..qa5, several allowed; default qa1), and `retrieval` for RMT-R.
+Any field can be overridden on the command line (`--config.optim.learning_rate=3e-4`); the
+config is locked, so a misspelt field is an error.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+SIZES = {
+    # name: (layers, d_model, heads, segment_len, mem_tokens)
+    "tiny": (2, 64, 2, 32, 4),
+    "small": (4, 256, 4, 128, 8),
+    "gpt2_small": (12, 768, 12, 512, 16),
+}
+TASK_CHOICES = ("qa1", "qa2", "qa3", "qa4", "qa5")
+
+
+def parse_arg(arg: str) -> tuple[str, tuple[str, ...], bool]:
+    """'small,qa1,qa2,retrieval' -> ('small', ('qa1', 'qa2'), True)."""
+    size, tasks, retrieval = "small", [], False
+    for part in (p.strip() for p in (arg or "").split(",") if p.strip()):
+        if part in SIZES:
+            size = part
+        elif part in TASK_CHOICES:
+            tasks.append(part)
+        elif part in ("retrieval", "rmt_r"):
+            retrieval = True
+        else:
+            raise ValueError(
+                f"unknown config part {part!r}: expected a size ({', '.join(SIZES)}), tasks "
+                f"({', '.join(TASK_CHOICES)}) or 'retrieval'"
+            )
+    return size, tuple(tasks) or ("qa1",), retrieval
+
+
+def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
+    size, tasks, retrieval = parse_arg(arg)
+    layers, d_model, heads, segment_len, mem_tokens = SIZES[size]
+    config = ml_collections.ConfigDict()
+
+    config.model = ml_collections.ConfigDict()
+    config.model.layers = layers  # transformer blocks
+    config.model.d_model = d_model  # residual width
+    config.model.heads = heads  # attention heads (divide d_model)
+    config.model.vocab_size = 0  # 0: the tokenizer's vocabulary size
+    config.model.segment_len = segment_len  # context tokens per segment
+    config.model.mem_tokens = mem_tokens  # memory vectors carried between segments
+    config.model.max_positions = 2 * segment_len + 4 * mem_tokens  # learned positions
+    config.model.param_dtype = "float32"  # parameter storage: float32 | bfloat16
+    config.model.dtype = "float32" if size != "gpt2_small" else "bfloat16"  # compute dtype
+    config.model.retrieval = retrieval  # RMT-R: self-retrieval over past memory states
+    config.model.dropout = 0.0  # backbone dropout
+    config.model.retrieval_dropout = 0.1  # dropout inside the retrieval block
+    config.model.remat_policy = "none" if size != "gpt2_small" else "dots_saveable"
+    config.model.bptt_segments = 0  # back-propagate through the last k segments; 0 = all
+    config.model.attention_impl = ""  # '' lets JAX choose; 'cudnn' on NVIDIA GPUs
+
+    config.data = ml_collections.ConfigDict()
+    config.data.tasks = ",".join(tasks)  # tasks mixed in every batch
+    config.data.babi_source = "generated"  # 'generated' (fresh stories) or 'files'
+    config.data.babi_dir = "../shared/data/babi"  # bAbI files (for 'files' and evaluation)
+    config.data.haystack_dir = "../shared/data/haystack"  # books for the background
+    config.data.tokenizer = "sentencepiece"  # the shipped model; or 'gpt2:DIR'
+    config.data.max_question_len = 24  # question tokens (longer ones are cut from the left)
+    config.data.max_answer_len = 6  # answer tokens + end of answer
+    config.data.worker_count = 0  # grain worker processes (0: in the main process)
+    config.data.seed = 0  # the data stream depends on this seed and the step alone
+
+    config.curriculum = ml_collections.ConfigDict()
+    config.curriculum.segments = (1, 2, 4, 6, 8, 16, 32)  # segment counts, one per stage
+    config.curriculum.stage_steps = 2000  # steps per stage (the last stage runs to the end)
+    config.curriculum.advance_accuracy = 0.0  # also advance when train accuracy passes this (0: off)
+    config.curriculum.mix_shorter = True  # draw each sample's segment count from 1..stage's
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.learning_rate = 5e-5 if retrieval else 1e-4  # peak learning rate
+    config.optim.warmup_steps = 500  # linear warm-up
+    config.optim.schedule = "cosine"  # decay after warm-up: cosine | linear | constant
+    config.optim.end_lr_fraction = 0.1  # final learning rate as a fraction of the peak
+    config.optim.weight_decay = 0.01  # AdamW decoupled weight decay
+    config.optim.grad_clip = 1.0  # global-norm clipping
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.99
+
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 64  # global batch, split over the data axis
+    config.train.num_steps = 20_000  # total steps
+    config.train.log_every = 100  # steps between metric writes
+    config.train.checkpoint_every = 1000  # steps between checkpoints
+    config.train.keep_checkpoints = 3  # newest checkpoints kept (the best is kept apart)
+    config.train.async_checkpoint = True  # write checkpoints in the background
+    config.train.seed = 0  # parameter init and dropout
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1  # devices on the data axis (-1: all that the model axis leaves)
+    config.mesh.model = 1  # devices on the model (tensor-parallel) axis
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.every = 2000  # steps between evaluations during training (0: off)
+    config.eval.lengths = "0k,1k,2k,4k"  # lengths evaluated during and after training
+    config.eval.num_samples = 100  # samples per task and length
+    config.eval.batch_size = 32
+    config.eval.source = "files"  # 'files': the original bAbI test questions; 'generated'
+    return config.lock()

@@ -1,0 +1,219 @@
+"""From BABILong records to RMT batches: tokenizer, haystack, grain pipelines per stage.
+
+Example contract (`encode_example`; L = segment_len, S segments, Qq = max_question_len,
+A = max_answer_len):
+
+  context           int32 [S*L]  context tokens, then padding (0)
+  context_mask      bool  [S*L]  True on real context tokens
+  question          int32 [Qq]   question tokens (cut from the left if longer), then padding
+  question_length   int32 []     real question tokens
+  answer            int32 [A]    answer tokens + eos (cut if longer), then padding
+  query             int32 [Qq+A] question then answer tokens back to back, then padding
+  loss_mask         float32 [Qq+A]  1 where `query` holds an answer token (eos included)
+  task_id           int32 []     index of the task in babilong_tfds.tasks.TASKS
+
+`collate` stacks examples into a batch ([B, ...]). Training batches come from
+`TrainData.iterator(stage)`: a grain pipeline over `BabilongSource`, whose record i depends
+on (seed, stage, i) alone, so a batch depends on the config, the stage and the iterator
+state alone; that state is a small JSON-able dict saved with each checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import grain
+import ml_collections
+import numpy as np
+
+from babilong_tfds.compose import Composer
+from babilong_tfds.dataset import BabilongSource
+from babilong_tfds.haystack import Haystack, load_books_from_dir
+from babilong_tfds.tasks import TASKS, parse_tasks
+from babilong_tfds.tokenizer import get_tokenizer
+from rmt_jax.config import ModelConfig
+
+# Records of a training stream before it would wrap (never reached in practice).
+STREAM_RECORDS = (1 << 31) - 1
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(spec: str):
+    return get_tokenizer(spec)
+
+
+def make_tokenizer(config: ml_collections.ConfigDict):
+    """The tokenizer named by `config.data.tokenizer` (loaded once per process)."""
+    return _tokenizer(config.data.tokenizer)
+
+
+@functools.lru_cache(maxsize=2)
+def _haystack(haystack_dir: str, tokenizer_spec: str) -> Haystack:
+    return Haystack.build(load_books_from_dir(haystack_dir), _tokenizer(tokenizer_spec))
+
+
+def make_composer(config: ml_collections.ConfigDict, *, allow_reuse: bool = False) -> Composer:
+    """Haystack (tokenized once, cached on disk and in the process) + tokenizer."""
+    haystack = _haystack(config.data.haystack_dir, config.data.tokenizer)
+    return Composer(haystack, make_tokenizer(config), allow_reuse=allow_reuse)
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
+    """`config.model` as a validated `ModelConfig` (0 / '' mean: the tokenizer's, all, auto)."""
+    m = config.model
+    return ModelConfig(
+        layers=m.layers,
+        d_model=m.d_model,
+        heads=m.heads,
+        vocab_size=m.vocab_size or vocab_size,
+        segment_len=m.segment_len,
+        mem_tokens=m.mem_tokens,
+        max_positions=max(
+            m.max_positions,
+            config.data.max_question_len + config.data.max_answer_len + 2 * m.mem_tokens,
+        ),
+        param_dtype=m.param_dtype,
+        dtype=m.dtype,
+        retrieval=m.retrieval,
+        dropout=m.dropout,
+        retrieval_dropout=m.retrieval_dropout,
+        remat_policy=m.remat_policy,
+        bptt_segments=m.bptt_segments or None,
+        attention_impl=m.attention_impl or None,
+    )
+
+
+def _pad(ids: np.ndarray, size: int) -> np.ndarray:
+    out = np.zeros(size, np.int32)
+    out[: len(ids)] = ids
+    return out
+
+
+def encode_example(
+    record: dict, tokenizer, config: ml_collections.ConfigDict, *, segments: int | None = None
+) -> dict:
+    """One record (with `input_ids` or `input` text, `question`, `target`) as arrays."""
+    segment_len = config.model.segment_len
+    if "input_ids" in record:
+        context = np.asarray(record["input_ids"], np.int32)
+    else:
+        text = record["input"]
+        text = text.decode("utf-8") if isinstance(text, bytes) else text
+        context = np.asarray(tokenizer.encode(text), np.int32)
+    if segments is None:
+        segments = max(1, math.ceil(len(context) / segment_len))
+    if len(context) > segments * segment_len:
+        raise ValueError(
+            f"context of {len(context)} tokens does not fit {segments} segments of "
+            f"{segment_len}: raise the segment count"
+        )
+    question_text, target = (
+        v.decode("utf-8") if isinstance(v, bytes) else str(v)
+        for v in (record["question"], record["target"])
+    )
+    max_q, max_a = config.data.max_question_len, config.data.max_answer_len
+    question = np.asarray(tokenizer.encode(question_text), np.int32)[-max_q:]
+    answer = np.asarray([*tokenizer.encode(target), tokenizer.eos_id], np.int32)[:max_a]
+    query = np.zeros(max_q + max_a, np.int32)
+    loss_mask = np.zeros(max_q + max_a, np.float32)
+    query[: len(question)] = question
+    query[len(question) : len(question) + len(answer)] = answer
+    loss_mask[len(question) : len(question) + len(answer)] = 1.0
+    task = record["task"]
+    task = task.decode("utf-8") if isinstance(task, bytes) else str(task)
+    return {
+        "context": _pad(context, segments * segment_len),
+        "context_mask": np.arange(segments * segment_len) < len(context),
+        "question": _pad(question, max_q),
+        "question_length": np.int32(len(question)),
+        "answer": _pad(answer, max_a),
+        "query": query,
+        "loss_mask": loss_mask,
+        "task_id": np.int32(TASKS.index(task)),
+    }
+
+
+def collate(examples: list[dict]) -> dict:
+    """Stacks examples field by field into a batch."""
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def decode_answer(ids, tokenizer) -> str:
+    """Generated ids -> answer text, stopping at the first eos or padding."""
+    out = []
+    for i in np.asarray(ids).tolist():
+        if i in (tokenizer.eos_id, tokenizer.pad_id):
+            break
+        out.append(i)
+    return tokenizer.decode(out).strip()
+
+
+class TrainData:
+    """Training batches per curriculum stage, for one process of `process_count`."""
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        composer: Composer,
+        *,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        batch = config.train.batch_size
+        if batch % process_count:
+            raise ValueError(
+                f"train.batch_size={batch} is not divisible by {process_count} processes"
+            )
+        self.config = config
+        self.composer = composer
+        self.tasks = parse_tasks(config.data.tasks)
+        self.process_index = process_index
+        self.process_count = process_count
+        self.local_batch = batch // process_count
+
+    def stage_lengths(self, stage: int) -> list[int]:
+        """Context sizes in tokens drawn within a stage: whole segment counts."""
+        segments = self.config.curriculum.segments[stage]
+        counts = range(1, segments + 1) if self.config.curriculum.mix_shorter else [segments]
+        return [k * self.config.model.segment_len for k in counts]
+
+    def source(self, stage: int) -> BabilongSource:
+        data = self.config.data
+        return BabilongSource(
+            self.composer,
+            self.tasks,
+            self.stage_lengths(stage),
+            seed=data.seed * 1000 + stage,
+            split="train",
+            babi_source=data.babi_source,
+            babi_root=data.babi_dir,
+            num_records=STREAM_RECORDS,
+        )
+
+    def dataset(self, stage: int) -> grain.IterDataset:
+        segments = self.config.curriculum.segments[stage]
+        tokenizer = self.composer.tokenizer
+        config = self.config
+        ds = grain.MapDataset.source(self.source(stage))
+        ds = ds[self.process_index :: self.process_count]
+        ds = ds.map(lambda r: encode_example(r, tokenizer, config, segments=segments))
+        ds = ds.batch(self.local_batch, drop_remainder=True, batch_fn=collate)
+        iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+        if config.data.worker_count > 0:
+            iter_ds = iter_ds.mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=config.data.worker_count)
+            )
+        return iter_ds
+
+    def iterator(self, stage: int, state: dict | None = None):
+        """A grain iterator of numpy batches; `state` from `.get_state()` resumes it."""
+        if not 0 <= stage < len(self.config.curriculum.segments):
+            raise ValueError(
+                f"curriculum stage {stage} out of range: the config has "
+                f"{len(self.config.curriculum.segments)} stages"
+            )
+        iterator = iter(self.dataset(stage))
+        if state is not None:
+            iterator.set_state(state)
+        return iterator

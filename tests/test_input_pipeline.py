@@ -1,0 +1,96 @@
+"""RMT batches from BABILong: shapes, answer masks, resumable deterministic iterators."""
+
+import numpy as np
+import pytest
+
+from babilong_tfds.compose import Composer
+from configs.rmt_babilong import get_config
+from rmt_jax import input_pipeline as ip
+
+
+@pytest.fixture(scope="module")
+def config(babi_root, small_haystack_dir):
+    config = get_config("tiny,qa1,qa2").unlock()
+    config.train.batch_size = 4
+    config.data.babi_dir = str(babi_root)
+    config.data.haystack_dir = str(small_haystack_dir)
+    return config.lock()
+
+
+@pytest.fixture(scope="module")
+def composer(small_haystack, sp_tokenizer):
+    return Composer(small_haystack, sp_tokenizer)
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_batches_follow_the_contract(config, composer, sp_tokenizer):
+    data = ip.TrainData(config, composer)
+    batch = next(data.iterator(stage=2))  # 4 segments of 32 tokens
+    seg = config.model.segment_len
+    assert batch["context"].shape == (4, 4 * seg) and batch["context"].dtype == np.int32
+    q, a = config.data.max_question_len, config.data.max_answer_len
+    assert batch["query"].shape == batch["loss_mask"].shape == (4, q + a)
+    for i in range(4):
+        n = batch["context_mask"][i].sum()
+        assert batch["context_mask"][i, :n].all() and not batch["context"][i, n:].any()
+        answer = batch["query"][i][batch["loss_mask"][i] > 0]
+        assert answer[-1] == sp_tokenizer.eos_id
+        assert np.array_equal(answer, batch["answer"][i][: len(answer)])
+        ql = batch["question_length"][i]
+        assert np.array_equal(batch["query"][i][:ql], batch["question"][i][:ql])
+        assert ip.decode_answer(batch["answer"][i], sp_tokenizer) in {
+            "bathroom",
+            "bedroom",
+            "garden",
+            "hallway",
+            "kitchen",
+            "office",
+        }
+    assert set(batch["task_id"].tolist()) <= {0, 1}
+
+
+def test_iterator_state_resumes_exactly(config, composer):
+    data = ip.TrainData(config, composer)
+    it = data.iterator(1)
+    next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(2)]
+    resumed = data.iterator(1, state)
+    assert all(same(e, next(resumed)) for e in expected)
+    other_stage = next(data.iterator(2))
+    assert not same(expected[0], other_stage)
+
+
+def test_processes_get_disjoint_shards(config, composer):
+    config = config.unlock()
+    config.train.batch_size = 8
+    a = next(ip.TrainData(config, composer, process_index=0, process_count=2).iterator(0))
+    b = next(ip.TrainData(config, composer, process_index=1, process_count=2).iterator(0))
+    assert a["context"].shape[0] == b["context"].shape[0] == 4
+    assert not any(np.array_equal(x, y) for x in a["context"] for y in b["context"])
+    with pytest.raises(ValueError, match="not divisible by 3 processes"):
+        ip.TrainData(config, composer, process_count=3)
+
+
+def test_encode_text_record_and_errors(config, sp_tokenizer):
+    record = {
+        "input": "Mary went to the garden. " * 10,
+        "question": "Where is Mary?",
+        "target": "garden",
+        "task": b"qa1",
+    }
+    ex = ip.encode_example(record, sp_tokenizer, config)
+    n = len(sp_tokenizer.encode(record["input"]))
+    assert ex["context_mask"].sum() == n and len(ex["context"]) % config.model.segment_len == 0
+    with pytest.raises(ValueError, match="does not fit 1 segments"):
+        ip.encode_example(record, sp_tokenizer, config, segments=1)
+    with pytest.raises(ValueError, match="stage 9 out of range"):
+        ip.TrainData(config, None).iterator(9)
+
+
+def test_model_config_from_config(config):
+    mc = ip.model_config(config, vocab_size=8192)
+    assert mc.vocab_size == 8192 and mc.bptt_segments is None and mc.attention_impl is None
