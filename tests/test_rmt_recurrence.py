@@ -81,6 +81,21 @@ def test_dropout_key_changes_output_and_none_is_deterministic():
     np.testing.assert_array_equal(off(), off())
 
 
+def test_each_segment_gets_its_own_dropout_key(monkeypatch):
+    """NNX's broadcast Rngs would reuse one mask per step; keys must differ by segment."""
+    model = make_model(dropout=0.1)
+    seen = []
+    real = type(model).segment
+
+    def spy(self, read, write, tokens, lengths, key=None, return_attention=False):
+        seen.append(np.asarray(jax.random.key_data(key)).tobytes())
+        return real(self, read, write, tokens, lengths, key, return_attention)
+
+    monkeypatch.setattr(type(model), "segment", spy)
+    loop_segments(model, random_tokens((1, 4 * SEG)), key=jax.random.key(0))
+    assert len(seen) == 4 and len(set(seen)) == 4
+
+
 def test_truncated_bptt_cuts_gradients_of_older_segments():
     model = make_model()
     context = random_tokens((2, 4 * SEG), seed=3)
