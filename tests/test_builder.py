@@ -175,3 +175,46 @@ def test_build_with_generated_stories(tmp_path, manual_dir):
         record = json.loads(line)
         assert record["origin"].startswith("generated:qa19:")
         assert babi_solver.solve("qa19", record["facts"], record["question"]) == record["target"]
+
+
+def test_length_too_small_for_any_story_fails_before_writing(tmp_path, small_haystack_dir):
+    manual = tmp_path / "manual"
+    (manual / "babi").mkdir(parents=True)
+    (manual / "haystack").symlink_to(small_haystack_dir)
+    # One story of 30 facts: far more than 1k/8 = 128 tokens of facts.
+    lines = [f"{i} Mary travelled to the garden near the old kitchen." for i in range(1, 31)]
+    lines.append("31 Where is Mary? \tgarden\t30")
+    (manual / "babi" / "qa1_single-supporting-fact_test.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="too small for any qa1 story.*smallest length"):
+        build("qa1", "1k", data_dir=tmp_path / "d", manual_dir=manual)
+    assert not list((tmp_path / "d").rglob("*.array_record*"))
+    assert not (tmp_path / "d" / "babilong" / "qa1_1k_test100").exists()
+
+
+def test_without_manual_dir_the_builder_downloads(babi_root, haystack_dir, tmp_path):
+    """The download path: the bAbI archive and PG19 books come from the download manager."""
+    listing = tmp_path / "listing.json"
+    listing.write_text('{"items": [{"name": "test/11.txt"}, {"name": "test/84.txt"}]}')
+    asked = []
+
+    class FakeDownloadManager:
+        @property
+        def manual_dir(self):
+            raise AssertionError("Manual directory not enabled.")
+
+        def download_and_extract(self, url):
+            asked.append(url)
+            return babi_root
+
+        def download(self, what):
+            if isinstance(what, str):
+                asked.append(what)
+                return listing
+            return {name: haystack_dir / f"pg{name[5:]}" for name in what}
+
+    config = BabilongConfig(name="qa1_1k_dl", task="qa1", length="1k", num_test=2, num_train=0)
+    builder = Builder(config=config, data_dir=tmp_path / "d")
+    splits = builder._split_generators(FakeDownloadManager())
+    records = [r for _, r in splits["test"]]
+    assert len(records) == 2 and set(records[0]["book_ids"]) <= {"11", "84"}
+    assert asked[0].endswith("tasks_1-20_v1-2.tar.gz") and "deepmind-gutenberg" in asked[1]
