@@ -13,6 +13,7 @@ whole input.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 
 import jax
@@ -58,6 +59,19 @@ def _host_chunks(pieces: Iterable, size: int) -> Iterator[np.ndarray]:
         yield np.concatenate(pending, axis=1)
 
 
+@functools.lru_cache(maxsize=16)
+def _chunk_fn(graphdef):
+    """The jitted chunk scan of one model structure, compiled once per shape and reused
+    across calls (an evaluation streams many samples through the same model)."""
+
+    def run_chunk(params, state, chunk, mask):
+        state, _ = scan_segments(nnx.merge(graphdef, params), chunk, mask, state=state,
+                                 bptt_segments=None)
+        return state
+
+    return jax.jit(run_chunk, donate_argnums=(1,))
+
+
 def stream_infer(model: RMT, tokens, *, chunk_segments: int = 64,
                  state: MemoryState | None = None) -> MemoryState:
     """Scans `tokens` chunk by chunk -> final MemoryState (pass it to `generate_answer`).
@@ -80,13 +94,7 @@ def stream_infer(model: RMT, tokens, *, chunk_segments: int = 64,
         pieces = tokens
 
     graphdef, params = nnx.split(model)
-
-    def run_chunk(params, state, chunk, mask):
-        state, _ = scan_segments(nnx.merge(graphdef, params), chunk, mask, state=state,
-                                 bptt_segments=None)
-        return state
-
-    run_chunk = jax.jit(run_chunk, donate_argnums=(1,))
+    run_chunk = _chunk_fn(graphdef)
     # segment slots consumed, tracked on the host to avoid a device sync per chunk
     seen = 0 if state is None else int(state.step)
     for chunk in _host_chunks(pieces, chunk_tokens):

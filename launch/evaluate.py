@@ -1,0 +1,71 @@
+r"""Evaluates a trained RMT checkpoint on BABILong: results.json, heatmap.png and a table.
+
+    python -m launch.evaluate --workdir=/tmp/rmt_qa1 --tasks=qa1,qa2 --lengths=0k,1k,4k
+    python -m launch.evaluate --workdir=/tmp/rmt_qa1 --tasks=qa1 --lengths=1M --num_samples=20 \
+        --step=latest --out_dir=/tmp/rmt_qa1/eval_1m
+    python -m launch.evaluate --workdir=/tmp/rmt_qa1 --tasks=qa1 --lengths=4k --source=tfds \
+        --data_dir=/tmp/babilong
+
+Writes `{out_dir}/results.json` (accuracy = the official label-set score, exact match and
+count per task and length; the qa1..qa5 mean when all five ran) and `{out_dir}/heatmap.png`
+(accuracy by task and length). 1M and 10M contexts are streamed one sample at a time.
+Bad arguments and a missing checkpoint stop before anything is written.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from rmt_jax import evaluate_lib
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.",
+                               required=True)
+_TASKS = flags.DEFINE_string("tasks", "qa1", "Comma-separated qa1..qa20, or 'all'.")
+_LENGTHS = flags.DEFINE_string("lengths", "0k,1k,2k,4k", "Comma-separated 0k..10M, or 'all'.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 100, "Test samples per task and length.")
+_SOURCE = flags.DEFINE_enum(
+    "source", "files", list(evaluate_lib.SOURCES),
+    "'files': bAbI test questions hidden on the fly; 'generated': simulator stories; "
+    "'tfds': a materialized split (see --data_dir, --tfds_name).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for --source=tfds.")
+_TFDS_NAME = flags.DEFINE_string("tfds_name", evaluate_lib.DEFAULT_TFDS_NAME,
+                                 "TFDS dataset name pattern with {task} and {length}.")
+_STEP = flags.DEFINE_string("step", "best", "Checkpoint: 'best', 'latest' or a step number.")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Where results go (default: WORKDIR/eval).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Samples per batch up to 512k tokens.")
+_STREAM_FROM = flags.DEFINE_string("stream_from", evaluate_lib.DEFAULT_STREAM_FROM,
+                                   "Lengths from this one on are streamed one sample at a time.")
+_CHUNK_SEGMENTS = flags.DEFINE_integer("chunk_segments", 64,
+                                       "Segments per streamed chunk (1M and 10M).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        results = evaluate_lib.evaluate_checkpoint(
+            _WORKDIR.value,
+            tasks=_TASKS.value,
+            lengths=_LENGTHS.value,
+            step=_STEP.value,
+            out_dir=_OUT_DIR.value,
+            num_samples=_NUM_SAMPLES.value,
+            source=_SOURCE.value,
+            data_dir=_DATA_DIR.value,
+            batch_size=_BATCH_SIZE.value,
+            tfds_name=_TFDS_NAME.value,
+            stream_from=_STREAM_FROM.value,
+            chunk_segments=_CHUNK_SEGMENTS.value,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    print(evaluate_lib.format_table(results))
+    meta = results["meta"]
+    print(f"step {meta['step']} of {meta['workdir']}; results in "
+          f"{_OUT_DIR.value or meta['workdir'] + '/eval'}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,260 @@
+"""What RMT's memory attends to: when writing facts, and when reading them to answer.
+
+For one BABILong sample (notebooks/attention_maps.ipynb is the thin driver):
+
+  * writing: in segment s the input is [read memory (R); tokens (len_s); write memory (N);
+    pads], and the N write rows of the attention map of a layer are where the next memory
+    looks. `segment_attention` returns those rows over [read memory; tokens], averaged over
+    heads, with the positions of the bAbI fact tokens in the segment (from the record's
+    `fact_offsets` and the facts' token counts);
+  * reading: the answer segment is [read memory; question; answer]. The core does not
+    return its attention, so `answer_attention` runs the same computation as
+    `RMT.answer_hidden` (`model.transformer` on `[read; embed(query)]`) with the weights
+    returned: rows are the question and generated answer tokens, the first R columns the
+    read memory.
+
+Maps come from the layers in `config.attention_map_layers`; `with_attention_maps` sets them
+on a restored model (the parameters do not change). Layer default: the last.
+
+Offsets are exact when the record carries `input_ids` (as `sample_record` makes it): the
+fact offsets count tokens of the ids, not of the text re-tokenized.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from babilong_tfds.dataset import BabilongSource
+from rmt_jax import input_pipeline
+from rmt_jax.answer import generate_answer
+from rmt_jax.model import RMT
+from rmt_jax.recurrence import scan_segments
+
+
+@dataclasses.dataclass
+class SegmentAttention:
+    """The write-memory rows of one segment's attention map (head mean)."""
+
+    index: int                        # segment number
+    tokens: np.ndarray                # [len] token ids of the segment's real tokens
+    read_tokens: int                  # R: columns [0, R) are the read memory
+    write: np.ndarray                 # [N, R + len] attention of each write token
+    fact_spans: list[tuple[int, int, int]]  # (fact index, start, stop) within the tokens
+
+    @property
+    def fact_mask(self) -> np.ndarray:
+        """[len] True on the fact tokens."""
+        mask = np.zeros(len(self.tokens), bool)
+        for _, start, stop in self.fact_spans:
+            mask[start:stop] = True
+        return mask
+
+    def fact_share(self) -> tuple[float, float]:
+        """(attention mass of the write rows on fact tokens, over their mass on all segment
+        tokens; the fraction of the segment's tokens that are facts): a first > second means
+        the memory looks at the facts more than at the text around them."""
+        on_tokens = self.write[:, self.read_tokens:]
+        total = float(on_tokens.sum())
+        on_facts = float(on_tokens[:, self.fact_mask].sum())
+        return on_facts / max(total, 1e-12), float(self.fact_mask.mean())
+
+
+@dataclasses.dataclass
+class AnswerAttention:
+    """The answer segment's attention (head mean) over [read memory; question; answer]."""
+
+    tokens: np.ndarray     # [Q] query ids: question then generated answer
+    question_length: int   # the first ones are the question
+    read_tokens: int       # R: columns [0, R) are the read memory
+    weights: np.ndarray    # [Q, R + Q] attention of each query token
+
+    def memory_share(self) -> np.ndarray:
+        """[Q] attention mass of each query token on the read memory."""
+        return self.weights[:, : self.read_tokens].sum(-1)
+
+
+@dataclasses.dataclass
+class AttentionReport:
+    record: dict
+    prediction: str
+    layer: int
+    segments: list[SegmentAttention]
+    answer: AnswerAttention
+
+
+def with_attention_maps(model: RMT, layers: tuple[int, ...] | None = None) -> RMT:
+    """The same parameters in a model whose config returns attention maps of `layers`
+    (default: the last layer)."""
+    cfg = model.config
+    layers = tuple(layers) if layers is not None else (cfg.layers - 1,)
+    new_cfg = dataclasses.replace(cfg, attention_map_layers=layers)
+    abstract = nnx.eval_shape(lambda: RMT(new_cfg, rngs=nnx.Rngs(0)))
+    return nnx.merge(nnx.graphdef(abstract), nnx.state(model))
+
+
+def load_model(workdir, *, step="best", layers: tuple[int, ...] | None = None):
+    """A checkpoint restored for attention maps -> (model, config, step)."""
+    from rmt_jax import checkpointing
+
+    model, config, restored = checkpointing.restore_for_inference(workdir, step=step)
+    return with_attention_maps(model, layers), config, restored
+
+
+def sample_record(composer, task: str, length: str, *, index: int = 0, source: str = "files",
+                  babi_root=None, seed: int = 0) -> dict:
+    """Test record `index` of a task and length, with `input_ids` and `input` text."""
+    data = BabilongSource(composer, [task], [length], seed=seed, split="test",
+                          babi_source=source, babi_root=babi_root, with_text=True)
+    return data[index]
+
+
+def fact_positions(record: dict, tokenizer) -> list[tuple[int, int, int]]:
+    """(fact index, start, stop) in context tokens: `fact_offsets` plus each fact's tokens
+    (counted as the composer counts them, sentence by sentence)."""
+    lengths = [len(ids) for ids in tokenizer.encode_sentences(list(record["facts"]))]
+    return [(i, int(o), int(o) + n)
+            for i, (o, n) in enumerate(zip(record["fact_offsets"], lengths, strict=True))]
+
+
+def _layer_key(model: RMT, layer: int | None) -> tuple[int, str]:
+    layers = model.config.attention_map_layers
+    if not layers:
+        raise ValueError("the model returns no attention maps: wrap it with "
+                         "with_attention_maps(model, layers=(LAYER,)) first")
+    layer = layers[-1] if layer is None else layer
+    if layer not in layers:
+        raise ValueError(f"layer {layer} is not in config.attention_map_layers={layers}")
+    return layer, f"layer_{layer}"
+
+
+def segment_attention(model: RMT, example: dict, facts: list[tuple[int, int, int]], *,
+                      layer: int | None = None):
+    """Write-memory attention of every non-empty segment -> (list of SegmentAttention,
+    final MemoryState). `example` is one `encode_example` output (pads at the end)."""
+    layer, key = _layer_key(model, layer)
+    cfg = model.config
+    context = np.asarray(example["context"])
+    mask = np.asarray(example["context_mask"], bool)
+    state, maps = scan_segments(model, context[None], mask[None], return_attention=True)
+    weights = np.asarray(maps[key][:, 0].mean(axis=1))  # [S, h, t, t] -> [S, t, t]
+    r, n, seg_len = cfg.read_tokens, cfg.mem_tokens, cfg.segment_len
+    out = []
+    for s in range(weights.shape[0]):
+        start = s * seg_len
+        length = int(mask[start:start + seg_len].sum())
+        if length == 0:
+            continue
+        spans = [(i, max(a, start) - start, min(b, start + length) - start)
+                 for i, a, b in facts if a < start + length and b > start]
+        rows = weights[s, r + length:r + length + n, : r + length]  # [N, R + len]
+        out.append(SegmentAttention(s, context[start:start + length], r, rows, spans))
+    return out, state
+
+
+def answer_attention(model: RMT, state, question: np.ndarray, answer: np.ndarray, *,
+                     layer: int | None = None) -> AnswerAttention:
+    """Attention of the answer segment [read; question; answer] (as in `answer_hidden`)."""
+    layer, key = _layer_key(model, layer)
+    query = np.concatenate([np.asarray(question), np.asarray(answer)]).astype(np.int32)
+    read = model.read_memory(state.memory, state.buffer, state.buffer_valid)  # [1, R, d]
+    x = jnp.concatenate([read, model.embed(jnp.asarray(query)[None])], axis=1)
+    _, maps = model.transformer(x, return_attention=True)
+    weights = np.asarray(maps[key][0].mean(axis=0))  # [h, t, t] -> [t, t]
+    r = read.shape[1]
+    return AnswerAttention(query, len(question), r, weights[r:, :])
+
+
+def run_sample(model: RMT, config, composer, tokenizer, *, task: str = "qa1",
+               length: str = "1k", index: int = 0, source: str = "files", babi_root=None,
+               layer: int | None = None) -> AttentionReport:
+    """One sample through the model with attention maps: writing and reading."""
+    layer, _ = _layer_key(model, layer)
+    babi_root = babi_root if babi_root is not None else config.data.babi_dir
+    record = sample_record(composer, task, length, index=index, source=source,
+                           babi_root=babi_root)
+    example = input_pipeline.encode_example(record, tokenizer, config)
+    segments, state = segment_attention(model, example, fact_positions(record, tokenizer),
+                                        layer=layer)
+    qlen = int(example["question_length"])
+    question = np.asarray(example["question"][:qlen])
+    ids = np.asarray(generate_answer(model, state, question[None],
+                                     max_new_tokens=config.data.max_answer_len))[0]
+    prediction = input_pipeline.decode_answer(ids, tokenizer)
+    stop = [i for i, t in enumerate(ids.tolist()) if t in (tokenizer.eos_id, tokenizer.pad_id)]
+    answer_ids = ids[: stop[0] + 1] if stop else ids  # up to and with the end of answer
+    answer = answer_attention(model, state, question, answer_ids, layer=layer)
+    return AttentionReport(record, prediction, layer, segments, answer)
+
+
+# -- figures ------------------------------------------------------------------------------
+def _pieces(tokenizer, ids) -> list[str]:
+    piece = getattr(tokenizer, "id_to_piece", None)
+    return [piece(i) if piece else tokenizer.decode([i]) for i in np.asarray(ids).tolist()]
+
+
+def pick_segments(segments: list[SegmentAttention], max_segments: int = 6):
+    """The segments holding facts (in order), then the first ones, up to `max_segments`."""
+    chosen = [s for s in segments if s.fact_spans][:max_segments]
+    for s in segments:
+        if len(chosen) >= max_segments:
+            break
+        if s not in chosen:
+            chosen.append(s)
+    return sorted(chosen, key=lambda s: s.index)
+
+
+def plot_write_attention(report: AttentionReport, *, max_segments: int = 6):
+    """Per segment: the write-memory rows over [read memory | segment tokens], facts marked."""
+    import matplotlib.pyplot as plt
+
+    chosen = pick_segments(report.segments, max_segments)
+    fig, axes = plt.subplots(len(chosen), 1, figsize=(12, 1.2 + 1.1 * len(chosen)),
+                             squeeze=False, layout="constrained")
+    for ax, seg in zip(axes[:, 0], chosen, strict=True):
+        image = ax.imshow(seg.write, aspect="auto", cmap="viridis", interpolation="nearest")
+        r = seg.read_tokens
+        ax.axvline(r - 0.5, color="white", linewidth=1.5)
+        for i, start, stop in seg.fact_spans:
+            ax.axvspan(r + start - 0.5, r + stop - 0.5, color="red", alpha=0.25)
+            ax.text(r + start - 0.4, -0.45, f"fact {i}", color="white", fontsize=7, va="top")
+        on_facts, share = seg.fact_share()
+        ax.set_ylabel(f"seg {seg.index}\nwrite", fontsize=8)
+        ax.set_title(f"segment {seg.index}: {100 * on_facts:.0f}% of the write attention on "
+                     f"fact tokens ({100 * share:.0f}% of the tokens)", fontsize=9, loc="left")
+        fig.colorbar(image, ax=ax, pad=0.01)
+    axes[-1, 0].set_xlabel("key position: read memory | segment tokens (red: bAbI facts)")
+    fig.suptitle(f"writing memory, layer {report.layer} (mean over heads)", fontsize=10)
+    return fig
+
+
+def plot_read_attention(report: AttentionReport, tokenizer):
+    """The answer segment: each question/answer token's attention over [read memory; query],
+    and its total attention on the read memory."""
+    import matplotlib.pyplot as plt
+
+    ans = report.answer
+    labels = _pieces(tokenizer, ans.tokens)
+    fig, (ax_map, ax_bar) = plt.subplots(
+        1, 2, figsize=(12, 1.5 + 0.28 * len(labels)), layout="constrained",
+        gridspec_kw={"width_ratios": [3, 1]})
+    image = ax_map.imshow(ans.weights, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax_map.axvline(ans.read_tokens - 0.5, color="white", linewidth=1.5)
+    ax_map.axhline(ans.question_length - 0.5, color="white", linewidth=1, linestyle="--")
+    ax_map.set_yticks(range(len(labels)), labels, fontsize=7)
+    columns = [f"m{i}" for i in range(ans.read_tokens)] + labels
+    ax_map.set_xticks(range(len(columns)), columns, fontsize=6, rotation=90)
+    ax_map.set_xlabel("key position: read memory | question | answer")
+    ax_map.set_title(f"reading memory to answer, layer {report.layer}: "
+                     f"target {report.record['target']!r}, output {report.prediction!r}",
+                     fontsize=9, loc="left")
+    fig.colorbar(image, ax=ax_map, pad=0.01)
+    ax_bar.barh(range(len(labels)), ans.memory_share(), color="tab:blue")
+    ax_bar.set_ylim(len(labels) - 0.5, -0.5)
+    ax_bar.set_yticks(range(len(labels)), [""] * len(labels))
+    ax_bar.set_xlim(0, 1)
+    ax_bar.set_xlabel("attention on read memory")
+    return fig

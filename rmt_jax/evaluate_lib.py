@@ -1,0 +1,442 @@
+"""Evaluating RMT on BABILong: accuracy by task and length, results.json and a heatmap.
+
+`evaluate_model` runs a model over the test samples of every (task, length) cell and scores
+its greedy answers with the official label-set metric (`babilong_tfds.metric.label_score`)
+and exact match. Samples come from one of three sources:
+
+  'files'      made on the fly from the original bAbI test questions (the records of
+               `babilong_tfds.dataset.generate_split`, the same ones the TFDS builder
+               materializes with its default options and seed 0);
+  'generated'  made on the fly from stories of the bAbI simulator;
+  'tfds'       a materialized split, `tfds.data_source(tfds_name.format(task, length),
+               split='test', data_dir=data_dir)`.
+
+Lengths up to 512k run batched: one jitted `scan_segments` + `generate_answer` per batch,
+padded to whole batches so that each length compiles once. Lengths from `stream_from` on
+(1M, 10M) run one sample at a time through `stream_infer`, which keeps device memory flat.
+
+The returned dict (and results.json) looks like
+
+  {'results': {task: {length: {'accuracy': float, 'exact_match': float, 'count': int}}},
+   'mean_qa1_qa5': {length: float},      # only when qa1..qa5 were all evaluated
+   'examples': {task: {length: [{'question', 'target', 'output', 'correct'}, ...]}},
+   'meta': {'source', 'num_samples', 'tasks', 'lengths', 'seconds': {task: {length}}, ...}}
+
+accuracy is the label-set score (the BABILong papers' number), in [0, 1].
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from babilong_tfds import metric
+from babilong_tfds.dataset import generate_split
+from babilong_tfds.tasks import LENGTHS, check_length, parse_lengths, parse_tasks
+from rmt_jax import input_pipeline
+from rmt_jax.answer import generate_answer
+from rmt_jax.model import RMT
+from rmt_jax.recurrence import scan_segments
+from rmt_jax.streaming import stream_infer
+
+SOURCES = ("files", "generated", "tfds")
+DEFAULT_TFDS_NAME = "babilong/{task}_{length}"
+# Lengths from this one on run one sample at a time through `stream_infer`.
+DEFAULT_STREAM_FROM = "1M"
+# Predictions kept per cell in the results, to read what the model says.
+EXAMPLES_PER_CELL = 3
+RESULTS_FILE = "results.json"
+HEATMAP_FILE = "heatmap.png"
+
+
+# -- samples ------------------------------------------------------------------------------
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def load_records(
+    task: str,
+    length: str,
+    num_samples: int,
+    *,
+    source: str = "files",
+    composer=None,
+    babi_root: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    tfds_name: str = DEFAULT_TFDS_NAME,
+    seed: int = 0,
+) -> list[dict]:
+    """The first `num_samples` test records of one cell (fewer if a TFDS split is smaller)."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}: expected one of {', '.join(SOURCES)}")
+    if source == "tfds":
+        import tensorflow_datasets as tfds
+
+        name = tfds_name.format(task=task, length=length)
+        data = tfds.data_source(name, split="test", data_dir=data_dir)
+        count = min(num_samples, len(data))
+        if count < num_samples:
+            logging.warning("%s has %d test samples, fewer than the %d asked", name, len(data),
+                            num_samples)
+        return [dict(data[i]) for i in range(count)]
+    if composer is None:
+        raise ValueError(f"source={source!r} makes samples on the fly and needs a composer "
+                         "(input_pipeline.make_composer(config))")
+    records = generate_split(composer, task, length, "test", num_samples, seed=seed,
+                             babi_source=source, babi_root=babi_root)
+    return [record for _, record in records]
+
+
+def encode_records(records: Sequence[dict], tokenizer, config) -> list[dict]:
+    """Encodes records to examples padded to the same number of segments (the cell's most)."""
+    with_ids = []
+    for record in records:
+        if "input_ids" not in record:
+            record = {**record, "input_ids": np.asarray(tokenizer.encode(_text(record["input"])),
+                                                        np.int32)}
+        with_ids.append(record)
+    longest = max(len(r["input_ids"]) for r in with_ids)
+    segments = max(1, math.ceil(longest / config.model.segment_len))
+    return [input_pipeline.encode_example(r, tokenizer, config, segments=segments)
+            for r in with_ids]
+
+
+# -- running the model --------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
+def _scan_and_generate(graphdef, params, context, context_mask, question, question_length, *,
+                       max_new_tokens: int):
+    model = nnx.merge(graphdef, params)
+    state, _ = scan_segments(model, context, context_mask)
+    return generate_answer(model, state, question, max_new_tokens=max_new_tokens,
+                           question_lengths=question_length)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
+def _generate(graphdef, params, state, question, question_length, *, max_new_tokens: int):
+    return generate_answer(nnx.merge(graphdef, params), state, question,
+                           max_new_tokens=max_new_tokens, question_lengths=question_length)
+
+
+def answer_batch(model: RMT, batch: dict, *, max_new_tokens: int) -> np.ndarray:
+    """Greedy answer ids [B, max_new_tokens] for a collated batch (context in one scan)."""
+    graphdef, params = nnx.split(model)
+    ids = _scan_and_generate(graphdef, params, batch["context"], batch["context_mask"],
+                             batch["question"], batch["question_length"],
+                             max_new_tokens=max_new_tokens)
+    return np.asarray(ids)
+
+
+def answer_streaming(model: RMT, example: dict, *, max_new_tokens: int,
+                     chunk_segments: int = 64) -> np.ndarray:
+    """Greedy answer ids [max_new_tokens] for one example, its context streamed in chunks.
+
+    Only the real context tokens are streamed: `encode_example` pads at the end, so
+    dropping the pads leaves the segments as the batched path sees them.
+    """
+    tokens = np.asarray(example["context"])[np.asarray(example["context_mask"], bool)]
+    state = stream_infer(model, tokens[None], chunk_segments=chunk_segments)
+    graphdef, params = nnx.split(model)
+    ids = _generate(graphdef, params, state, example["question"][None],
+                    np.asarray(example["question_length"])[None], max_new_tokens=max_new_tokens)
+    return np.asarray(ids)[0]
+
+
+def _batches(examples: Sequence[dict], batch_size: int) -> Iterable[tuple[dict, int]]:
+    """Collated batches of exactly `batch_size` rows (the last padded by repetition), with
+    the number of real rows, so that every batch of a cell has one shape."""
+    for start in range(0, len(examples), batch_size):
+        chunk = list(examples[start:start + batch_size])
+        real = len(chunk)
+        chunk += [chunk[-1]] * (batch_size - real)
+        yield input_pipeline.collate(chunk), real
+
+
+def predict(model: RMT, examples: Sequence[dict], *, max_new_tokens: int, batch_size: int,
+            streaming: bool, chunk_segments: int = 64) -> list[np.ndarray]:
+    """Answer ids for every example, batched or streamed one at a time."""
+    if streaming:
+        return [answer_streaming(model, e, max_new_tokens=max_new_tokens,
+                                 chunk_segments=chunk_segments) for e in examples]
+    batch_size = min(batch_size, len(examples))
+    out = []
+    for batch, real in _batches(examples, batch_size):
+        out.extend(answer_batch(model, batch, max_new_tokens=max_new_tokens)[:real])
+    return out
+
+
+# -- the evaluation -----------------------------------------------------------------------
+def check_options(tasks, lengths, *, source: str, num_samples: int, batch_size: int):
+    """Validated (tasks, lengths); raises a ValueError naming what is wrong otherwise."""
+    task_list = parse_tasks(tasks)
+    length_list = parse_lengths(lengths)
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}: expected one of {', '.join(SOURCES)}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples} must be >= 1")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    return task_list, length_list
+
+
+def evaluate_model(
+    model: RMT,
+    config,
+    composer,
+    tokenizer,
+    *,
+    tasks: str | Sequence[str],
+    lengths: str | Sequence[str],
+    num_samples: int = 100,
+    source: str = "files",
+    data_dir: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    tfds_name: str = DEFAULT_TFDS_NAME,
+    babi_root: str | os.PathLike | None = None,
+    seed: int = 0,
+    stream_from: str = DEFAULT_STREAM_FROM,
+    chunk_segments: int = 64,
+) -> dict:
+    """Accuracy and exact match of `model` on every (task, length) cell (see module doc).
+
+    config: the training ConfigDict (`config.model.segment_len`, `config.data.*`).
+    composer: needed for the on-the-fly sources, unused for 'tfds' (may be None).
+    babi_root: bAbI files for source='files' (default `config.data.babi_dir`).
+    seed: 0 gives the records of the default materialized test splits.
+    stream_from: lengths of at least this many tokens run through `stream_infer`.
+    """
+    task_list, length_list = check_options(tasks, lengths, source=source,
+                                           num_samples=num_samples, batch_size=batch_size)
+    stream_tokens = check_length(stream_from)
+    babi_root = babi_root if babi_root is not None else config.data.babi_dir
+    max_new_tokens = config.data.max_answer_len
+    results, examples, seconds = {}, {}, {}
+    for task in task_list:
+        for length in length_list:
+            start = time.perf_counter()
+            records = load_records(task, length, num_samples, source=source, composer=composer,
+                                   babi_root=babi_root, data_dir=data_dir, tfds_name=tfds_name,
+                                   seed=seed)
+            encoded = encode_records(records, tokenizer, config)
+            ids = predict(model, encoded, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                          streaming=LENGTHS[length] >= stream_tokens,
+                          chunk_segments=chunk_segments)
+            outputs = [input_pipeline.decode_answer(i, tokenizer) for i in ids]
+            targets = [_text(r["target"]) for r in records]
+            questions = [_text(r["question"]) for r in records]
+            scores = metric.score_batch(targets, outputs, questions, task)
+            results.setdefault(task, {})[length] = {
+                "accuracy": scores["label_accuracy"],
+                "exact_match": scores["exact_match"],
+                "count": int(scores["count"]),
+            }
+            examples.setdefault(task, {})[length] = [
+                {"question": q, "target": t, "output": o,
+                 "correct": metric.label_score(t, o, q, task)}
+                for q, t, o in list(zip(questions, targets, outputs, strict=True))[
+                    :EXAMPLES_PER_CELL]
+            ]
+            seconds.setdefault(task, {})[length] = round(time.perf_counter() - start, 3)
+            logging.info("%s %s: accuracy %.3f, exact match %.3f over %d samples (%.1f s)",
+                         task, length, results[task][length]["accuracy"],
+                         results[task][length]["exact_match"], len(records),
+                         seconds[task][length])
+    out = {"results": results}
+    mean = leaderboard_means(results, length_list)
+    if mean:
+        out["mean_qa1_qa5"] = mean
+    out["examples"] = examples
+    out["meta"] = {"source": source, "num_samples": num_samples, "tasks": task_list,
+                   "lengths": length_list, "seed": seed, "seconds": seconds}
+    if source == "tfds":
+        out["meta"]["tfds_name"] = tfds_name
+    return out
+
+
+def leaderboard_means(results: dict, lengths: Sequence[str]) -> dict[str, float]:
+    """{length: mean accuracy over qa1..qa5} for the lengths where all five were run."""
+    means = {}
+    for length in lengths:
+        scores = {t: results[t][length]["accuracy"] for t in metric.LEADERBOARD_TASKS
+                  if length in results.get(t, {})}
+        if len(scores) == len(metric.LEADERBOARD_TASKS):
+            means[length] = metric.leaderboard_score(scores)
+    return means
+
+
+# -- writing ------------------------------------------------------------------------------
+def _atomic_write(path: Path, write) -> None:
+    """Calls write(tmp_path) then renames tmp_path to `path`; no partial file on error."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _ordered(results: dict) -> tuple[list[str], list[str]]:
+    tasks = list(results["results"])
+    lengths = list(results.get("meta", {}).get("lengths", []))
+    for cells in results["results"].values():
+        lengths += [length for length in cells if length not in lengths]
+    return tasks, lengths
+
+
+def accuracy_grid(results: dict) -> tuple[np.ndarray, list[str], list[str]]:
+    """Accuracy in % [rows, lengths] (NaN where not run): the tasks, then the qa1..qa5 mean
+    when present; with the row and column labels."""
+    tasks, lengths = _ordered(results)
+    rows = [[results["results"][t].get(n, {}).get("accuracy", np.nan) for n in lengths]
+            for t in tasks]
+    labels = list(tasks)
+    if results.get("mean_qa1_qa5"):
+        rows.append([results["mean_qa1_qa5"].get(n, np.nan) for n in lengths])
+        labels.append("qa1-5")
+    return 100.0 * np.asarray(rows, np.float64), labels, lengths
+
+
+def plot_heatmap(results: dict, path: str | os.PathLike, *, title: str | None = None) -> None:
+    """Accuracy (%) by task (rows) and length (columns), numbers in the cells.
+
+    Drawn on a bare `Figure`, which renders with Agg and leaves pyplot's backend alone (so
+    it also works inside a notebook or a training loop)."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    grid, rows, cols = accuracy_grid(results)
+    fig = Figure(figsize=(1.0 + 0.8 * len(cols), 1.2 + 0.45 * len(rows)), layout="constrained")
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="lightgray")
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100, aspect="auto")
+    for r in range(grid.shape[0]):
+        for c in range(grid.shape[1]):
+            value = grid[r, c]
+            ax.text(c, r, "-" if np.isnan(value) else f"{value:.0f}", ha="center",
+                    va="center", fontsize=9)
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("context length (tokens)")
+    if results.get("mean_qa1_qa5"):
+        ax.axhline(len(rows) - 1.5, color="black", linewidth=1.5)
+    ax.set_title(title or "RMT accuracy (%) on BABILong", fontsize=10)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    _atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+
+
+def write_results(results: dict, out_dir: str | os.PathLike, *,
+                  title: str | None = None) -> dict[str, Path]:
+    """Writes results.json and heatmap.png into `out_dir`, each atomically (temp + rename)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out / RESULTS_FILE, out / HEATMAP_FILE
+
+    def dump(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2, ensure_ascii=False, default=_jsonable)
+            f.write("\n")
+
+    _atomic_write(json_path, dump)
+    plot_heatmap(results, png_path, title=title)
+    return {"results": json_path, "heatmap": png_path}
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to results.json")
+
+
+def format_table(results: dict) -> str:
+    """Accuracy / exact match (%) by task and length, as a text table."""
+    tasks, lengths = _ordered(results)
+    width = max(9, *(len(n) + 2 for n in lengths))
+    header = f"{'task':<8}" + "".join(f"{n:>{width}}" for n in lengths)
+    lines = ["accuracy / exact match (%)", header, "-" * len(header)]
+    for task in tasks:
+        cells = []
+        for length in lengths:
+            cell = results["results"][task].get(length)
+            text = "-" if cell is None else (
+                f"{100 * cell['accuracy']:.0f} / {100 * cell['exact_match']:.0f}")
+            cells.append(f"{text:>{width}}")
+        lines.append(f"{task:<8}" + "".join(cells))
+    if results.get("mean_qa1_qa5"):
+        mean = results["mean_qa1_qa5"]
+        lines.append(f"{'qa1-5':<8}" + "".join(
+            f"{(f'{100 * mean[n]:.0f}' if n in mean else '-'):>{width}}" for n in lengths))
+    return "\n".join(lines)
+
+
+# -- from a checkpoint --------------------------------------------------------------------
+def parse_step(step: str | int | None) -> str | int | None:
+    """'best' -> 'best', 'latest'/None -> None (the newest), '1200' -> 1200."""
+    if step is None or step == "latest":
+        return None
+    if step == "best":
+        return "best"
+    try:
+        value = int(step)
+    except (TypeError, ValueError):
+        raise ValueError(f"unknown step {step!r}: expected 'best', 'latest' or a step "
+                         "number") from None
+    if value < 0:
+        raise ValueError(f"step {value} must be >= 0")
+    return value
+
+
+def evaluate_checkpoint(
+    workdir: str | os.PathLike,
+    *,
+    tasks: str | Sequence[str],
+    lengths: str | Sequence[str],
+    step: str | int | None = "best",
+    out_dir: str | os.PathLike | None = None,
+    num_samples: int = 100,
+    source: str = "files",
+    data_dir: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    tfds_name: str = DEFAULT_TFDS_NAME,
+    stream_from: str = DEFAULT_STREAM_FROM,
+    chunk_segments: int = 64,
+) -> dict:
+    """Restores a checkpoint of `workdir`, evaluates it, writes results to `out_dir`
+    (default `workdir/eval`). Every argument is checked before anything is written."""
+    check_options(tasks, lengths, source=source, num_samples=num_samples,
+                  batch_size=batch_size)
+    check_length(stream_from)
+    step = parse_step(step)
+    workdir = os.fspath(workdir)
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(
+            f"workdir {workdir} does not exist: train a model first, e.g. python -m "
+            f"launch.train --config=configs/rmt_babilong.py:small,qa1 --workdir={workdir}")
+    from rmt_jax import checkpointing
+
+    model, config, restored_step = checkpointing.restore_for_inference(workdir, step=step)
+    tokenizer = input_pipeline.make_tokenizer(config)
+    composer = None if source == "tfds" else input_pipeline.make_composer(config)
+    results = evaluate_model(model, config, composer, tokenizer, tasks=tasks, lengths=lengths,
+                             num_samples=num_samples, source=source, data_dir=data_dir,
+                             batch_size=batch_size, tfds_name=tfds_name, stream_from=stream_from,
+                             chunk_segments=chunk_segments)
+    results["meta"].update(workdir=workdir, step=int(restored_step),
+                           step_requested="latest" if step is None else step)
+    out_dir = out_dir if out_dir is not None else os.path.join(workdir, "eval")
+    write_results(results, out_dir, title=f"RMT step {int(restored_step)}: accuracy (%) on "
+                  "BABILong")
+    return results
