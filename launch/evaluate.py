@@ -39,6 +39,8 @@ _STREAM_FROM = flags.DEFINE_string("stream_from", evaluate_lib.DEFAULT_STREAM_FR
                                    "Lengths from this one on are streamed one sample at a time.")
 _CHUNK_SEGMENTS = flags.DEFINE_integer("chunk_segments", 64,
                                        "Segments per streamed chunk (1M and 10M).")
+_ALLOW_REUSE = flags.DEFINE_bool("allow_reuse", False,
+                                 "Let a sample reuse books (10M on the 35 offline books).")
 
 
 def main(argv):
@@ -58,6 +60,7 @@ def main(argv):
             tfds_name=_TFDS_NAME.value,
             stream_from=_STREAM_FROM.value,
             chunk_segments=_CHUNK_SEGMENTS.value,
+            allow_reuse=_ALLOW_REUSE.value,
         )
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -413,9 +413,11 @@ def evaluate_checkpoint(
     tfds_name: str = DEFAULT_TFDS_NAME,
     stream_from: str = DEFAULT_STREAM_FROM,
     chunk_segments: int = 64,
+    allow_reuse: bool = False,
 ) -> dict:
     """Restores a checkpoint of `workdir`, evaluates it, writes results to `out_dir`
-    (default `workdir/eval`). Every argument is checked before anything is written."""
+    (default `workdir/eval`). Every argument is checked before anything is written.
+    `allow_reuse` lets a sample use a book twice: 10M on the 35 offline books needs it."""
     check_options(tasks, lengths, source=source, num_samples=num_samples,
                   batch_size=batch_size)
     check_length(stream_from)
@@ -429,7 +431,10 @@ def evaluate_checkpoint(
 
     model, config, restored_step = checkpointing.restore_for_inference(workdir, step=step)
     tokenizer = input_pipeline.make_tokenizer(config)
-    composer = None if source == "tfds" else input_pipeline.make_composer(config)
+    composer = (
+        None if source == "tfds"
+        else input_pipeline.make_composer(config, allow_reuse=allow_reuse)
+    )
     results = evaluate_model(model, config, composer, tokenizer, tasks=tasks, lengths=lengths,
                              num_samples=num_samples, source=source, data_dir=data_dir,
                              batch_size=batch_size, tfds_name=tfds_name, stream_from=stream_from,
