@@ -4,8 +4,12 @@ r"""RMT and RMT-R trained on BABILong with a curriculum over segment counts.
     python -m launch.train --config=configs/rmt_babilong.py:gpt2_small,qa1,retrieval \
         --workdir=gs://BUCKET/rmt_r_qa1 --config.train.batch_size=64
 
-The argument is a comma-separated list: one size (`tiny`, `small`, `gpt2_small`), the tasks
-to train on (any of qa1..qa5, several allowed; default qa1), and `retrieval` for RMT-R.
+The argument is a comma-separated list: one size (`test`, `tiny`, `small`, `gpt2_small`), the
+tasks to train on (any of qa1..qa5, several allowed; default qa1), `retrieval` for RMT-R, and
+`synthetic` for random-token batches of the same shapes (tests and throughput, no data needed):
+
+    python -m launch.train --config=configs/rmt_babilong.py:test,synthetic --workdir=/tmp/rmt_t
+
 Any field can be overridden on the command line (`--config.optim.learning_rate=3e-4`); the
 config is locked, so a misspelt field is an error.
 """
@@ -16,16 +20,23 @@ import ml_collections
 
 SIZES = {
     # name: (layers, d_model, heads, segment_len, mem_tokens)
+    "test": (1, 32, 2, 8, 2),
     "tiny": (2, 64, 2, 32, 4),
     "small": (4, 256, 4, 128, 8),
     "gpt2_small": (12, 768, 12, 512, 16),
 }
 TASK_CHOICES = ("qa1", "qa2", "qa3", "qa4", "qa5")
+# Every variant that tests/test_configs.py loads and builds.
+VARIANTS = (
+    "test,synthetic", "test,synthetic,retrieval", "tiny,qa1", "tiny,qa1,retrieval",
+    *(f"small,{t}" for t in TASK_CHOICES), *(f"small,{t},retrieval" for t in TASK_CHOICES),
+    "small,qa1,qa2,qa3,qa4,qa5", "gpt2_small,qa1", "gpt2_small,qa1,retrieval",
+)
 
 
-def parse_arg(arg: str) -> tuple[str, tuple[str, ...], bool]:
-    """'small,qa1,qa2,retrieval' -> ('small', ('qa1', 'qa2'), True)."""
-    size, tasks, retrieval = "small", [], False
+def parse_arg(arg: str) -> tuple[str, tuple[str, ...], bool, bool]:
+    """'small,qa1,qa2,retrieval' -> ('small', ('qa1', 'qa2'), True, False)."""
+    size, tasks, retrieval, synthetic = "small", [], False, False
     for part in (p.strip() for p in (arg or "").split(",") if p.strip()):
         if part in SIZES:
             size = part
@@ -33,16 +44,18 @@ def parse_arg(arg: str) -> tuple[str, tuple[str, ...], bool]:
             tasks.append(part)
         elif part in ("retrieval", "rmt_r"):
             retrieval = True
+        elif part == "synthetic":
+            synthetic = True
         else:
             raise ValueError(
                 f"unknown config part {part!r}: expected a size ({', '.join(SIZES)}), tasks "
-                f"({', '.join(TASK_CHOICES)}) or 'retrieval'"
+                f"({', '.join(TASK_CHOICES)}), 'retrieval' or 'synthetic'"
             )
-    return size, tuple(tasks) or ("qa1",), retrieval
+    return size, tuple(tasks) or ("qa1",), retrieval, synthetic
 
 
 def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
-    size, tasks, retrieval = parse_arg(arg)
+    size, tasks, retrieval, synthetic = parse_arg(arg)
     layers, d_model, heads, segment_len, mem_tokens = SIZES[size]
     config = ml_collections.ConfigDict()
 
@@ -73,12 +86,14 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.data.max_answer_len = 6  # answer tokens + end of answer
     config.data.worker_count = 0  # grain worker processes (0: in the main process)
     config.data.seed = 0  # the data stream depends on this seed and the step alone
+    config.data.synthetic = synthetic  # random-token batches (copy the first token): no files
 
     config.curriculum = ml_collections.ConfigDict()
     config.curriculum.segments = (1, 2, 4, 6, 8, 16, 32)  # segment counts, one per stage
     config.curriculum.stage_steps = 2000  # steps per stage (the last stage runs to the end)
-    config.curriculum.advance_accuracy = 0.0  # also advance when train accuracy passes this (0: off)
+    config.curriculum.advance_accuracy = 0.0  # advance early once train accuracy passes it (0: off)
     config.curriculum.mix_shorter = True  # draw each sample's segment count from 1..stage's
+    config.curriculum.accuracy_decay = 0.98  # EMA decay of the accuracy compared to that
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 5e-5 if retrieval else 1e-4  # peak learning rate
@@ -98,6 +113,7 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.train.keep_checkpoints = 3  # newest checkpoints kept (the best is kept apart)
     config.train.async_checkpoint = True  # write checkpoints in the background
     config.train.seed = 0  # parameter init and dropout
+    config.train.answer_rows = 16  # train-batch rows answered greedily at each log step (0: off)
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1  # devices on the data axis (-1: all that the model axis leaves)
@@ -109,4 +125,23 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.eval.num_samples = 100  # samples per task and length
     config.eval.batch_size = 32
     config.eval.source = "files"  # 'files': the original bAbI test questions; 'generated'
+
+    if synthetic:
+        config.model.vocab_size = 64  # no tokenizer: a small vocabulary of random tokens
+        config.data.max_question_len = 4
+        config.data.max_answer_len = 2  # the copied token + end of answer
+    if size == "test":  # seconds on a CPU: for tests and smoke runs
+        config.curriculum.segments = (1, 2, 4)
+        config.curriculum.stage_steps = 10
+        config.optim.learning_rate = 3e-3
+        config.optim.warmup_steps = 5
+        config.train.batch_size = 8
+        config.train.num_steps = 40
+        config.train.log_every = 10
+        config.train.checkpoint_every = 10
+        config.train.answer_rows = 4
+        config.eval.every = 20
+        config.eval.lengths = "0k"
+        config.eval.num_samples = 16
+        config.eval.batch_size = 8
     return config.lock()

@@ -1,0 +1,516 @@
+"""Training RMT / RMT-R on BABILong: `train_and_evaluate(config, workdir)`, one loop.
+
+The loop, phase by phase (banners below): a device mesh ('data' x 'model'); the input
+(`input_pipeline.TrainData`, or `synthetic_data.SyntheticData` with config.data.synthetic)
+per curriculum stage; the model and AdamW; parameters and optimizer state sharded over the
+mesh; a jitted, donated update step; checkpoints (rmt_jax.checkpointing) and metrics.
+
+The train state is a plain pytree, updated by a pure jitted function:
+
+  {'params': nnx.State, 'opt_state': optax state, 'step': int32 [], 'rng': uint32 key data}
+
+Sharding: the batch is split over 'data'; on 'model' the attention heads (qkv out dims,
+out-projection in dims), the MLP's 4d hidden dim and the vocabulary of the tied embedding
+are split where divisible (Megatron style); everything else, and the optimizer's scalars,
+is replicated. Optimizer moments take the sharding of their parameter.
+
+Weight decay (0.01 in the papers) applies to the weight matrices only: not to biases,
+LayerNorm scales and offsets, nor the learned initial memory.
+
+Reproducibility: batch i of a stage depends on the config and the iterator state alone,
+dropout keys are fold_in(rng, step), the curriculum state is a few numbers, and all of it
+is in every checkpoint, so a run killed and resumed ends with bitwise the same parameters
+(on CPU) as one that was not. SIGTERM saves a checkpoint and returns; a non-finite loss
+raises before anything is saved from it.
+
+Metrics (TensorBoard through tensorboardX, workdir/metrics.jsonl, and the absl log;
+process 0 only): train loss, answer-token accuracy, grad norm, exact match and the
+official label-set accuracy of greedy answers on `train.answer_rows` rows of the batch,
+steps/s, context tokens/s, curriculum stage and segments, learning rate; eval metrics every
+`eval.every` steps (rmt_jax.evaluate_lib on BABILong, held-out batches on synthetic data).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from babilong_tfds import metric
+from babilong_tfds.tasks import TASKS
+from rmt_jax import checkpointing, input_pipeline
+from rmt_jax.answer import generate_answer, loss_fn
+from rmt_jax.config import ModelConfig
+from rmt_jax.curriculum import Curriculum, CurriculumState, advance
+from rmt_jax.model import RMT
+from rmt_jax.recurrence import scan_segments
+from rmt_jax.synthetic_data import SyntheticData
+
+METRICS_FILE = "metrics.jsonl"
+# The step's model inputs; the other batch fields are for scoring answers.
+MODEL_INPUTS = ("context", "context_mask", "query", "loss_mask")
+# Parameters split over the 'model' axis: (parent, name) or (name,) -> spec of each dim.
+MODEL_AXIS_RULES: dict[tuple[str, ...], tuple[str | None, ...]] = {
+    ("attn", "qkv"): (None, None, "model", None),   # [d, 3, heads, hd]: heads
+    ("attn", "qkv_bias"): (None, "model", None),     # [3, heads, hd]
+    ("attn", "out"): ("model", None, None),          # [heads, hd, d]: heads (input side)
+    ("mlp", "fc"): (None, "model"),                  # [d, 4d]
+    ("mlp", "fc_bias"): ("model",),                  # [4d]
+    ("mlp", "proj"): ("model", None),                # [4d, d]
+    ("wte",): ("model", None),                       # [vocab, d]
+}
+
+
+# -- mesh and sharding ----------------------------------------------------------------------
+def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """A ('data', 'model') mesh of config.mesh sizes (-1: the devices the other axis leaves)."""
+    devices = jax.devices()
+    data, model = int(config.mesh.data), int(config.mesh.model)
+    if model == -1 and data == -1:
+        raise ValueError("config.mesh.data and config.mesh.model are both -1: fix one of them")
+    if model == -1:
+        model = len(devices) // data
+    if data == -1:
+        data = len(devices) // model
+    if data < 1 or model < 1 or data * model > len(devices):
+        raise ValueError(f"mesh data={config.mesh.data} x model={config.mesh.model} does not "
+                         f"fit {len(devices)} devices: pick sizes whose product divides it")
+    if data * model < len(devices):
+        logging.warning("mesh %dx%d uses %d of %d devices", data, model, data * model,
+                        len(devices))
+    return jax.make_mesh((data, model), ("data", "model"),
+                         axis_types=(jax.sharding.AxisType.Auto,) * 2,
+                         devices=devices[: data * model])
+
+
+def _path_names(path) -> tuple[str, ...]:
+    names = []
+    for k in path:
+        name = getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
+        if isinstance(name, str) and name != "value":
+            names.append(name)
+    return tuple(names)
+
+
+def partition_spec(path, shape: tuple[int, ...], model_size: int) -> P:
+    """The PartitionSpec of a parameter (or an optimizer moment) at `path`."""
+    names = _path_names(path)
+    spec = MODEL_AXIS_RULES.get(names[-2:]) or MODEL_AXIS_RULES.get(names[-1:])
+    if model_size == 1 or spec is None or len(spec) != len(shape):
+        return P()
+    if any(axis is not None and dim % model_size for axis, dim in zip(spec, shape, strict=True)):
+        return P()  # not divisible: replicate
+    return P(*spec)
+
+
+def state_shardings(abstract_state, mesh: jax.sharding.Mesh):
+    """NamedShardings for every leaf of the train state."""
+    model_size = mesh.shape["model"]
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: NamedSharding(mesh, partition_spec(path, x.shape, model_size)),
+        abstract_state)
+
+
+def global_batch(batch: dict, sharding: NamedSharding) -> dict:
+    """Per-process numpy batches -> global arrays split over 'data'."""
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in batch.items()}
+
+
+# -- model and optimizer --------------------------------------------------------------------
+def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    o, steps = config.optim, config.train.num_steps
+    peak, warmup = o.learning_rate, min(o.warmup_steps, steps)
+    end = peak * o.end_lr_fraction
+    if o.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(steps, warmup + 1), end)
+    if o.schedule == "linear":
+        decay = optax.linear_schedule(peak, end, max(steps - warmup, 1))
+    elif o.schedule == "constant":
+        decay = optax.constant_schedule(peak)
+    else:
+        raise ValueError(f"unknown optim.schedule {o.schedule!r}: expected cosine, linear or "
+                         "constant")
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def decay_mask(params):
+    """True on the weight matrices that AdamW decays (not biases, LayerNorms, memory)."""
+    def decays(path, x):
+        name = _path_names(path)[-1]
+        return x.ndim >= 2 and name != "memory" and not name.endswith("bias")
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict,
+                   schedule: optax.Schedule) -> optax.GradientTransformation:
+    o = config.optim
+    return optax.chain(
+        optax.clip_by_global_norm(o.grad_clip),
+        optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask))
+
+
+def create_train_state(model_config: ModelConfig, tx: optax.GradientTransformation,
+                       seed: int) -> dict:
+    params = nnx.state(RMT(model_config, rngs=nnx.Rngs(seed)), nnx.Param)
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.key(seed + 1))}
+
+
+def model_graphdef(model_config: ModelConfig) -> nnx.GraphDef:
+    return nnx.split(nnx.eval_shape(lambda: RMT(model_config, rngs=nnx.Rngs(0))))[0]
+
+
+# -- steps ------------------------------------------------------------------------------------
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation) -> Callable:
+    """(state, batch) -> (state, metrics): one AdamW step on the answer-token loss."""
+
+    def train_step(state: dict, batch: dict):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+
+        def loss_of(params):
+            return loss_fn(nnx.merge(graphdef, params), batch, key)
+
+        (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {"loss": loss, "accuracy": aux["accuracy"],
+                   "grad_norm": optax.tree.norm(grads)}
+        return ({"params": params, "opt_state": opt_state, "step": state["step"] + 1,
+                 "rng": state["rng"]}, metrics)
+
+    return train_step
+
+
+def make_answer_fn(graphdef: nnx.GraphDef, max_new_tokens: int) -> Callable:
+    """(params, batch) -> greedy answer tokens [B, max_new_tokens] after the context."""
+
+    def answer(params, batch):
+        model = nnx.merge(graphdef, params)
+        state, _ = scan_segments(model, batch["context"], batch["context_mask"])
+        return generate_answer(model, state, batch["question"], max_new_tokens=max_new_tokens,
+                               question_lengths=batch["question_length"])
+
+    return answer
+
+
+def make_eval_step(graphdef: nnx.GraphDef) -> Callable:
+    """(params, batch) -> {'loss', 'accuracy'} without dropout."""
+
+    def eval_step(params, batch):
+        loss, aux = loss_fn(nnx.merge(graphdef, params), batch)
+        return {"loss": loss, "accuracy": aux["accuracy"]}
+
+    return eval_step
+
+
+# -- scoring answers --------------------------------------------------------------------------
+def exact_match_tokens(predicted: np.ndarray, answer: np.ndarray) -> np.ndarray:
+    """[B] bool: the prediction repeats the target's tokens up to and with its end token."""
+    lengths = (answer != 0).sum(-1)
+    positions = np.arange(answer.shape[1])[None, :]
+    return np.all((predicted == answer) | (positions >= lengths[:, None]), axis=-1)
+
+
+def answer_metrics(predicted: np.ndarray, batch: dict, tokenizer=None) -> dict[str, float]:
+    """Exact match of greedy answers, and the official label-set accuracy given a tokenizer."""
+    rows = len(predicted)
+    out = {"exact_match": float(exact_match_tokens(predicted, batch["answer"][:rows]).mean())}
+    if tokenizer is not None:
+        correct = []
+        for i in range(rows):
+            question = tokenizer.decode(batch["question"][i, : batch["question_length"][i]])
+            target = input_pipeline.decode_answer(batch["answer"][i], tokenizer)
+            output = input_pipeline.decode_answer(predicted[i], tokenizer)
+            correct.append(metric.label_score(target, output, question,
+                                              TASKS[int(batch["task_id"][i])]))
+        out["label_accuracy"] = float(np.mean(correct))
+    return out
+
+
+# -- metrics ----------------------------------------------------------------------------------
+class MetricWriter:
+    """Scalars to TensorBoard (tensorboardX), workdir/metrics.jsonl and the log; process 0."""
+
+    def __init__(self, workdir: Path):
+        self.active = jax.process_index() == 0
+        self.tb = None
+        self.path = workdir / METRICS_FILE
+        if self.active:
+            try:
+                from tensorboardX import SummaryWriter
+                self.tb = SummaryWriter(str(workdir / "tensorboard"))
+            except ImportError:
+                logging.warning("tensorboardX is not installed: metrics go to %s and the log "
+                                "only", self.path)
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.active:
+            return
+        scalars = {k: float(v) for k, v in scalars.items()}
+        logging.info("step %d: %s", step,
+                     ", ".join(f"{k} {v:.4g}" for k, v in sorted(scalars.items())))
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+class StopSignal:
+    """Turns SIGTERM into a flag that the loop reads after each step."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM: saving a checkpoint after this step, then stopping")
+        self.received = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(pending: list[tuple[int, jax.Array]], last_saved: int | None) -> None:
+    """Raises on the first non-finite loss among steps not yet checked; clears the list."""
+    losses = jax.device_get([loss for _, loss in pending])
+    for (step, _), loss in zip(pending, losses, strict=True):
+        if not np.isfinite(loss):
+            good = ("no checkpoint was saved yet" if last_saved is None
+                    else f"the last good checkpoint is step {last_saved}")
+            raise FloatingPointError(
+                f"non-finite loss ({loss}) at step {step}: stopping without saving; {good}. "
+                "Lower optim.learning_rate or check the data, then resume")
+    pending.clear()
+
+
+# -- evaluation -------------------------------------------------------------------------------
+def evaluate(config, params, graphdef, *, composer, tokenizer, batch_sharding,
+             eval_step, answer_fn) -> tuple[dict[str, float], float]:
+    """Eval metrics and the score that picks the best checkpoint (higher is better)."""
+    if not config.data.synthetic:
+        from rmt_jax import evaluate_lib
+
+        out = evaluate_lib.evaluate_model(
+            nnx.merge(graphdef, params), config, composer, tokenizer, tasks=config.data.tasks,
+            lengths=config.eval.lengths, num_samples=config.eval.num_samples,
+            source=config.eval.source, batch_size=config.eval.batch_size)
+        scalars = {f"eval/{task}/{length}/{name}": cell[name]
+                   for task, by_length in out["results"].items()
+                   for length, cell in by_length.items() for name in ("accuracy", "exact_match")}
+        accuracy = float(np.mean([cell["accuracy"] for by_length in out["results"].values()
+                                  for cell in by_length.values()]))
+        scalars["eval/accuracy"] = accuracy
+        return scalars, accuracy
+    # Synthetic: held-out batches (another data seed) of the longest stage.
+    held_out = config.copy_and_resolve_references()
+    held_out.data.seed = config.data.seed + 7919
+    data = SyntheticData(held_out, process_index=jax.process_index(),
+                         process_count=jax.process_count())
+    iterator = data.iterator(len(config.curriculum.segments) - 1)
+    batches = max(1, config.eval.num_samples // config.train.batch_size)
+    sums: dict[str, float] = {}
+    for _ in range(batches):
+        batch = next(iterator)
+        device_batch = global_batch(batch, batch_sharding)
+        scores = jax.device_get(eval_step(params, {k: device_batch[k] for k in MODEL_INPUTS}))
+        predicted = multihost_utils.global_array_to_host_local_array(
+            answer_fn(params, device_batch), batch_sharding.mesh, P("data"))
+        scores.update(answer_metrics(np.asarray(predicted), batch))
+        for k, v in scores.items():
+            sums[k] = sums.get(k, 0.0) + float(v) / batches
+    return {f"eval/{k}": v for k, v in sums.items()}, sums["exact_match"]
+
+
+# -- the loop ---------------------------------------------------------------------------------
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+    """Trains (resuming from workdir's newest checkpoint) and returns the last metrics."""
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    curriculum = Curriculum.from_config(config)
+
+    # ---------------------------------------------------------------- mesh
+    mesh = make_mesh(config)
+    data_size = mesh.shape["data"]
+    if config.train.batch_size % data_size:
+        raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the "
+                         f"{data_size} devices of the data axis")
+    batch_sharding = NamedSharding(mesh, P("data"))
+    replicated = NamedSharding(mesh, P())
+    logging.info("mesh %s on %d processes", dict(mesh.shape), jax.process_count())
+
+    # ---------------------------------------------------------------- input
+    process = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+    if config.data.synthetic:
+        tokenizer = composer = None
+        data = SyntheticData(config, **process)
+        vocab_size = config.model.vocab_size
+    else:
+        tokenizer = input_pipeline.make_tokenizer(config)
+        composer = input_pipeline.make_composer(config)
+        data = input_pipeline.TrainData(config, composer, **process)
+        vocab_size = tokenizer.vocab_size
+
+    # ---------------------------------------------------------------- model and optimizer
+    model_config = input_pipeline.model_config(config, vocab_size)
+    checkpointing.write_configs(workdir, config, model_config)
+    schedule = make_schedule(config)
+    tx = make_optimizer(config, schedule)
+    graphdef = model_graphdef(model_config)
+
+    # ---------------------------------------------------------------- shard
+    init = lambda: create_train_state(model_config, tx, config.train.seed)  # noqa: E731
+    abstract_state = jax.eval_shape(init)
+    state_sharding = state_shardings(abstract_state, mesh)
+    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                    sharding=s),
+                                  abstract_state, state_sharding)
+
+    # ---------------------------------------------------------------- checkpoint (resume)
+    checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints,
+                                              async_save=config.train.async_checkpoint)
+    restored = checkpointer.restore(
+        abstract_state["params"],
+        {k: v for k, v in abstract_state.items() if k != "params"})
+    if restored is None:
+        state = jax.jit(init, out_shardings=state_sharding)()
+        step, cstate, data_state = 0, CurriculumState(), None
+        logging.info("starting from scratch: %d parameters",
+                     sum(x.size for x in jax.tree.leaves(state["params"])))
+    else:
+        state = {"params": restored.params, **restored.train}
+        step = restored.step
+        cstate = CurriculumState.from_json(restored.meta["curriculum"])
+        data_state = restored.meta["data"]
+        logging.info("resumed from step %d (curriculum stage %d)", step, cstate.stage)
+    best = checkpointer.best_meta()
+    best_score = None if best is None else best["score"]
+    iterator = data.iterator(cstate.stage, data_state)
+
+    # ---------------------------------------------------------------- update step
+    # jax.jit caches one executable per batch shape, so one per curriculum stage.
+    train_step = jax.jit(make_train_step(graphdef, tx),
+                         in_shardings=(state_sharding, batch_sharding),
+                         out_shardings=(state_sharding, replicated), donate_argnums=0)
+    answer_fn = jax.jit(make_answer_fn(graphdef, config.data.max_answer_len),
+                        in_shardings=(state_sharding["params"], batch_sharding),
+                        out_shardings=batch_sharding)
+    eval_step = jax.jit(make_eval_step(graphdef),
+                        in_shardings=(state_sharding["params"], batch_sharding),
+                        out_shardings=replicated)
+
+    # ---------------------------------------------------------------- metrics
+    writer = MetricWriter(workdir)
+    stop = StopSignal()
+    pending: list[tuple[int, jax.Array]] = []  # (step, loss) not yet checked for NaN
+    window: list[dict] = []  # device metrics since the last log
+    last_saved = restored.step if restored else None
+    scalars: dict[str, float] = {}
+    tokens, window_start = 0, time.perf_counter()
+
+    def meta() -> dict:
+        return {"step": step, "data": iterator.get_state(), "curriculum": cstate.to_json()}
+
+    try:
+        while step < config.train.num_steps:
+            # ---------------------------------------------------------- one step
+            batch = next(iterator)
+            device_batch = global_batch({k: batch[k] for k in MODEL_INPUTS}, batch_sharding)
+            state, metrics = train_step(state, device_batch)
+            step += 1
+            tokens += int(batch["context_mask"].sum()) * jax.process_count()
+            pending.append((step, metrics["loss"]))
+            window.append(metrics)
+
+            # ---------------------------------------------------------- curriculum
+            accuracy = (float(metrics["accuracy"]) if curriculum.needs_accuracy(cstate)
+                        else None)
+            new_cstate = advance(curriculum, cstate, step=step, accuracy=accuracy)
+            if new_cstate.stage != cstate.stage:
+                logging.info("step %d: curriculum stage %d -> %d (%d segments)", step,
+                             cstate.stage, new_cstate.stage,
+                             curriculum.segments[new_cstate.stage])
+                iterator = data.iterator(new_cstate.stage)
+            cstate = new_cstate
+            preempted = stop.received or (jax.process_count() > 1
+                                          and checkpointer.latest.reached_preemption(step))
+            last = step == config.train.num_steps or preempted
+
+            # ---------------------------------------------------------- log
+            if step % config.train.log_every == 0 or last:
+                _check_finite(pending, last_saved)
+                elapsed = time.perf_counter() - window_start
+                means = {k: float(np.mean(v))
+                         for k, v in jax.device_get(jax.tree.map(lambda *x: x, *window)).items()}
+                scalars = {f"train/{k}": v for k, v in means.items()}
+                scalars.update({
+                    "train/learning_rate": float(schedule(step - 1)),
+                    "train/stage": cstate.stage,
+                    "train/segments": curriculum.segments[cstate.stage],
+                    "train/steps_per_s": len(window) / elapsed,
+                    "train/tokens_per_s": tokens / elapsed,
+                })
+                rows = min(config.train.answer_rows, len(batch["answer"]))
+                if rows:
+                    predicted = multihost_utils.global_array_to_host_local_array(
+                        answer_fn(state["params"], global_batch(batch, batch_sharding)),
+                        mesh, P("data"))
+                    scores = answer_metrics(np.asarray(predicted)[:rows], batch, tokenizer)
+                    scalars.update({f"train/{k}": v for k, v in scores.items()})
+                writer.write(step, scalars)
+                window, tokens, window_start = [], 0, time.perf_counter()
+
+            # ---------------------------------------------------------- evaluate
+            if config.eval.every and (step % config.eval.every == 0 or last):
+                _check_finite(pending, last_saved)
+                eval_scalars, score = evaluate(
+                    config, state["params"], graphdef, composer=composer, tokenizer=tokenizer,
+                    batch_sharding=batch_sharding, eval_step=eval_step, answer_fn=answer_fn)
+                writer.write(step, eval_scalars)
+                scalars.update(eval_scalars)
+                if best_score is None or score > best_score:
+                    best_score = score
+                    checkpointer.save_best(step, state["params"], {**meta(), "score": score})
+                window_start = time.perf_counter()
+
+            # ---------------------------------------------------------- checkpoint
+            if step % config.train.checkpoint_every == 0 or last:
+                _check_finite(pending, last_saved)
+                checkpointer.save(step, state["params"],
+                                  {k: v for k, v in state.items() if k != "params"}, meta())
+                last_saved = step
+                window_start = time.perf_counter()
+            if preempted:
+                logging.warning("stopped at step %d after a preemption signal", step)
+                break
+        checkpointer.wait()
+    finally:
+        stop.restore()
+        writer.close()
+        checkpointer.close()
+    return {"step": step, **scalars}

@@ -1,0 +1,56 @@
+"""The curriculum: stages advance on steps or on the running accuracy, state is JSON-able."""
+
+import json
+
+import pytest
+
+from rmt_jax.curriculum import Curriculum, CurriculumState, advance, stage_at_step
+
+
+def run(curriculum, accuracies):
+    state, stages = CurriculumState(), []
+    for step, acc in enumerate(accuracies, start=1):
+        acc = acc if curriculum.needs_accuracy(state) else None
+        state = advance(curriculum, state, step=step, accuracy=acc)
+        stages.append(state.stage)
+    return state, stages
+
+
+def test_advances_every_stage_steps_and_stays_on_the_last():
+    c = Curriculum(segments=(1, 2, 4), stage_steps=3)
+    state, stages = run(c, [0.0] * 10)
+    assert stages == [0, 0, 1, 1, 1, 2, 2, 2, 2, 2]
+    assert state.stage_start == 6
+    assert [stage_at_step(c, s) for s in (0, 2, 3, 6, 100)] == [0, 0, 1, 2, 2]
+
+
+def test_advances_early_when_running_accuracy_passes_threshold():
+    c = Curriculum(segments=(1, 2), stage_steps=1000, advance_accuracy=0.9, accuracy_decay=0.5)
+    state, stages = run(c, [1.0] * 6)
+    # EMA from 0 with decay 0.5: 0.5, 0.75, 0.875, 0.9375 -> passes at step 4.
+    assert stages == [0, 0, 0, 1, 1, 1]
+    assert state == CurriculumState(stage=1, stage_start=4, accuracy=0.0)
+    assert not c.needs_accuracy(state)
+
+
+def test_low_accuracy_never_advances_without_steps():
+    c = Curriculum(segments=(1, 2), stage_steps=0, advance_accuracy=0.9)
+    _, stages = run(c, [0.5] * 50)
+    assert set(stages) == {0}
+
+
+def test_state_round_trips_through_json_exactly():
+    c = Curriculum(segments=(1, 2), stage_steps=100, advance_accuracy=0.99, accuracy_decay=0.9)
+    state, _ = run(c, [0.3, 0.7, 0.1])
+    again = CurriculumState.from_json(json.loads(json.dumps(state.to_json())))
+    assert again == state
+
+
+def test_bad_settings_raise_with_the_field():
+    with pytest.raises(ValueError, match="never leave stage 0"):
+        Curriculum(segments=(1, 2), stage_steps=0)
+    with pytest.raises(ValueError, match="segments"):
+        Curriculum(segments=(), stage_steps=1)
+    with pytest.raises(ValueError, match="train accuracy"):
+        advance(Curriculum(segments=(1, 2), stage_steps=5, advance_accuracy=0.5),
+                CurriculumState(), step=1)

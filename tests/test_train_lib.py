@@ -1,0 +1,188 @@
+"""The training loop on a shrunken config with synthetic batches: sharding, NaN, metrics."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import rmt_babilong
+from rmt_jax import checkpointing, train_lib
+from rmt_jax.synthetic_data import SyntheticData
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(overrides: dict | None = None):
+    config = rmt_babilong.get_config("test,synthetic")
+    for dotted, value in (overrides or {}).items():
+        node = config
+        *parents, name = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        setattr(node, name, value)
+    return config
+
+
+def read_metrics(workdir: Path) -> list[dict]:
+    text = (Path(workdir) / train_lib.METRICS_FILE).read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_partition_specs_split_heads_mlp_and_vocab():
+    from jax.sharding import PartitionSpec as P
+    from jax.tree_util import DictKey
+
+    def spec(names, shape, model=2):
+        return train_lib.partition_spec([DictKey(n) for n in names], shape, model)
+
+    assert spec(["blocks", 0, "attn", "qkv"], (32, 3, 2, 16)) == P(None, None, "model", None)
+    assert spec(["blocks", 0, "attn", "out"], (2, 16, 32)) == P("model", None, None)
+    assert spec(["blocks", 0, "mlp", "fc"], (32, 128)) == P(None, "model")
+    assert spec(["blocks", 0, "mlp", "proj"], (128, 32)) == P("model", None)
+    assert spec(["wte"], (64, 32)) == P("model", None)
+    assert spec(["wte"], (63, 32)) == P()  # not divisible: replicated
+    assert spec(["blocks", 0, "ln1", "scale"], (32,)) == P()
+    assert spec(["memory"], (2, 32)) == P()
+    assert spec(["blocks", 0, "mlp", "fc"], (32, 128), model=1) == P()
+
+
+def test_weight_decay_skips_biases_layernorms_and_memory():
+    config = tiny_config()
+    model_config = train_lib.input_pipeline.model_config(config, 64)
+    params = jax.eval_shape(
+        lambda: train_lib.create_train_state(model_config, train_lib.make_optimizer(
+            config, train_lib.make_schedule(config)), 0))["params"]
+    mask = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(train_lib.decay_mask(params))}
+    decayed = {k for k, v in mask.items() if v}
+    assert any("qkv" in k for k in decayed) and any("wte" in k for k in decayed)
+    assert not any("bias" in k or "ln" in k or "memory" in k for k in decayed)
+
+
+def test_schedule_warms_up_then_decays():
+    config = tiny_config({"optim.warmup_steps": 10, "train.num_steps": 100})
+    for name in ("cosine", "linear", "constant"):
+        config.optim.schedule = name
+        lr = train_lib.make_schedule(config)
+        peak = config.optim.learning_rate
+        assert float(lr(0)) == 0.0 and float(lr(10)) == pytest.approx(peak)
+        end = peak if name == "constant" else peak * config.optim.end_lr_fraction
+        assert float(lr(100)) == pytest.approx(end, rel=1e-4)
+    config.optim.schedule = "cosin"
+    with pytest.raises(ValueError, match="cosin"):
+        train_lib.make_schedule(config)
+
+
+def test_exact_match_needs_every_target_token_up_to_eos():
+    answer = np.array([[5, 1, 0], [7, 8, 1]])
+    predicted = np.array([[5, 1, 9], [7, 9, 1]])
+    np.testing.assert_array_equal(train_lib.exact_match_tokens(predicted, answer), [True, False])
+
+
+def test_synthetic_batches_resume_byte_identical():
+    data = SyntheticData(tiny_config())
+    it = data.iterator(1)
+    next(it)
+    state = it.get_state()
+    a = next(it)
+    b = next(data.iterator(1, state))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert a["context"].shape == (8, 16) and a["query"].shape == (8, 6)
+
+
+def test_train_and_evaluate_learns_and_writes_metrics(tmp_path):
+    config = tiny_config({"train.num_steps": 30, "curriculum.segments": (1, 2),
+                          "eval.every": 15, "train.log_every": 10})
+    out = train_lib.train_and_evaluate(config, tmp_path)
+    assert out["step"] == 30
+    rows = [r for r in read_metrics(tmp_path) if "train/loss" in r]
+    assert [r["step"] for r in rows] == [10, 20, 30]
+    assert rows[-1]["train/loss"] < rows[0]["train/loss"]
+    for key in ("accuracy", "exact_match", "steps_per_s", "tokens_per_s", "stage",
+                "learning_rate", "grad_norm"):
+        assert f"train/{key}" in rows[-1]
+    assert rows[-1]["train/stage"] == 1
+    assert any("eval/exact_match" in r for r in read_metrics(tmp_path))
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["num_steps"] == 30
+    model, loaded, step = checkpointing.restore_for_inference(tmp_path)
+    assert step == 30 and loaded.model.d_model == 32
+    _, _, best_step = checkpointing.restore_for_inference(tmp_path, step="best")
+    assert best_step in (15, 30)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    make = train_lib.make_train_step
+
+    def make_nan_at_step_5(graphdef, tx):
+        step_fn = make(graphdef, tx)
+
+        def poisoned(state, batch):
+            new_state, metrics = step_fn(state, batch)
+            bad = state["step"] + 1 == 5
+            metrics["loss"] = jnp.where(bad, jnp.nan, metrics["loss"])
+            new_state["params"] = jax.tree.map(lambda x: jnp.where(bad, jnp.nan, x),
+                                               new_state["params"])
+            return new_state, metrics
+
+        return poisoned
+
+    monkeypatch.setattr(train_lib, "make_train_step", make_nan_at_step_5)
+    config = tiny_config({"train.num_steps": 10, "train.checkpoint_every": 2,
+                          "eval.every": 0, "train.answer_rows": 0})
+    with pytest.raises(FloatingPointError, match="at step 5.*last good checkpoint is step 4"):
+        train_lib.train_and_evaluate(config, tmp_path)
+    ckpt = checkpointing.Checkpointer(tmp_path)
+    assert ckpt.latest.all_steps() == [2, 4]
+    ckpt.close()
+    model, _, step = checkpointing.restore_for_inference(tmp_path)
+    assert step == 4
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.tree.map(np.asarray,
+                                                                          model.wte[...])))
+
+
+SHARDED_LOSSES = textwrap.dedent("""
+    import json, os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import jax
+    from tests.test_train_lib import read_metrics, tiny_config
+    from rmt_jax import train_lib
+    assert len(jax.devices()) == 8, jax.devices()
+    out = {}
+    for data, model in ((1, 1), (8, 1), (4, 2)):
+        workdir = os.path.join(sys.argv[1], f"{data}x{model}")
+        config = tiny_config({"mesh.data": data, "mesh.model": model, "train.num_steps": 4,
+                              "train.log_every": 1, "train.checkpoint_every": 100,
+                              "curriculum.segments": (2,), "eval.every": 0,
+                              "train.answer_rows": 0, "train.async_checkpoint": False})
+        train_lib.train_and_evaluate(config, workdir)
+        out[f"{data}x{model}"] = [r["train/loss"] for r in read_metrics(workdir)]
+    print(json.dumps(out))
+""")
+
+
+def subprocess_env(cache_dir: Path) -> dict:
+    env = dict(os.environ)
+    env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", PYTHONPATH=str(REPO))
+    return env
+
+
+def test_data_and_model_parallel_losses_match_one_device(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", SHARDED_LOSSES, str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300,
+                          env=subprocess_env(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = json.loads(proc.stdout.strip().splitlines()[-1])
+    reference = np.array(losses["1x1"])
+    assert len(reference) == 4 and np.isfinite(reference).all()
+    for mesh in ("8x1", "4x2"):
+        np.testing.assert_allclose(losses[mesh], reference, rtol=1e-5, err_msg=mesh)
