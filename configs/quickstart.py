@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.log_every = 50  # steps between metric writes
     config.train.checkpoint_every = 250  # steps between checkpoints
     config.eval.every = 500  # steps between evaluations
-    config.eval.lengths = "0k,1k"  # lengths evaluated
+    config.eval.lengths = "0k,1k,2k,4k"  # lengths evaluated (the final table)
     config.eval.num_samples = 50  # samples per task and length
     config.eval.batch_size = 25
     return config

@@ -37,14 +37,26 @@ def loss_fn(model: RMT, batch: dict, key: jax.Array | None = None):
     """Cross-entropy on the answer tokens -> (loss, {'accuracy', 'answer_tokens'}).
 
     key: dropout key; None runs deterministically. Use with `nnx.value_and_grad(...,
-    has_aux=True)`.
+    has_aux=True)`. When the batch also holds `answer` [B, A], the answer tokens are known
+    to sit in one run of at most A positions: the LM head (the costliest matmul of a small
+    model's answer segment) is then applied at those A positions only, not all Q.
     """
-    k_ctx, k_ans = _split(key)
+    k_ctx, k_read, k_ans = (None, None, None) if key is None else tuple(jax.random.split(key, 3))
     state, _ = scan_segments(model, batch["context"], batch.get("context_mask"), key=k_ctx)
     query = jnp.asarray(batch["query"], jnp.int32)
-    logits = answer_logits(model, state, query, k_ans)[:, :-1]  # position t predicts q[t+1]
+    read = model.read_memory(state.memory, state.buffer, state.buffer_valid, k_read)
+    hidden = model.answer_hidden(read, query, k_ans)[:, :-1]  # position t predicts q[t+1]
     targets = query[:, 1:]
     weights = jnp.asarray(batch["loss_mask"], jnp.float32)[:, 1:]
+    if "answer" in batch and batch["answer"].shape[1] < targets.shape[1]:
+        window = batch["answer"].shape[1]
+        first = jnp.argmax(weights > 0, axis=1)  # [B] first answer position
+        first = jnp.minimum(first, targets.shape[1] - window)
+        index = first[:, None] + jnp.arange(window)  # [B, A]
+        hidden = jnp.take_along_axis(hidden, index[..., None], axis=1)
+        targets = jnp.take_along_axis(targets, index, axis=1)
+        weights = jnp.take_along_axis(weights, index, axis=1)
+    logits = model.logits(hidden)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     count = weights.sum()
     loss = (ce * weights).sum() / jnp.maximum(count, 1.0)

@@ -63,7 +63,7 @@ from rmt_jax.synthetic_data import SyntheticData
 
 METRICS_FILE = "metrics.jsonl"
 # The step's model inputs; the other batch fields are for scoring answers.
-MODEL_INPUTS = ("context", "context_mask", "query", "loss_mask")
+MODEL_INPUTS = ("context", "context_mask", "query", "loss_mask", "answer")  # loss_fn reads these
 # Parameters split over the 'model' axis: (parent, name) or (name,) -> spec of each dim.
 MODEL_AXIS_RULES: dict[tuple[str, ...], tuple[str | None, ...]] = {
     ("attn", "qkv"): (None, None, "model", None),   # [d, 3, heads, hd]: heads
@@ -311,8 +311,9 @@ def _check_finite(pending: list[tuple[int, jax.Array]], last_saved: int | None) 
 
 # -- evaluation -------------------------------------------------------------------------------
 def evaluate(config, params, graphdef, *, composer, tokenizer, batch_sharding,
-             eval_step, answer_fn) -> tuple[dict[str, float], float]:
-    """Eval metrics and the score that picks the best checkpoint (higher is better)."""
+             eval_step, answer_fn) -> tuple[dict[str, float], float, dict | None]:
+    """Eval metrics, the score that picks the best checkpoint (higher is better), and the
+    full results of `evaluate_lib.evaluate_model` on real data (None on synthetic data)."""
     if not config.data.synthetic:
         from rmt_jax import evaluate_lib
 
@@ -326,7 +327,7 @@ def evaluate(config, params, graphdef, *, composer, tokenizer, batch_sharding,
         accuracy = float(np.mean([cell["accuracy"] for by_length in out["results"].values()
                                   for cell in by_length.values()]))
         scalars["eval/accuracy"] = accuracy
-        return scalars, accuracy
+        return scalars, accuracy, out
     # Synthetic: held-out batches (another data seed) of the longest stage.
     held_out = config.copy_and_resolve_references()
     held_out.data.seed = config.data.seed + 7919
@@ -344,7 +345,7 @@ def evaluate(config, params, graphdef, *, composer, tokenizer, batch_sharding,
         scores.update(answer_metrics(np.asarray(predicted), batch))
         for k, v in scores.items():
             sums[k] = sums.get(k, 0.0) + float(v) / batches
-    return {f"eval/{k}": v for k, v in sums.items()}, sums["exact_match"]
+    return {f"eval/{k}": v for k, v in sums.items()}, sums["exact_match"], None
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -432,6 +433,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     last_saved = restored.step if restored else None
     scalars: dict[str, float] = {}
     tokens, window_start = 0, time.perf_counter()
+    last_eval = None  # the newest full evaluation results (real data)
 
     def meta() -> dict:
         return {"step": step, "data": iterator.get_state(), "curriculum": cstate.to_json()}
@@ -488,7 +490,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             # ---------------------------------------------------------- evaluate
             if config.eval.every and (step % config.eval.every == 0 or last):
                 _check_finite(pending, last_saved)
-                eval_scalars, score = evaluate(
+                eval_scalars, score, last_eval = evaluate(
                     config, state["params"], graphdef, composer=composer, tokenizer=tokenizer,
                     batch_sharding=batch_sharding, eval_step=eval_step, answer_fn=answer_fn)
                 writer.write(step, eval_scalars)
@@ -513,4 +515,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         stop.restore()
         writer.close()
         checkpointer.close()
+    if last_eval is not None and jax.process_index() == 0:
+        from rmt_jax import evaluate_lib
+
+        evaluate_lib.write_results(last_eval, workdir / "eval",
+                                   title=f"RMT step {step}: accuracy (%) on BABILong")
+        print(f"step {step}: " + evaluate_lib.format_table(last_eval), flush=True)
     return {"step": step, **scalars}

@@ -159,3 +159,25 @@ def test_tiny_model_learns_a_copy_task_through_memory():
     assert losses[0] > 3.5
     assert losses[-1] < 1.0, losses
     assert float(accuracy) == 1.0
+
+
+def test_answer_window_gives_the_same_loss_and_gradients():
+    """With `answer` in the batch the LM head runs on the answer window only: same numbers."""
+    from rmt_jax import RMT, get_config, loss_fn
+
+    model = RMT(get_config("test", vocab_size=64, max_positions=64), rngs=nnx.Rngs(0))
+    rng = np.random.RandomState(0)
+    query = rng.randint(1, 64, (3, 12)).astype(np.int32)
+    loss_mask = np.zeros((3, 12), np.float32)
+    for row, (start, n) in enumerate([(4, 2), (9, 3), (1, 1)]):
+        loss_mask[row, start : start + n] = 1
+    batch = {"context": rng.randint(1, 64, (3, 20)).astype(np.int32), "query": query,
+             "loss_mask": loss_mask}
+    windowed = {**batch, "answer": np.zeros((3, 3), np.int32)}
+    grad = nnx.value_and_grad(loss_fn, has_aux=True)
+    (full, aux_full), g_full = grad(model, batch)
+    (win, aux_win), g_win = grad(model, windowed)
+    np.testing.assert_allclose(win, full, rtol=1e-6)
+    np.testing.assert_allclose(aux_win["accuracy"], aux_full["accuracy"])
+    for a, b in zip(jax.tree.leaves(g_win), jax.tree.leaves(g_full), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
