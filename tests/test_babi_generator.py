@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from babilong_tfds.babi import BabiSample, parse_babi
-from babilong_tfds.babi_generator import GeneratedBabi, generate_samples, generate_story
+from babilong_tfds.babi_generator import GeneratedBabi, generate_samples, generate_story, vocab
 from babilong_tfds.babi_generator.validation import (
     accuracy,
     overlap,
@@ -111,21 +111,33 @@ def test_solver_answers_every_generated_question(task):
     assert accuracy(_generated(task)) == 1.0
 
 
-# The originals' supporting facts do not always suffice for the solver: qa3 marks the
-# drop and the two moves but not the pick-up that tied the object to its carrier (0.21
-# of the original questions suffice). The generated data mirrors that choice, so it is
-# held to the originals' rate there and to all questions elsewhere.
-_SUFFICIENCY_FLOOR = {"qa3": 0.21}
-
-
+# Every task, qa3 included. The originals' qa3 support does not always suffice (0.21 of
+# their questions): it names the drop and the two moves but not the pick-up that tied the
+# object to its carrier. The generator adds the pick-up (see `actors._where_before`).
 @pytest.mark.parametrize("task", TASKS)
 def test_supporting_facts_suffice(task):
-    assert support_sufficiency(_generated(task)) >= _SUFFICIENCY_FLOOR.get(task, 1.0)
+    assert support_sufficiency(_generated(task)) == 1.0
+
+
+def test_qa3_support_extends_the_original_convention():
+    # The originals' three facts (the object's latest event, the move into the last place,
+    # the move into the one before) come first, in their order; the pick-up follows where
+    # it is not the latest event, so a question has 3 supporting facts while its object is
+    # held and 4 once it has been dropped.
+    for s in _generated("qa3")[:300]:
+        dropped = any(f" {v} the " in s.facts[s.supporting[0]] for v in vocab.DROP_VERBS)
+        assert len(s.supporting) == (4 if dropped else 3), (s.question, s.supporting)
+        assert s.supporting[1] > s.supporting[2]
+        if dropped:
+            assert s.supporting[3] < s.supporting[1]
+            assert not any(f" {v} the " in s.facts[s.supporting[3]] for v in vocab.DROP_VERBS)
 
 
 # Tolerances, per task where a looser one is needed and why:
 # - qa2: the originals ask about an object only after long stretches without a question
 #   (gaps up to 34 statements) that our recency rule reproduces only in part.
+# (qa3's supporting facts per question run about 13% above the originals' 3.0, since the
+# pick-up is added once the object is dropped; that is inside the common 0.35.)
 _FPQ_TOL = {"qa2": 0.25}
 _DIST_TOL = {}
 

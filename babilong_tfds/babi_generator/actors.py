@@ -193,16 +193,20 @@ def _where_object(w: _World) -> list[Question]:
 def _where_before(w: _World) -> list[Question]:
     out = []
     for o, trail in w.trail.items():
-        # Asked only where one carrier took the object through its last two places, so
-        # that three statements support the answer as in the original task.
+        # Asked only where one carrier took the object through its last two places. The
+        # support is what establishes who carried it from where to where: the object's
+        # latest event and the carrier's moves into those two places, in the original
+        # files' order, then the statement that put the object in the carrier's hands
+        # (the pick-up, `w.carry[o]`) unless it is already the latest event. The originals
+        # leave the pick-up out, so once the object has been dropped their support no
+        # longer says who carried it; it is added here so that the support always
+        # suffices. It precedes the move into the last place, so the nearest supporting
+        # statement, and with it which question is chosen, is unchanged.
         if len(trail) >= 2 and trail[-1][2] == trail[-2][2] == w.carry[o]:
-            out.append(
-                (
-                    f"Where was the {o} before the {trail[-1][0]}?",
-                    trail[-2][0],
-                    (w.obj_event[o], trail[-1][1], trail[-2][1]),
-                )
-            )
+            support = (w.obj_event[o], trail[-1][1], trail[-2][1])
+            if w.carry[o] not in support:
+                support += (w.carry[o],)
+            out.append((f"Where was the {o} before the {trail[-1][0]}?", trail[-2][0], support))
     return out
 
 
