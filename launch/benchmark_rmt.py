@@ -112,10 +112,10 @@ def forward_flops(cfg, model, batch, segments, query_len, head_positions) -> flo
 
     flops = segments * segment(cfg.segment_positions) + segment(cfg.read_tokens + query_len)
     flops += 2 * d * cfg.vocab_size * head_positions
-    if cfg.retrieval:  # per read: q, o, MLP on n tokens; k, v and scores over the buffer
-        per_read = 2 * 2 * n * d * d + 2 * 2 * n * d * 4 * d
-        per_read += 2 * 2 * segments * n * d * d + 4 * n * segments * n * d
-        flops += (segments + 1) * per_read
+    if cfg.retrieval:  # per read: q, o, MLP on n tokens, scores and values over the buffer;
+        per_read = 2 * 2 * n * d * d + 2 * 2 * n * d * 4 * d  # per write: k, v of n tokens
+        per_read += 4 * n * segments * n * d
+        flops += (segments + 1) * per_read + segments * 2 * 2 * n * d * d
     return float(flops * batch)
 
 

@@ -147,6 +147,10 @@ class MemoryRetrieval(nnx.Module):
     q = Wq LN(m), K = Wk LN(M), V = Wv LN(M) over the valid stored states M;
     r = m + Wo softmax(q K^T / sqrt(d)) V;  r = r + MLP(LN(r)).
     With no valid state (the first segment) the attention term is zero: r = m + MLP(LN(m)).
+
+    A stored state never changes, so its keys and values are computed once, when it is
+    written (`keys_values`), and the buffer holds them: a read costs O(T n d), not the
+    O(T n d^2) of projecting every stored state again at every segment.
     """
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
@@ -161,20 +165,27 @@ class MemoryRetrieval(nnx.Module):
         self.rate = cfg.retrieval_dropout
         self.dtype = cfg.compute_dtype
 
-    def __call__(self, m, buffer, valid, key=None):
-        """m [b, n, d], buffer [b, T, n, d], valid [b, T] bool -> r [b, n, d]."""
+    def keys_values(self, states: jax.Array) -> jax.Array:
+        """states [..., n, d] -> their keys and values [..., 2, n, d]."""
         dt = self.dtype
-        b, cap, n, d = buffer.shape
+        x = self.ln_in(states)
+        k = x @ self.wk[...].astype(dt)  # [..., n, d] -> [..., n, d]
+        v = x @ self.wv[...].astype(dt)  # [..., n, d] -> [..., n, d]
+        return jnp.stack([k, v], axis=-3)
+
+    def __call__(self, m, kv, valid, key=None):
+        """m [b, n, d], kv [b, T, 2, n, d] (from `keys_values`), valid [b, T] -> r [b, n, d]."""
+        dt = self.dtype
+        b, cap, _, n, d = kv.shape
         q = self.ln_in(m) @ self.wq[...].astype(dt)  # [b, n, d] -> [b, n, d]
-        states = self.ln_in(buffer.reshape(b, cap * n, d))  # [b, T*n, d]
-        k = states @ self.wk[...].astype(dt)  # [b, T*n, d] -> [b, T*n, d]
-        v = states @ self.wv[...].astype(dt)  # [b, T*n, d] -> [b, T*n, d]
-        scores = jnp.einsum("bqd,bsd->bqs", q, k).astype(jnp.float32) / math.sqrt(d)
+        k = kv[:, :, 0].reshape(b, cap * n, d)  # [b, T*n, d]
+        v = kv[:, :, 1].reshape(b, cap * n, d)  # [b, T*n, d]
+        scores = jnp.einsum("bqd,bsd->bqs", q, k.astype(dt)).astype(jnp.float32) / math.sqrt(d)
         key_valid = jnp.repeat(valid, n, axis=1)[:, None, :]  # [b, 1, T*n]
         weights = jax.nn.softmax(jnp.where(key_valid, scores, -1e30), axis=-1)
         weights = jnp.where(key_valid, weights, 0.0)  # all-invalid rows become zero, not uniform
         weights = dropout(weights, self.rate, _fold(key, 0))
-        attended = jnp.einsum("bqs,bsd->bqd", weights.astype(dt), v)  # [b, n, d]
+        attended = jnp.einsum("bqs,bsd->bqd", weights.astype(dt), v.astype(dt))  # [b, n, d]
         r = m + dropout(attended @ self.wo[...].astype(dt), self.rate, _fold(key, 1))
         return r + dropout(self.mlp(self.ln_mlp(r)), self.rate, _fold(key, 2))
 
@@ -231,7 +242,8 @@ class RMT(nnx.Module):
         return jnp.broadcast_to(m, (batch, *m.shape))
 
     def read_memory(self, m, buffer=None, valid=None, key=None) -> jax.Array:
-        """The read tokens: m [b, n, d] for RMT, [m; retrieve(m)] [b, 2n, d] for RMT-R."""
+        """The read tokens: m [b, n, d] for RMT, [m; retrieve(m)] [b, 2n, d] for RMT-R
+        (buffer [b, T, 2, n, d]: keys and values of the stored memories)."""
         if self.retrieval is None:
             return m
         return jnp.concatenate([m, self.retrieval(m, buffer, valid, key)], axis=1)

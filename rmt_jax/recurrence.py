@@ -8,8 +8,9 @@ Array contract (B = batch, S = segments, L = segment_len, n = mem_tokens, d = d_
                                so a mask is equivalent to dropping the masked tokens
                                segment by segment. A segment with no real token is *empty*:
                                it leaves the memory (and the RMT-R buffer) unchanged.
-  MemoryState   the carry: memory [B, n, d]; for RMT-R buffer [B, T_cap, n, d] of past
-                output memories, buffer_valid [B, T_cap], and step (next buffer row).
+  MemoryState   the carry: memory [B, n, d]; for RMT-R buffer [B, T_cap, 2, n, d]: keys and
+                values of past output memories (computed once, when written),
+                buffer_valid [B, T_cap], and step (next buffer row).
 
 `loop_segments` runs the same `segment_step` in a Python loop: the reference the tests hold
 `scan_segments` equal to. Truncated BPTT (`bptt_segments=k`) stops the gradient of the memory
@@ -29,7 +30,7 @@ from rmt_jax.model import RMT
 
 class MemoryState(NamedTuple):
     memory: jax.Array              # [B, n, d] compute dtype
-    buffer: jax.Array | None       # [B, T_cap, n, d] output memories so far (RMT-R only)
+    buffer: jax.Array | None       # [B, T_cap, 2, n, d] keys, values of output memories (RMT-R)
     buffer_valid: jax.Array | None  # [B, T_cap] bool (RMT-R only)
     step: jax.Array                # [] int32 segment slots consumed = next buffer row
 
@@ -47,7 +48,7 @@ def initial_state(model: RMT, batch: int, capacity: int = 0) -> MemoryState:
     memory = model.initial_memory(batch)
     buffer = valid = None
     if cfg.retrieval:
-        buffer = jnp.zeros((batch, capacity, cfg.mem_tokens, cfg.d_model), memory.dtype)
+        buffer = jnp.zeros((batch, capacity, 2, cfg.mem_tokens, cfg.d_model), memory.dtype)
         valid = jnp.zeros((batch, capacity), bool)
     return MemoryState(memory, buffer, valid, jnp.zeros((), jnp.int32))
 
@@ -105,7 +106,8 @@ def segment_step(model: RMT, state: MemoryState, seg: SegmentInput,
     new_m = jnp.where(nonempty[:, None, None], new_m.astype(m.dtype), m)
     buffer, valid = state.buffer, state.buffer_valid
     if buffer is not None:
-        buffer = jax.lax.dynamic_update_slice(buffer, new_m[:, None], (0, state.step, 0, 0))
+        kv = model.retrieval.keys_values(new_m).astype(buffer.dtype)  # [B, 2, n, d]
+        buffer = jax.lax.dynamic_update_slice(buffer, kv[:, None], (0, state.step, 0, 0, 0))
         valid = jax.lax.dynamic_update_slice(valid, nonempty[:, None], (0, state.step))
     return MemoryState(new_m, buffer, valid, state.step + 1), maps
 

@@ -30,7 +30,7 @@ def grow_buffer(state: MemoryState, capacity: int) -> MemoryState:
     if state.buffer is None or state.buffer.shape[1] >= capacity:
         return state
     extra = capacity - state.buffer.shape[1]
-    buffer = jnp.pad(state.buffer, ((0, 0), (0, extra), (0, 0), (0, 0)))
+    buffer = jnp.pad(state.buffer, ((0, 0), (0, extra), (0, 0), (0, 0), (0, 0)))
     valid = jnp.pad(state.buffer_valid, ((0, 0), (0, extra)))
     return state._replace(buffer=buffer, buffer_valid=valid)
 

@@ -212,14 +212,29 @@ def test_retrieval_reads_only_valid_states():
     retrieval = model.retrieval
     rng = np.random.RandomState(8)
     m = jnp.asarray(rng.randn(2, 4, 32), jnp.float32) * 0.1
-    buffer = jnp.asarray(rng.randn(2, 3, 4, 32), jnp.float32)
+    states = jnp.asarray(rng.randn(2, 3, 4, 32), jnp.float32)
     valid = jnp.array([[True, True, False], [True, False, False]])
-    r = retrieval(m, buffer, valid)
-    r2 = retrieval(m, buffer.at[0, 2].set(5.0).at[1, 1:].set(-3.0), valid)
+
+    def read(states, valid):
+        return retrieval(m, retrieval.keys_values(states), valid)
+
+    r = read(states, valid)
+    r2 = read(states.at[0, 2].set(5.0).at[1, 1:].set(-3.0), valid)
     np.testing.assert_allclose(r2, r, rtol=1e-6, atol=1e-6)
-    assert float(jnp.abs(retrieval(m, buffer.at[0, 1].set(5.0), valid) - r).max()) > 1e-4
+    assert float(jnp.abs(read(states.at[0, 1].set(5.0), valid) - r).max()) > 1e-4
+    # The spec's formula, projecting the stored states at read time, gives the same r.
+    ln = retrieval.ln_in
+    q = ln(m) @ retrieval.wq[...]
+    k = ln(states.reshape(2, 12, 32)) @ retrieval.wk[...]
+    v = ln(states.reshape(2, 12, 32)) @ retrieval.wv[...]
+    scores = jnp.einsum("bqd,bsd->bqs", q, k) / np.sqrt(32)
+    mask = jnp.repeat(valid, 4, axis=1)[:, None]
+    att = jnp.where(mask, jax.nn.softmax(jnp.where(mask, scores, -1e30), -1), 0.0)
+    spec = m + jnp.einsum("bqs,bsd->bqd", att, v) @ retrieval.wo[...]
+    spec = spec + retrieval.mlp(retrieval.ln_mlp(spec))
+    np.testing.assert_allclose(r, spec, rtol=1e-5, atol=1e-6)
     # first segment: nothing stored, so r = m + MLP(LN(m))
-    empty = retrieval(m, buffer, jnp.zeros((2, 3), bool))
+    empty = read(states, jnp.zeros((2, 3), bool))
     np.testing.assert_allclose(empty, m + retrieval.mlp(retrieval.ln_mlp(m)), rtol=1e-6, atol=1e-6)
 
 
