@@ -65,7 +65,7 @@ def test_iterator_state_resumes_exactly(config, composer):
 
 
 def test_processes_get_disjoint_shards(config, composer):
-    config = config.unlock()
+    config = config.copy_and_resolve_references()
     config.train.batch_size = 8
     a = next(ip.TrainData(config, composer, process_index=0, process_count=2).iterator(0))
     b = next(ip.TrainData(config, composer, process_index=1, process_count=2).iterator(0))
@@ -94,3 +94,18 @@ def test_encode_text_record_and_errors(config, sp_tokenizer):
 def test_model_config_from_config(config):
     mc = ip.model_config(config, vocab_size=8192)
     assert mc.vocab_size == 8192 and mc.bptt_segments is None and mc.attention_impl is None
+
+
+def test_grain_workers_give_the_same_batches_and_resume(config, composer):
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
+    reference = ip.TrainData(config, composer).iterator(1)
+    expected = [next(reference) for _ in range(3)]
+    workers = config.copy_and_resolve_references()
+    workers.data.worker_count = 2
+    it = ip.TrainData(workers, composer).iterator(1)
+    assert all(same(e, next(it)) for e in expected[:2])
+    resumed = ip.TrainData(workers, composer).iterator(1, it.get_state())
+    assert same(next(resumed), expected[2])
