@@ -317,6 +317,11 @@ def evaluate(config, params, graphdef, *, composer, tokenizer, batch_sharding,
     if not config.data.synthetic:
         from rmt_jax import evaluate_lib
 
+        if jax.process_count() > 1:
+            # Every process evaluates on a full local copy (evaluate_model runs its own jit
+            # over host arrays); only process 0 writes the results.
+            replicated = NamedSharding(batch_sharding.mesh, P())
+            params = jax.jit(lambda p: p, out_shardings=replicated)(params)
         out = evaluate_lib.evaluate_model(
             nnx.merge(graphdef, params), config, composer, tokenizer, tasks=config.data.tasks,
             lengths=config.eval.lengths, num_samples=config.eval.num_samples,
