@@ -323,7 +323,10 @@ class Haystack:
         return haystack
 
     def sentence_lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
+        """[n_sentences] tokens per sentence (computed once: every composition reads it)."""
+        if getattr(self, "_lengths", None) is None:
+            self._lengths = np.diff(self.offsets)
+        return self._lengths
 
 
 @dataclasses.dataclass(frozen=True)
