@@ -27,7 +27,6 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import blingfire
 import numpy as np
 from absl import logging
 
@@ -86,6 +85,8 @@ def split_sentences(text: str, min_words: int = MIN_WORDS) -> list[str]:
     joined = "\n".join(p for p in paragraphs if p)
     if not joined:
         return []
+    import blingfire  # here, not at the top: a cached haystack loads without it
+
     sentences: list[str] = []
     carry = ""
     for sentence in blingfire.text_to_sentences(joined).split("\n"):

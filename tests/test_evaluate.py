@@ -294,3 +294,27 @@ def test_cli_end_to_end_and_bad_input(setup, tmp_path):
                   f"--out_dir={tmp_path / 'bad'}")
     assert bad.returncode == 1 and "unknown length '5k': expected one of 0k" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_export_checkpoint_bf16_loads_and_answers_alike(setup, tmp_path):
+    from launch import export_checkpoint
+
+    config, tokenizer, _ = setup
+    model = make_workdir(tmp_path / "run", config, tokenizer, steps=(3, 7), best=None)
+    out = export_checkpoint.export(str(tmp_path / "run"), str(tmp_path / "export"),
+                                   step=None, param_dtype="bfloat16")
+    assert sorted(p.name for p in out.iterdir() if p.name != "checkpoints") == [
+        "best", "config.json", "model_config.json"]
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    exported, exported_config, step = checkpointing.restore_for_inference(out, "best")
+    assert step == 7 and exported_config.model.param_dtype == "bfloat16"
+    leaves = jax.tree.leaves(nnx.state(exported, nnx.Param))
+    assert leaves and all(x.dtype == jnp.bfloat16 for x in leaves)
+    # the tied head gives the same logits up to bf16 rounding of the weights
+    ref = model.logits(jnp.ones((2, config.model.d_model)))
+    got = exported.logits(jnp.ones((2, config.model.d_model)))
+    assert float(jnp.linalg.norm(got - ref) / jnp.linalg.norm(ref)) < 1e-2
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_checkpoint.export(str(tmp_path / "run"), str(out))
+    with pytest.raises(ValueError, match="step"):
+        export_checkpoint.parse_step("newest")

@@ -7,7 +7,7 @@ import pytest
 from .conftest import REPO
 
 
-@pytest.mark.parametrize("script", ["launch/tpu_vm.sh", "launch/gpu.sh"])
+@pytest.mark.parametrize("script", ["launch/tpu_vm.sh", "launch/gpu.sh", "launch/gpu_results.sh"])
 def test_launcher_syntax_and_usage(script):
     path = REPO / script
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
