@@ -189,8 +189,14 @@ def generate_split(
     window: tuple[float, float] = (0.0, 1.0),
     depths: Sequence[float] | None = None,
     pool: StoryPool | None = None,
+    with_text: bool = True,
+    with_ids: bool = False,
 ) -> Iterator[tuple[int, dict]]:
-    """Yields (key, record) for a split; with `depths`, each sample at every depth."""
+    """Yields (key, record) for a split; with `depths`, each sample at every depth.
+
+    Records carry the context as `input` text (`with_text`, what the TFDS splits store) and/or
+    as `input_ids` (`with_ids`: the composer's tokens, no second pass of the tokenizer).
+    """
     check_task(task)
     tokens = check_length(length)
     if num_samples <= 0:
@@ -212,7 +218,8 @@ def generate_split(
         for j, depth in enumerate(sweep):
             composition = compose_sample(composer, sample, length, rng, window=window, depth=depth)
             key = i * len(sweep) + j
-            yield key, to_record(composition, composer, seed=seed, index=i, depth=depth)
+            yield key, to_record(composition, composer, seed=seed, index=i, depth=depth,
+                                 with_text=with_text, with_ids=with_ids)
 
 
 class BabilongSource:

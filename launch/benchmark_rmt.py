@@ -251,6 +251,7 @@ def main(argv):
                   vocab=cfg.vocab_size, segment_len=cfg.segment_len, mem_tokens=cfg.mem_tokens,
                   batch=FLAGS.batch, dtype=FLAGS.dtype, param_dtype=FLAGS.param_dtype,
                   mode=FLAGS.mode, retrieval=cfg.retrieval, params=count_params(model),
+                  remat_policy=cfg.remat_policy, attention_impl=cfg.attention_impl or "auto",
                   device=f"{device.platform}:{device.device_kind}",
                   cpu_count=os.cpu_count(), jax=jax.__version__)
 

@@ -143,7 +143,7 @@ if [[ ${TRAIN:-1} != 0 ]]; then
   # Two calls, the long lengths last, so that a time limit on them keeps the short ones.
   for part in short long; do
     lengths=$EVAL_LENGTHS; limit=${EVAL_SECONDS:-90}
-    [[ $part == long ]] && { lengths=$EVAL_LONG; limit=${EVAL_LONG_SECONDS:-60}; }
+    [[ $part == long ]] && { lengths=$EVAL_LONG; limit=${EVAL_LONG_SECONDS:-90}; }
     [[ -z $lengths ]] && continue
     log "evaluate $lengths x $EVAL_SAMPLES samples"
     timeout -k 10 "$limit" "$PY" -m launch.evaluate --workdir="$EXPORT" --step=best \

@@ -140,8 +140,11 @@ def test_tfds_source_reads_the_materialized_split(setup, manual_dir, tmp_path, m
                                            babi_root=config.data.babi_dir)
     assert len(from_tfds) == 3
     for a, b in zip(from_tfds, on_the_fly, strict=True):
-        assert [evaluate_lib._text(a[k]) for k in ("input", "question", "target")] == [
-            b["input"], b["question"], b["target"]]
+        assert [evaluate_lib._text(a[k]) for k in ("question", "target")] == [
+            b["question"], b["target"]]
+        # on the fly, the context comes as the composer's tokens: the same text
+        assert tokenizer.decode(b["input_ids"]) == evaluate_lib._text(a["input"])
+        assert list(b["input_ids"]) == tokenizer.encode(evaluate_lib._text(a["input"]))
     monkeypatch.setattr(evaluate_lib, "answer_batch",
                         lambda model, batch, *, max_new_tokens: batch["answer"])
     results = evaluate_lib.evaluate_model(None, config, None, tokenizer, tasks="qa1",

@@ -1,0 +1,33 @@
+"""launch.benchmark_rmt runs each mode on the test preset and writes complete records."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO
+
+SHAPE_KEYS = {"layers", "d_model", "heads", "vocab", "segment_len", "mem_tokens", "batch",
+              "segments", "dtype", "mode", "remat_policy", "attention_impl", "retrieval"}
+FIGURES = {"tokens_per_s", "compile_s", "peak_memory_gib", "model_flops_per_s",
+           "bf16_peak_flops_per_s", "mfu"}
+
+
+@pytest.mark.parametrize("mode,extra", [("infer", []), ("train", ["--retrieval",
+                                                                   "--remat_policy=full"])])
+def test_benchmark_writes_a_full_record(tmp_path, mode, extra):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "launch.benchmark_rmt", "--preset=test", f"--mode={mode}",
+           "--batch=2", "--segments=3", "--repeats=1", "--peak_matmul_n=64", "--dtype=fp32",
+           f"--out={out}", *extra]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (record,) = json.loads(out.read_text())
+    assert SHAPE_KEYS | FIGURES <= set(record)
+    assert record["mode"] == mode and record["segments"] == 3 and record["batch"] == 2
+    assert record["retrieval"] == bool(extra)
+    assert record["remat_policy"] == ("full" if extra else "none")
+    assert all(record[k] > 0 for k in FIGURES)
+    # the printed JSON line is the record
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == record
