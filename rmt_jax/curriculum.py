@@ -1,7 +1,9 @@
 """The curriculum over context segments: pure functions over a small, JSON-able state.
 
 Stage i trains on contexts of up to `segments[i]` segments (config.curriculum.segments,
-e.g. 1, 2, 4, 6, 8, 16, 32 as in the RMT papers). A stage ends after `stage_steps` steps,
+e.g. 1, 2, 4, 6, 8, 16, 32 as in the RMT papers). A fraction below 1 is one segment holding
+that share of its tokens: short first stages (0.25, 0.5) let a small model find the facts in
+a short context before the context grows (`stage_context`). A stage ends after `stage_steps` steps,
 or earlier when the running train accuracy reaches `advance_accuracy` (if > 0); the last
 stage runs to the end of training.
 
@@ -22,14 +24,16 @@ import ml_collections
 class Curriculum:
     """The settings: segment counts per stage and when to move on."""
 
-    segments: tuple[int, ...]      # segment count of each stage
+    segments: tuple[float, ...]    # segment count of each stage (a fraction < 1: part of one)
     stage_steps: int               # steps per stage (0: advance on accuracy alone)
     advance_accuracy: float = 0.0  # also advance when the running accuracy reaches this (0: off)
     accuracy_decay: float = 0.98   # EMA decay of the running accuracy
 
     def __post_init__(self):
-        if not self.segments or any(s < 1 for s in self.segments):
-            raise ValueError(f"curriculum.segments={self.segments}: expected segment counts >= 1")
+        if not self.segments or any(not s > 0 or (s > 1 and s != int(s))
+                                    for s in self.segments):
+            raise ValueError(f"curriculum.segments={self.segments}: expected whole segment "
+                             "counts >= 1, or fractions of one segment in (0, 1)")
         if self.stage_steps < 0:
             raise ValueError(f"curriculum.stage_steps={self.stage_steps} must be >= 0")
         if self.stage_steps == 0 and self.advance_accuracy <= 0 and len(self.segments) > 1:
@@ -41,7 +45,8 @@ class Curriculum:
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> Curriculum:
         c = config.curriculum
-        return cls(segments=tuple(int(s) for s in c.segments), stage_steps=int(c.stage_steps),
+        return cls(segments=tuple(s if 0 < s < 1 else int(s) for s in c.segments),
+                   stage_steps=int(c.stage_steps),
                    advance_accuracy=float(c.advance_accuracy),
                    accuracy_decay=float(c.get("accuracy_decay", 0.98)))
 
@@ -96,3 +101,21 @@ def stage_at_step(curriculum: Curriculum, step: int) -> int:
     if curriculum.stage_steps == 0:
         return 0
     return min(step // curriculum.stage_steps, curriculum.num_stages - 1)
+
+
+def stage_context(segments: float, segment_len: int, mix_shorter: bool) -> tuple[int, list[int]]:
+    """(segments a sample is padded to, context sizes in tokens drawn) for one stage.
+
+    Whole counts draw 1..segments whole segments (or exactly `segments` without
+    `mix_shorter`); a fraction f < 1 draws contexts of round(f * segment_len) tokens in one
+    segment.
+    """
+    if 0 < segments < 1:
+        tokens = round(segments * segment_len)
+        if tokens < 1:
+            raise ValueError(f"curriculum stage of {segments} segment of {segment_len} tokens "
+                             "holds no token: use a larger fraction")
+        return 1, [tokens]
+    count = int(segments)
+    counts = range(1, count + 1) if mix_shorter else [count]
+    return count, [k * segment_len for k in counts]

@@ -33,6 +33,7 @@ from babilong_tfds.haystack import Haystack, load_books_from_dir
 from babilong_tfds.tasks import TASKS, parse_tasks
 from babilong_tfds.tokenizer import get_tokenizer
 from rmt_jax.config import ModelConfig
+from rmt_jax.curriculum import stage_context
 
 # Records of a training stream before it would wrap (never reached in practice).
 STREAM_RECORDS = (1 << 31) - 1
@@ -174,9 +175,8 @@ class TrainData:
 
     def stage_lengths(self, stage: int) -> list[int]:
         """Context sizes in tokens drawn within a stage: whole segment counts."""
-        segments = self.config.curriculum.segments[stage]
-        counts = range(1, segments + 1) if self.config.curriculum.mix_shorter else [segments]
-        return [k * self.config.model.segment_len for k in counts]
+        c = self.config.curriculum
+        return stage_context(c.segments[stage], self.config.model.segment_len, c.mix_shorter)[1]
 
     def source(self, stage: int) -> BabilongSource:
         data = self.config.data
@@ -192,7 +192,9 @@ class TrainData:
         )
 
     def dataset(self, stage: int) -> grain.IterDataset:
-        segments = self.config.curriculum.segments[stage]
+        c = self.config.curriculum
+        segments = stage_context(c.segments[stage], self.config.model.segment_len,
+                                 c.mix_shorter)[0]
         tokenizer = self.composer.tokenizer
         config = self.config
         ds = grain.MapDataset.source(self.source(stage))

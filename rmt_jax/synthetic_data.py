@@ -12,6 +12,8 @@ state is {'index': i}: the same contract as `TrainData` (byte-identical after se
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 import numpy as np
 
@@ -56,7 +58,7 @@ class SyntheticData:
     def batch(self, stage: int, index: int) -> dict:
         cfg = self.config
         seg_len, vocab = cfg.model.segment_len, cfg.model.vocab_size
-        segments = cfg.curriculum.segments[stage]
+        segments = math.ceil(cfg.curriculum.segments[stage])  # a fraction: one segment
         max_q, max_a = cfg.data.max_question_len, cfg.data.max_answer_len
         b = self.local_batch
         rng = np.random.default_rng([cfg.data.seed, stage, index, self.process_index])

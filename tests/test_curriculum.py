@@ -54,3 +54,19 @@ def test_bad_settings_raise_with_the_field():
     with pytest.raises(ValueError, match="train accuracy"):
         advance(Curriculum(segments=(1, 2), stage_steps=5, advance_accuracy=0.5),
                 CurriculumState(), step=1)
+
+
+def test_fractional_stages_are_one_short_segment():
+    from rmt_jax.curriculum import stage_context
+
+    c = Curriculum(segments=(0.25, 0.5, 1, 2), stage_steps=10)
+    assert c.num_stages == 4
+    assert stage_context(0.25, 128, True) == (1, [32])
+    assert stage_context(0.5, 128, False) == (1, [64])
+    assert stage_context(2, 128, True) == (2, [128, 256])
+    assert stage_context(2, 128, False) == (2, [256])
+    for bad in ((0, 1), (-0.5, 1), (1.5, 2)):
+        with pytest.raises(ValueError, match="fractions of one segment"):
+            Curriculum(segments=bad, stage_steps=1)
+    with pytest.raises(ValueError, match="no token"):
+        stage_context(0.001, 128, True)

@@ -109,3 +109,19 @@ def test_grain_workers_give_the_same_batches_and_resume(config, composer):
     assert all(same(e, next(it)) for e in expected[:2])
     resumed = ip.TrainData(workers, composer).iterator(1, it.get_state())
     assert same(next(resumed), expected[2])
+
+
+def test_fractional_first_stage_is_a_short_context_in_one_segment(config, composer):
+    short = get_config("tiny,qa1").unlock()
+    short.train.batch_size = 8
+    short.data.babi_dir, short.data.haystack_dir = config.data.babi_dir, config.data.haystack_dir
+    short.curriculum.segments = (0.5, 1, 2)
+    data = ip.TrainData(short.lock(), composer)
+    seg = short.model.segment_len
+    assert data.stage_lengths(0) == [seg // 2]
+    assert data.stage_lengths(2) == [seg, 2 * seg]
+    batch = next(data.iterator(0))
+    assert batch["context"].shape == (8, seg)  # padded to one segment
+    real = batch["context_mask"].sum(axis=1)
+    assert real.max() <= seg // 2 and real.min() > 0
+    assert next(data.iterator(2))["context"].shape == (8, 2 * seg)
