@@ -52,7 +52,7 @@ def export(workdir: str, out_dir: str, *, step: int | str | None = None, param_d
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists: pick another --out_dir or pass --overwrite")
     model, config, restored_step = checkpointing.restore_for_inference(workdir, step)
-    _, model_config = checkpointing.read_configs(workdir)
+    model_config = model.config
     state = nnx.state(model)
     if param_dtype and param_dtype != model_config.param_dtype:
         model_config = dataclasses.replace(model_config, param_dtype=param_dtype)

@@ -12,10 +12,10 @@ state is {'index': i}: the same contract as `TrainData` (byte-identical after se
 
 from __future__ import annotations
 
-import math
-
 import ml_collections
 import numpy as np
+
+from rmt_jax.curriculum import stage_context
 
 PAD_ID, EOS_ID = 0, 1
 FIRST_TOKEN = 2  # random tokens are drawn from FIRST_TOKEN..vocab_size-1
@@ -58,7 +58,8 @@ class SyntheticData:
     def batch(self, stage: int, index: int) -> dict:
         cfg = self.config
         seg_len, vocab = cfg.model.segment_len, cfg.model.vocab_size
-        segments = math.ceil(cfg.curriculum.segments[stage])  # a fraction: one segment
+        segments = stage_context(cfg.curriculum.segments[stage], seg_len,
+                                 cfg.curriculum.mix_shorter)[0]  # a fraction: one segment
         max_q, max_a = cfg.data.max_question_len, cfg.data.max_answer_len
         b = self.local_batch
         rng = np.random.default_rng([cfg.data.seed, stage, index, self.process_index])
