@@ -73,6 +73,7 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.model.dropout = 0.0  # backbone dropout
     config.model.retrieval_dropout = 0.1  # dropout inside the retrieval block
     config.model.remat_policy = "none" if size != "gpt2_small" else "dots_saveable"
+    config.model.scan_unroll = 1  # segments per iteration of the scan loop (1: no unrolling)
     config.model.bptt_segments = 0  # back-propagate through the last k segments; 0 = all
     config.model.attention_impl = ""  # '' lets JAX choose; 'cudnn' on NVIDIA GPUs
 

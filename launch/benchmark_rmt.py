@@ -20,6 +20,11 @@ Model FLOPs are counted analytically (matmuls only): forward = 2 * block params 
 where it is computed; a training step is 3x forward. The fraction is of the bf16 matmul
 peak measured in the same run with one large matmul. Peak memory is the device's
 `peak_bytes_in_use` where `memory_stats()` exists, else the host's peak RSS (`memory_kind`).
+
+  --profile_dir=DIR traces one more call with `jax.profiler` (Perfetto trace under DIR) and
+  adds `profile` to the record: the device's busy fraction over the call and its costliest
+  ops (`launch.trace_summary`). --scan_unroll=k runs k segments per loop iteration; XLA_FLAGS
+  from the environment is recorded as `xla_flags`.
 """
 
 from __future__ import annotations
@@ -41,7 +46,9 @@ import psutil
 from absl import app, flags
 from flax import nnx
 
+from launch import trace_summary
 from rmt_jax import RMT, count_params, get_config, loss_fn, scan_segments, stream_infer
+from rmt_jax.evaluate_lib import atomic_write
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("preset", "tiny", ["test", "tiny", "small", "gpt2_small"], "model preset")
@@ -55,6 +62,9 @@ flags.DEFINE_enum("param_dtype", "fp32", ["bf16", "fp32"], "parameter dtype")
 flags.DEFINE_bool("retrieval", False, "RMT-R (self-retrieval)")
 flags.DEFINE_string("attention_impl", None, "None (JAX picks), 'xla' or 'cudnn'")
 flags.DEFINE_string("remat_policy", "none", "remat policy of the segment step (train)")
+flags.DEFINE_integer("scan_unroll", 1, "segments per iteration of the scan loop")
+flags.DEFINE_string("profile_dir", None, "trace one more call with jax.profiler into this folder "
+                    "and add launch.trace_summary's figures to the record")
 flags.DEFINE_integer("query_len", 16, "question+answer tokens in the answer segment")
 flags.DEFINE_integer("repeats", 3, "timed repeats (median reported)")
 flags.DEFINE_integer("stream_tokens", 1_000_000, "tokens to stream (mode=stream)")
@@ -63,6 +73,7 @@ flags.DEFINE_integer("peak_matmul_n", 0, "size of the bf16 peak matmul; 0 = 8192
 flags.DEFINE_bool("peer", False, "also run the peer PyTorch benchmark with the same shape")
 flags.DEFINE_string("peer_script", "../shared/bench/peer_rmt_torch.py", "peer script path")
 flags.DEFINE_string("out", None, "JSON file to append the records to")
+flags.DEFINE_string("tag", "", "a name for this run, kept in its record")
 
 DTYPE_NAMES = {"bf16": "bfloat16", "fp32": "float32"}
 
@@ -70,7 +81,7 @@ DTYPE_NAMES = {"bf16": "bfloat16", "fp32": "float32"}
 def build_config():
     overrides = dict(dtype=DTYPE_NAMES[FLAGS.dtype], param_dtype=DTYPE_NAMES[FLAGS.param_dtype],
                      retrieval=FLAGS.retrieval, attention_impl=FLAGS.attention_impl,
-                     remat_policy=FLAGS.remat_policy)
+                     remat_policy=FLAGS.remat_policy, scan_unroll=FLAGS.scan_unroll)
     if FLAGS.segment_len:
         overrides["segment_len"] = FLAGS.segment_len
     if FLAGS.mem_tokens:
@@ -120,7 +131,10 @@ def forward_flops(cfg, model, batch, segments, query_len, head_positions) -> flo
 
 
 def timed(compiled, args, repeats, rebind=None):
-    """Median seconds of `compiled(*args)`; `rebind` threads donated outputs back into args."""
+    """Median seconds of `compiled(*args)`; `rebind` threads donated outputs back into args.
+
+    With --profile_dir, one more call after the timed ones runs under `jax.profiler.trace`.
+    """
     times = []
     out = None
     for _ in range(repeats + 1):  # the first call warms up
@@ -130,6 +144,9 @@ def timed(compiled, args, repeats, rebind=None):
         times.append(time.perf_counter() - start)
         if rebind is not None:
             args = rebind(args, out)
+    if FLAGS.profile_dir:
+        with jax.profiler.trace(FLAGS.profile_dir, create_perfetto_trace=True):
+            jax.block_until_ready(compiled(*args))
     return statistics.median(times[1:]), out
 
 
@@ -235,11 +252,13 @@ def run_peer(cfg):
 
 
 def append_json(path, record):
+    """Appends `record` to the JSON list in `path`, replacing the file atomically."""
     path = Path(path)
     records = json.loads(path.read_text()) if path.exists() else []
     records.append(record)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(records, indent=1) + "\n")
+    text = json.dumps(records, indent=1) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def main(argv):
@@ -247,15 +266,20 @@ def main(argv):
     cfg = build_config()
     device = jax.devices()[0]
     model = RMT(cfg, rngs=nnx.Rngs(0))
-    record = dict(preset=FLAGS.preset, layers=cfg.layers, d_model=cfg.d_model, heads=cfg.heads,
-                  vocab=cfg.vocab_size, segment_len=cfg.segment_len, mem_tokens=cfg.mem_tokens,
+    record = dict(tag=FLAGS.tag, preset=FLAGS.preset, layers=cfg.layers, d_model=cfg.d_model,
+                  heads=cfg.heads, vocab=cfg.vocab_size, segment_len=cfg.segment_len,
+                  mem_tokens=cfg.mem_tokens,
                   batch=FLAGS.batch, dtype=FLAGS.dtype, param_dtype=FLAGS.param_dtype,
                   mode=FLAGS.mode, retrieval=cfg.retrieval, params=count_params(model),
                   remat_policy=cfg.remat_policy, attention_impl=cfg.attention_impl or "auto",
+                  scan_unroll=cfg.scan_unroll, xla_flags=os.environ.get("XLA_FLAGS", ""),
                   device=f"{device.platform}:{device.device_kind}",
                   cpu_count=os.cpu_count(), jax=jax.__version__)
 
     if FLAGS.mode == "stream":
+        if FLAGS.profile_dir:
+            raise app.UsageError("--profile_dir traces one infer or train call; a stream is "
+                                 "profiled with jax.profiler around launch code instead")
         record.update(run_stream(cfg, model))
         print(json.dumps(record), flush=True)
         if FLAGS.out:
@@ -275,6 +299,10 @@ def main(argv):
                   memory_kind=memory_kind, model_flops_per_s=round(flops / seconds, 1),
                   bf16_peak_flops_per_s=round(peak_flops, 1), peak_matmul_n=n,
                   mfu=round(flops / seconds / peak_flops, 4))
+    if FLAGS.profile_dir:
+        summary = trace_summary.summarize(trace_summary.load(FLAGS.profile_dir), top=15)
+        print(trace_summary.format_table(summary))
+        record["profile"] = dict(summary, per_call=f"one {FLAGS.mode} call of the record's shape")
     if FLAGS.peer:
         record["peer"] = run_peer(cfg)
     header = ("mode", "preset", "batch", "segments", "dtype", "retrieval", "tokens_per_s",

@@ -40,6 +40,7 @@ class ModelConfig:
     dropout: float = 0.0             # backbone dropout (embeddings, attention out, MLP out)
     retrieval_dropout: float = 0.1   # dropout inside the retrieval block (RMT-R)
     remat_policy: str = "none"       # 'none', 'full' (save nothing), or a checkpoint_policies name
+    scan_unroll: int = 1             # segments per iteration of the scan's loop (lax.scan unroll)
     bptt_segments: int | None = None  # back-propagate through the last k segments; None = all
     attention_map_layers: tuple[int, ...] = ()  # layers whose attention weights are returned
     attention_impl: str | None = None  # jax.nn.dot_product_attention implementation; 'cudnn' on GPU
@@ -66,6 +67,8 @@ class ModelConfig:
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"unknown remat_policy {self.remat_policy!r}: expected one of "
                              f"{REMAT_POLICIES}")
+        if self.scan_unroll < 1:
+            raise ValueError(f"scan_unroll={self.scan_unroll} must be >= 1 (1 = no unrolling)")
         if self.bptt_segments is not None and self.bptt_segments < 1:
             raise ValueError(f"bptt_segments={self.bptt_segments} must be >= 1 or None (full BPTT)")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.retrieval_dropout < 1.0:

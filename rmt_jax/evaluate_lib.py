@@ -278,7 +278,7 @@ def leaderboard_means(results: dict, lengths: Sequence[str]) -> dict[str, float]
 
 
 # -- writing ------------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Calls write(tmp_path) then renames tmp_path to `path`; no partial file on error."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
@@ -336,7 +336,7 @@ def plot_heatmap(results: dict, path: str | os.PathLike, *, title: str | None = 
         ax.axhline(len(rows) - 1.5, color="black", linewidth=1.5)
     ax.set_title(title or "RMT accuracy (%) on BABILong", fontsize=10)
     fig.colorbar(image, ax=ax, shrink=0.8)
-    _atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 def write_results(results: dict, out_dir: str | os.PathLike, *,
@@ -351,7 +351,7 @@ def write_results(results: dict, out_dir: str | os.PathLike, *,
             json.dump(results, f, indent=2, ensure_ascii=False, default=_jsonable)
             f.write("\n")
 
-    _atomic_write(json_path, dump)
+    atomic_write(json_path, dump)
     plot_heatmap(results, png_path, title=title)
     return {"results": json_path, "heatmap": png_path}
 

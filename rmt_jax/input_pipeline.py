@@ -80,6 +80,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelCon
         dropout=m.dropout,
         retrieval_dropout=m.retrieval_dropout,
         remat_policy=m.remat_policy,
+        scan_unroll=m.get("scan_unroll", 1),  # absent from configs saved before it existed
         bptt_segments=m.bptt_segments or None,
         attention_impl=m.attention_impl or None,
     )

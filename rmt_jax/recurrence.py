@@ -147,13 +147,16 @@ def scan_segments(model: RMT, context, context_mask=None, *, state: MemoryState 
     """Runs every segment with `jax.lax.scan` -> (final MemoryState, maps or None).
 
     key: dropout key (None = deterministic). bptt_segments: k, None for full BPTT, or
-    'config' to use `config.bptt_segments`. maps: {'layer_i': [S, B, h, T, T]} for the
-    configured layers when `return_attention`, else None.
+    'config' to use `config.bptt_segments`. The loop runs `config.scan_unroll` segments per
+    iteration (fewer loop trips and larger fusions on a GPU; the same results).
+    maps: {'layer_i': [S, B, h, T, T]} for the configured layers when `return_attention`,
+    else None.
     """
     state, xs = _prepare(model, context, context_mask, state, key, bptt_segments,
                          return_attention)
     params, step = _step_fn(model, return_attention)
-    return jax.lax.scan(lambda carry, seg: step(params, carry, seg), state, xs)
+    return jax.lax.scan(lambda carry, seg: step(params, carry, seg), state, xs,
+                        unroll=model.config.scan_unroll)
 
 
 def loop_segments(model: RMT, context, context_mask=None, *, state: MemoryState | None = None,

@@ -459,7 +459,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                         else None)
             new_cstate = advance(curriculum, cstate, step=step, accuracy=accuracy)
             if new_cstate.stage != cstate.stage:
-                logging.info("step %d: curriculum stage %d -> %d (%d segments)", step,
+                logging.info("step %d: curriculum stage %d -> %d (%g segments)", step,
                              cstate.stage, new_cstate.stage,
                              curriculum.segments[new_cstate.stage])
                 iterator = data.iterator(new_cstate.stage)

@@ -14,20 +14,25 @@ FIGURES = {"tokens_per_s", "compile_s", "peak_memory_gib", "model_flops_per_s",
            "bf16_peak_flops_per_s", "mfu"}
 
 
-@pytest.mark.parametrize("mode,extra", [("infer", []), ("train", ["--retrieval",
-                                                                   "--remat_policy=full"])])
+@pytest.mark.parametrize("mode,extra", [("infer", ["--scan_unroll=2", "--profile_dir=PROF"]),
+                                        ("train", ["--retrieval", "--remat_policy=full"])])
 def test_benchmark_writes_a_full_record(tmp_path, mode, extra):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "launch.benchmark_rmt", "--preset=test", f"--mode={mode}",
            "--batch=2", "--segments=3", "--repeats=1", "--peak_matmul_n=64", "--dtype=fp32",
-           f"--out={out}", *extra]
+           f"--out={out}", *[e.replace("PROF", str(tmp_path / "prof")) for e in extra]]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     (record,) = json.loads(out.read_text())
     assert SHAPE_KEYS | FIGURES <= set(record)
     assert record["mode"] == mode and record["segments"] == 3 and record["batch"] == 2
-    assert record["retrieval"] == bool(extra)
-    assert record["remat_policy"] == ("full" if extra else "none")
+    train = mode == "train"
+    assert record["retrieval"] == train
+    assert record["remat_policy"] == ("full" if train else "none")
+    assert record["scan_unroll"] == (1 if train else 2)
+    if not train:  # the profiled call: its device (here: host XLA op) events were read
+        assert record["profile"]["events"] > 0
+        assert 0 < record["profile"]["busy_fraction"] <= 1
     assert all(record[k] > 0 for k in FIGURES)
     # the printed JSON line is the record
     assert json.loads(done.stdout.strip().splitlines()[-1]) == record

@@ -94,6 +94,14 @@ def test_encode_text_record_and_errors(config, sp_tokenizer):
 def test_model_config_from_config(config):
     mc = ip.model_config(config, vocab_size=8192)
     assert mc.vocab_size == 8192 and mc.bptt_segments is None and mc.attention_impl is None
+    assert mc.scan_unroll == 1
+    unrolled = config.copy_and_resolve_references()
+    unrolled.model.scan_unroll = 4
+    assert ip.model_config(unrolled, vocab_size=8192).scan_unroll == 4
+    old = config.copy_and_resolve_references()  # saved before the field existed
+    with old.unlocked():
+        del old.model["scan_unroll"]
+    assert ip.model_config(old, vocab_size=8192).scan_unroll == 1
 
 
 def test_grain_workers_give_the_same_batches_and_resume(config, composer):

@@ -7,7 +7,8 @@ import pytest
 from .conftest import REPO
 
 
-@pytest.mark.parametrize("script", ["launch/tpu_vm.sh", "launch/gpu.sh", "launch/gpu_results.sh"])
+@pytest.mark.parametrize("script", ["launch/tpu_vm.sh", "launch/gpu.sh", "launch/gpu_results.sh",
+                                    "launch/gpu_perf_sweep.sh"])
 def test_launcher_syntax_and_usage(script):
     path = REPO / script
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0

@@ -28,6 +28,7 @@ from tests.test_rmt_recurrence import jit, make_model, random_tokens
     (dict(retrieval=True, mem_tokens=20), r"needs 68 positions .* max_positions=64"),
     (dict(segment_len=100), r"needs 108 positions .* lower segment_len"),
     (dict(remat_policy="bogus"), "unknown remat_policy 'bogus'"),
+    (dict(scan_unroll=0), "scan_unroll=0 must be >= 1"),
     (dict(dtype="float16"), "expected one of"),
     (dict(attention_map_layers=(5,)), r"attention_map_layers \[5\] out of range"),
     (dict(bptt_segments=0), "bptt_segments=0 must be >= 1 or None"),

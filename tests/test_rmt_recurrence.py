@@ -71,6 +71,30 @@ def test_scan_equals_loop_outputs_and_grads(retrieval):
     assert rel_err(g_scan, jax.tree.map(jnp.zeros_like, g_loop)) > 0.5  # grads are not zero
 
 
+@pytest.mark.parametrize("retrieval", [False, True])
+def test_unrolled_scan_equals_loop(retrieval, monkeypatch):
+    """scan_unroll=2 over 3 segments (not a multiple) gives the loop's outputs and gradients."""
+    unrolls = []
+    scan = jax.lax.scan
+
+    def recording_scan(*args, **kwargs):
+        unrolls.append(kwargs.get("unroll", 1))
+        return scan(*args, **kwargs)
+
+    monkeypatch.setattr(jax.lax, "scan", recording_scan)
+    context = random_tokens((2, 3 * SEG - 3), seed=4)
+    key = jax.random.key(2)
+    (v_scan, scan_state), g_scan = value_and_grad(
+        objective(scan_segments, context, key=key),
+        make_model(retrieval=retrieval, dropout=0.1, scan_unroll=2))
+    (v_loop, loop_state), g_loop = value_and_grad(
+        objective(loop_segments, context, key=key), make_model(retrieval=retrieval, dropout=0.1))
+    assert 2 in unrolls  # the segment scan was unrolled
+    assert rel_err(scan_state, loop_state) <= 1e-5
+    assert abs(float(v_scan - v_loop)) <= 1e-5 * abs(float(v_loop))
+    assert rel_err(g_scan, g_loop) <= 1e-5
+
+
 def test_dropout_key_changes_output_and_none_is_deterministic():
     model = make_model(dropout=0.1)
     context = random_tokens((1, 3 * SEG))
