@@ -8,7 +8,8 @@ r"""Evaluates a trained RMT checkpoint on BABILong: results.json, heatmap.png an
 
 Writes `{out_dir}/results.json` (accuracy = the official label-set score, exact match and
 count per task and length; the qa1..qa5 mean when all five ran) and `{out_dir}/heatmap.png`
-(accuracy by task and length). 1M and 10M contexts are streamed one sample at a time.
+(accuracy by task and length). 1M and 10M contexts are streamed in chunks of segments,
+batch by batch.
 Bad arguments and a missing checkpoint stop before anything is written.
 """
 
@@ -34,9 +35,9 @@ _TFDS_NAME = flags.DEFINE_string("tfds_name", evaluate_lib.DEFAULT_TFDS_NAME,
                                  "TFDS dataset name pattern with {task} and {length}.")
 _STEP = flags.DEFINE_string("step", "best", "Checkpoint: 'best', 'latest' or a step number.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Where results go (default: WORKDIR/eval).")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Samples per batch up to 512k tokens.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Samples per batch (streamed ones too).")
 _STREAM_FROM = flags.DEFINE_string("stream_from", evaluate_lib.DEFAULT_STREAM_FROM,
-                                   "Lengths from this one on are streamed one sample at a time.")
+                                   "Lengths from this one on are streamed in chunks of segments.")
 _CHUNK_SEGMENTS = flags.DEFINE_integer("chunk_segments", 64,
                                        "Segments per streamed chunk (1M and 10M).")
 _ALLOW_REUSE = flags.DEFINE_bool("allow_reuse", False,

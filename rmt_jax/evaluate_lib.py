@@ -13,7 +13,8 @@ and exact match. Samples come from one of three sources:
 
 Lengths up to 512k run batched: one jitted `scan_segments` + `generate_answer` per batch,
 padded to whole batches so that each length compiles once. Lengths from `stream_from` on
-(1M, 10M) run one sample at a time through `stream_infer`, which keeps device memory flat.
+(1M, 10M) run in the same batches through `stream_infer`, which scans chunks of segments and
+keeps device memory flat (the host holds the batch's tokens: 5 bytes per token and row).
 
 The returned dict (and results.json) looks like
 
@@ -52,7 +53,7 @@ from rmt_jax.streaming import stream_infer
 
 SOURCES = ("files", "generated", "tfds")
 DEFAULT_TFDS_NAME = "babilong/{task}_{length}"
-# Lengths from this one on run one sample at a time through `stream_infer`.
+# Lengths from this one on are streamed through `stream_infer`, batch by batch.
 DEFAULT_STREAM_FROM = "1M"
 # Predictions kept per cell in the results, to read what the model says.
 EXAMPLES_PER_CELL = 3
@@ -140,19 +141,18 @@ def answer_batch(model: RMT, batch: dict, *, max_new_tokens: int) -> np.ndarray:
     return np.asarray(ids)
 
 
-def answer_streaming(model: RMT, example: dict, *, max_new_tokens: int,
+def answer_streaming(model: RMT, batch: dict, *, max_new_tokens: int,
                      chunk_segments: int = 64) -> np.ndarray:
-    """Greedy answer ids [max_new_tokens] for one example, its context streamed in chunks.
-
-    Only the real context tokens are streamed: `encode_example` pads at the end, so
-    dropping the pads leaves the segments as the batched path sees them.
-    """
-    tokens = np.asarray(example["context"])[np.asarray(example["context_mask"], bool)]
-    state = stream_infer(model, tokens[None], chunk_segments=chunk_segments)
+    """Greedy answer ids [B, max_new_tokens] for a collated batch, its context streamed in
+    chunks of segments (`stream_infer` with the batch's mask: shorter rows end in padding,
+    whose empty segments leave their memory as it is)."""
+    state = stream_infer(model, np.asarray(batch["context"]),
+                         mask=np.asarray(batch["context_mask"], bool),
+                         chunk_segments=chunk_segments)
     graphdef, params = nnx.split(model)
-    ids = _generate(graphdef, params, state, example["question"][None],
-                    np.asarray(example["question_length"])[None], max_new_tokens=max_new_tokens)
-    return np.asarray(ids)[0]
+    ids = _generate(graphdef, params, state, batch["question"], batch["question_length"],
+                    max_new_tokens=max_new_tokens)
+    return np.asarray(ids)
 
 
 def _batches(examples: Sequence[dict], batch_size: int) -> Iterable[tuple[dict, int]]:
@@ -167,14 +167,16 @@ def _batches(examples: Sequence[dict], batch_size: int) -> Iterable[tuple[dict, 
 
 def predict(model: RMT, examples: Sequence[dict], *, max_new_tokens: int, batch_size: int,
             streaming: bool, chunk_segments: int = 64) -> list[np.ndarray]:
-    """Answer ids for every example, batched or streamed one at a time."""
-    if streaming:
-        return [answer_streaming(model, e, max_new_tokens=max_new_tokens,
-                                 chunk_segments=chunk_segments) for e in examples]
+    """Answer ids for every example, in batches scanned at once or streamed chunk by chunk."""
     batch_size = min(batch_size, len(examples))
     out = []
     for batch, real in _batches(examples, batch_size):
-        out.extend(answer_batch(model, batch, max_new_tokens=max_new_tokens)[:real])
+        if streaming:
+            ids = answer_streaming(model, batch, max_new_tokens=max_new_tokens,
+                                   chunk_segments=chunk_segments)
+        else:
+            ids = answer_batch(model, batch, max_new_tokens=max_new_tokens)
+        out.extend(ids[:real])
     return out
 
 

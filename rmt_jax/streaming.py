@@ -44,8 +44,9 @@ def _as_rows(chunk) -> np.ndarray:
     return chunk
 
 
-def _host_chunks(pieces: Iterable, size: int) -> Iterator[np.ndarray]:
-    """Re-cuts arbitrary [B, t] pieces into [B, size] chunks (the last may be shorter)."""
+def _host_chunks(pieces: Iterable, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Re-cuts arbitrary [B, t] pieces of real tokens into chunks of `size` tokens (the last
+    may be shorter) -> (tokens, mask) pairs."""
     pending, held = [], 0
     for piece in pieces:
         piece = _as_rows(piece)
@@ -53,10 +54,18 @@ def _host_chunks(pieces: Iterable, size: int) -> Iterator[np.ndarray]:
         held += piece.shape[1]
         while held >= size:
             joined = np.concatenate(pending, axis=1)
-            yield joined[:, :size]
+            yield joined[:, :size], np.ones((joined.shape[0], size), bool)
             pending, held = [joined[:, size:]], held - size
     if held:
-        yield np.concatenate(pending, axis=1)
+        joined = np.concatenate(pending, axis=1)
+        yield joined, np.ones(joined.shape, bool)
+
+
+def _array_chunks(rows: np.ndarray, mask, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Slices [B, T] tokens (and mask) into chunks of `size` tokens without copying the rest."""
+    mask = np.ones(rows.shape, bool) if mask is None else _as_rows(mask).astype(bool)
+    for start in range(0, rows.shape[1], size):
+        yield rows[:, start:start + size], mask[:, start:start + size]
 
 
 @functools.lru_cache(maxsize=16)
@@ -72,11 +81,13 @@ def _chunk_fn(graphdef):
     return jax.jit(run_chunk, donate_argnums=(1,))
 
 
-def stream_infer(model: RMT, tokens, *, chunk_segments: int = 64,
+def stream_infer(model: RMT, tokens, *, mask=None, chunk_segments: int = 64,
                  state: MemoryState | None = None) -> MemoryState:
     """Scans `tokens` chunk by chunk -> final MemoryState (pass it to `generate_answer`).
 
     tokens: a numpy array [T] or [B, T], or an iterable of such pieces of any length.
+    mask: with an array, True on its real tokens (None = all real), as in `scan_segments`:
+      rows of different lengths stream together, padded at their ends.
     state: carry from an earlier call, to continue a stream (it is donated: do not reuse it).
     """
     cfg = model.config
@@ -88,27 +99,31 @@ def stream_infer(model: RMT, tokens, *, chunk_segments: int = 64,
         rows = _as_rows(tokens)
         if rows.shape[1] == 0:
             raise ValueError("empty input: stream at least one token")
+        if mask is not None and _as_rows(mask).shape != rows.shape:
+            raise ValueError(f"mask shape {np.shape(mask)} != tokens shape {np.shape(tokens)}")
         known_segments = -(-rows.shape[1] // chunk_tokens) * chunk_segments
-        pieces = [rows]
+        chunks = _array_chunks(rows, mask, chunk_tokens)
+    elif mask is not None:
+        raise ValueError("mask is for an array of tokens; an iterable of pieces is all real "
+                         "tokens (drop the padding from the pieces instead)")
     else:
-        pieces = tokens
+        chunks = _host_chunks(tokens, chunk_tokens)
 
     graphdef, params = nnx.split(model)
     run_chunk = _chunk_fn(graphdef)
     # segment slots consumed, tracked on the host to avoid a device sync per chunk
     seen = 0 if state is None else int(state.step)
-    for chunk in _host_chunks(pieces, chunk_tokens):
+    for chunk, chunk_mask in chunks:
         if state is None:
             capacity = known_segments or chunk_segments
             state = initial_state(model, chunk.shape[0], capacity if cfg.retrieval else 0)
         if state.buffer is not None and state.buffer.shape[1] < seen + chunk_segments:
             state = grow_buffer(state, max(seen + chunk_segments, 2 * state.buffer.shape[1]))
-        mask = np.ones(chunk.shape, bool)
         if chunk.shape[1] < chunk_tokens:
             pad = chunk_tokens - chunk.shape[1]
-            mask = np.pad(mask, ((0, 0), (0, pad)))
+            chunk_mask = np.pad(chunk_mask, ((0, 0), (0, pad)))
             chunk = np.pad(chunk, ((0, 0), (0, pad)))
-        state = run_chunk(params, state, chunk.astype(np.int32), mask)
+        state = run_chunk(params, state, chunk.astype(np.int32), chunk_mask)
         seen += chunk_segments
     if state is None:
         raise ValueError("empty input: stream at least one token")

@@ -182,9 +182,11 @@ def test_real_model_results_and_heatmap(setup, tmp_path):
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
 
 
-def test_streaming_equals_batched(setup):
-    """1M and 10M go through stream_infer one sample at a time; on a 1k input (several
-    chunks of 4 segments, the last one partial) it must answer as the batched scan does."""
+@pytest.mark.parametrize("stream_batch", [4, 3])
+def test_streaming_equals_batched(setup, stream_batch):
+    """1M and 10M go through stream_infer batch by batch; on a 1k input (several chunks of 4
+    segments, the last one partial; rows of different lengths; with 3, a last batch padded
+    by repetition) it must answer as the batched scan does."""
     config, tokenizer, composer = setup
     model = tiny_model(config, tokenizer, scale=5.0)
     records = evaluate_lib.load_records("qa1", "1k", 4, composer=composer,
@@ -193,8 +195,9 @@ def test_streaming_equals_batched(setup):
     assert len({int(e["context_mask"].sum()) for e in examples}) > 1  # different lengths
     batched = np.stack(evaluate_lib.predict(model, examples, max_new_tokens=6, batch_size=4,
                                             streaming=False))
-    streamed = np.stack(evaluate_lib.predict(model, examples, max_new_tokens=6, batch_size=4,
-                                             streaming=True, chunk_segments=4))
+    streamed = np.stack(evaluate_lib.predict(model, examples, max_new_tokens=6,
+                                             batch_size=stream_batch, streaming=True,
+                                             chunk_segments=4))
     assert len(set(batched[:, 0].tolist())) > 1  # the answers depend on the context
     # The first tokens: later ones of this chaotic (scaled) model may flip on float noise.
     np.testing.assert_array_equal(streamed[:, :2], batched[:, :2])

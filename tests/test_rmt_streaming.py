@@ -37,3 +37,22 @@ def test_stream_equals_one_shot_scan(retrieval):
     first = stream_infer(model, tokens[: 4 * SEG], chunk_segments=2)
     rest = stream_infer(model, tokens[4 * SEG:], chunk_segments=2, state=first)
     np.testing.assert_allclose(rest.memory, one_shot.memory, rtol=1e-5, atol=1e-6)
+
+
+def test_rows_of_different_lengths_stream_with_a_mask():
+    """A batch whose rows end in padding streams as one masked scan does; bad masks fail."""
+    model = RMT(get_config("test"), rngs=nnx.Rngs(0))
+    tokens = np.random.RandomState(1).randint(1, 64, (3, 6 * SEG + 5)).astype(np.int32)
+    lengths = np.array([6 * SEG + 5, 2 * SEG + 1, 4 * SEG])
+    mask = np.arange(tokens.shape[1])[None] < lengths[:, None]
+    one_shot, _ = jax.jit(lambda: scan_segments(model, tokens, mask))()
+    streamed = stream_infer(model, tokens, mask=mask, chunk_segments=2)
+    np.testing.assert_allclose(streamed.memory, one_shot.memory, rtol=1e-5, atol=1e-6)
+    # each row as if streamed alone, without its padding
+    for row, length in enumerate(lengths):
+        alone = stream_infer(model, tokens[row, :length], chunk_segments=2)
+        np.testing.assert_allclose(streamed.memory[row], alone.memory[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="mask shape"):
+        stream_infer(model, tokens, mask=mask[:, :-1])
+    with pytest.raises(ValueError, match="mask is for an array"):
+        stream_infer(model, iter([tokens]), mask=mask)
