@@ -8,7 +8,8 @@
 #   inference batch 8 x 32: baseline, scan_unroll 4.
 # The profiled runs add `profile` to their record: the device's busy fraction over one call
 # and its costliest kernels (launch/trace_summary.py). jax.profiler turns command buffers
-# off while it traces, so a profile shows the run without CUDA graphs.
+# off while it traces, so a profile shows the run without CUDA graphs. The baseline of
+# inference at batch 1 leaves its optimized HLO in OUT_DIR/hlo_infer_b1.
 #
 # Usage: launch/gpu_perf_sweep.sh OUT_DIR
 # Env: SWEEP_SECONDS (360): runs not started by then are skipped; PRESET (gpt2_small);
@@ -60,7 +61,12 @@ run() {  # run TAG XLA_FLAGS BENCHMARK_FLAGS...
 }
 
 b1=(--mode=infer --batch=1 --segments=64 --param_dtype=bf16)
-run infer_b1 "" "${b1[@]}" --profile_dir="$WORK/prof_infer_b1"
+# The baseline also dumps its optimized HLO (the kernels of one segment: the while body).
+run infer_b1 "--xla_dump_to=$WORK/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=infer" \
+  "${b1[@]}" --profile_dir="$WORK/prof_infer_b1"
+mkdir -p "$OUT/hlo_infer_b1"
+find "$WORK/hlo" -name '*infer*after_optimizations.txt' -exec cp {} "$OUT/hlo_infer_b1/" \; \
+  2>/dev/null
 run infer_b1_unroll4 "" "${b1[@]}" --scan_unroll=4
 run infer_b1_cmdbuf "$CMDBUF" "${b1[@]}"
 run infer_b1_unroll8 "" "${b1[@]}" --scan_unroll=8
