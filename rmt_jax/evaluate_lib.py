@@ -34,7 +34,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import jax
@@ -66,7 +66,7 @@ def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def load_records(
+def iter_records(
     task: str,
     length: str,
     num_samples: int,
@@ -77,8 +77,9 @@ def load_records(
     data_dir: str | os.PathLike | None = None,
     tfds_name: str = DEFAULT_TFDS_NAME,
     seed: int = 0,
-) -> list[dict]:
-    """The first `num_samples` test records of one cell (fewer if a TFDS split is smaller)."""
+) -> Iterator[dict]:
+    """The first `num_samples` test records of one cell (fewer if a TFDS split is smaller),
+    made or read one at a time."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}: expected one of {', '.join(SOURCES)}")
     if source == "tfds":
@@ -90,7 +91,8 @@ def load_records(
         if count < num_samples:
             logging.warning("%s has %d test samples, fewer than the %d asked", name, len(data),
                             num_samples)
-        return [dict(data[i]) for i in range(count)]
+        yield from (dict(data[i]) for i in range(count))
+        return
     if composer is None:
         raise ValueError(f"source={source!r} makes samples on the fly and needs a composer "
                          "(input_pipeline.make_composer(config))")
@@ -99,7 +101,12 @@ def load_records(
     records = generate_split(composer, task, length, "test", num_samples, seed=seed,
                              babi_source=source, babi_root=babi_root, with_text=False,
                              with_ids=True)
-    return [record for _, record in records]
+    yield from (record for _, record in records)
+
+
+def load_records(task: str, length: str, num_samples: int, **options) -> list[dict]:
+    """`iter_records` as a list (options as there)."""
+    return list(iter_records(task, length, num_samples, **options))
 
 
 def encode_records(records: Sequence[dict], tokenizer, config) -> list[dict]:
@@ -155,11 +162,22 @@ def answer_streaming(model: RMT, batch: dict, *, max_new_tokens: int,
     return np.asarray(ids)
 
 
+def _groups(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of `size` items (the last may be shorter)."""
+    group = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
 def _batches(examples: Sequence[dict], batch_size: int) -> Iterable[tuple[dict, int]]:
     """Collated batches of exactly `batch_size` rows (the last padded by repetition), with
     the number of real rows, so that every batch of a cell has one shape."""
-    for start in range(0, len(examples), batch_size):
-        chunk = list(examples[start:start + batch_size])
+    for chunk in _groups(examples, batch_size):
         real = len(chunk)
         chunk += [chunk[-1]] * (batch_size - real)
         yield input_pipeline.collate(chunk), real
@@ -167,8 +185,8 @@ def _batches(examples: Sequence[dict], batch_size: int) -> Iterable[tuple[dict, 
 
 def predict(model: RMT, examples: Sequence[dict], *, max_new_tokens: int, batch_size: int,
             streaming: bool, chunk_segments: int = 64) -> list[np.ndarray]:
-    """Answer ids for every example, in batches scanned at once or streamed chunk by chunk."""
-    batch_size = min(batch_size, len(examples))
+    """Answer ids for every example, in batches of exactly `batch_size` rows (the last one
+    padded) scanned at once or streamed chunk by chunk."""
     out = []
     for batch, real in _batches(examples, batch_size):
         if streaming:
@@ -229,16 +247,23 @@ def evaluate_model(
     for task in task_list:
         for length in length_list:
             start = time.perf_counter()
-            records = load_records(task, length, num_samples, source=source, composer=composer,
+            records = iter_records(task, length, num_samples, source=source, composer=composer,
                                    babi_root=babi_root, data_dir=data_dir, tfds_name=tfds_name,
                                    seed=seed)
-            encoded = encode_records(records, tokenizer, config)
-            ids = predict(model, encoded, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                          streaming=LENGTHS[length] >= stream_tokens,
-                          chunk_segments=chunk_segments)
+            # Up to 512k: every sample at once, padded to the cell's longest (one compile).
+            # Streamed (1M, 10M): batch by batch, so the host holds one batch of contexts.
+            streaming = LENGTHS[length] >= stream_tokens
+            rows = min(batch_size, num_samples)  # every batch of the cell has this shape
+            groups = _groups(records, rows) if streaming else [list(records)]
+            ids, targets, questions = [], [], []
+            for group in groups:
+                encoded = encode_records(group, tokenizer, config)
+                ids += predict(model, encoded, max_new_tokens=max_new_tokens, batch_size=rows,
+                               streaming=streaming, chunk_segments=chunk_segments)
+                targets += [_text(r["target"]) for r in group]
+                questions += [_text(r["question"]) for r in group]
+                del encoded, group  # this batch's contexts go before the next one is made
             outputs = [input_pipeline.decode_answer(i, tokenizer) for i in ids]
-            targets = [_text(r["target"]) for r in records]
-            questions = [_text(r["question"]) for r in records]
             scores = metric.score_batch(targets, outputs, questions, task)
             results.setdefault(task, {})[length] = {
                 "accuracy": scores["label_accuracy"],
@@ -254,7 +279,7 @@ def evaluate_model(
             seconds.setdefault(task, {})[length] = round(time.perf_counter() - start, 3)
             logging.info("%s %s: accuracy %.3f, exact match %.3f over %d samples (%.1f s)",
                          task, length, results[task][length]["accuracy"],
-                         results[task][length]["exact_match"], len(records),
+                         results[task][length]["exact_match"], len(targets),
                          seconds[task][length])
     out = {"results": results}
     mean = leaderboard_means(results, length_list)

@@ -97,6 +97,34 @@ def test_scores_hand_made_outputs(setup, monkeypatch):
     assert [e["correct"] for e in results["examples"]["qa1"]["0k"]] == [True, True, False]
 
 
+def test_streamed_cells_are_made_and_run_batch_by_batch(setup, monkeypatch):
+    """From stream_from on, samples are made, encoded and run one batch at a time, every
+    batch with the same number of rows; shorter lengths run all at once."""
+    config, tokenizer, composer = setup
+    calls = []
+
+    def fake_predict(model, examples, *, batch_size, streaming, **kwargs):
+        calls.append((len(examples), batch_size, streaming))
+        return [np.zeros(6, np.int32)] * len(examples)
+
+    made = []
+    iter_records = evaluate_lib.iter_records
+
+    def counting_records(*args, **kwargs):
+        for record in iter_records(*args, **kwargs):
+            made.append(len(calls))  # how many batches had run when this sample was made
+            yield record
+
+    monkeypatch.setattr(evaluate_lib, "predict", fake_predict)
+    monkeypatch.setattr(evaluate_lib, "iter_records", counting_records)
+    results = evaluate_lib.evaluate_model(None, config, composer, tokenizer, tasks="qa1",
+                                          lengths="0k,1k", num_samples=5, batch_size=2,
+                                          stream_from="1k")
+    assert calls == [(5, 2, False), (2, 2, True), (2, 2, True), (1, 2, True)]
+    assert made == [0] * 5 + [1, 1, 2, 2, 3]  # 1k: each batch made after the last one ran
+    assert results["results"]["qa1"]["1k"]["count"] == 5
+
+
 def test_oracle_and_constant_models_through_batches(setup, monkeypatch):
     """A fake model that answers with the batch's own answer ids scores 1; one that always
     says 'kitchen' scores the share of kitchen targets. 5 samples in batches of 2 also check
