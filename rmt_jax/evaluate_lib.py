@@ -13,8 +13,8 @@ and exact match. Samples come from one of three sources:
 
 Lengths up to 512k run batched: one jitted `scan_segments` + `generate_answer` per batch,
 padded to whole batches so that each length compiles once. Lengths from `stream_from` on
-(1M, 10M) run in the same batches through `stream_infer`, which scans chunks of segments and
-keeps device memory flat (the host holds the batch's tokens: 5 bytes per token and row).
+(1M, 10M) are made and run one batch at a time through `stream_infer`, which scans chunks of
+segments: device memory stays flat, and the host holds one batch of contexts at a time.
 
 The returned dict (and results.json) looks like
 
