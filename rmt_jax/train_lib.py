@@ -416,7 +416,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         logging.info("resumed from step %d (curriculum stage %d)", step, cstate.stage)
     best = checkpointer.best_meta()
     best_score = None if best is None else best["score"]
-    iterator = data.iterator(cstate.stage, data_state)
+    stages = input_pipeline.StageIterators(data, cstate.stage, data_state)
+    iterator = stages.current
 
     # ---------------------------------------------------------------- update step
     # jax.jit caches one executable per batch shape, so one per curriculum stage.
@@ -462,7 +463,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 logging.info("step %d: curriculum stage %d -> %d (%g segments)", step,
                              cstate.stage, new_cstate.stage,
                              curriculum.segments[new_cstate.stage])
-                iterator = data.iterator(new_cstate.stage)
+                iterator = stages.advance(new_cstate.stage)
             cstate = new_cstate
             preempted = stop.received or (jax.process_count() > 1
                                           and checkpointer.latest.reached_preemption(step))
@@ -518,6 +519,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         checkpointer.wait()
     finally:
         stop.restore()
+        stages.close()
         writer.close()
         checkpointer.close()
     if last_eval is not None and jax.process_index() == 0:

@@ -133,3 +133,61 @@ def test_fractional_first_stage_is_a_short_context_in_one_segment(config, compos
     real = batch["context_mask"].sum(axis=1)
     assert real.max() <= seg // 2 and real.min() > 0
     assert next(data.iterator(2))["context"].shape == (8, 2 * seg)
+
+
+def test_next_stage_iterator_starts_early_and_gives_the_same_batches(config, composer,
+                                                                     monkeypatch):
+    data = ip.TrainData(config, composer)
+    closed = []
+    make = data.iterator
+
+    def tracked(stage, state=None):
+        it = make(stage, state)
+        close = it.close
+        monkeypatch.setattr(it, "close", lambda: (closed.append(stage), close()))
+        return it
+
+    monkeypatch.setattr(data, "iterator", tracked)
+    fresh = {stage: make(stage) for stage in (2, 3)}
+    expected = {stage: [next(it), next(it)] for stage, it in fresh.items()}
+    stages = ip.StageIterators(data, 1)
+    stage, started = stages.upcoming
+    assert stage == 2 and isinstance(started, ip.StartedIterator)
+    started._thread.join()  # its first batch is made while stage 1 trains
+    assert same(started._first, expected[2][0])
+    # until that batch is taken, the state is the one before it: a checkpoint taken then
+    # resumes with the same batches
+    assert same(next(make(2, started.get_state())), expected[2][0])
+    next(stages.current)
+    it = stages.advance(2)
+    assert it is started and same(next(it), expected[2][0]) and same(next(it), expected[2][1])
+    assert same(next(make(2, it.get_state())), next(make(2, fresh[2].get_state())))
+    assert stages.upcoming[0] == 3
+    assert same(next(stages.advance(3)), expected[3][0])
+    stages.closing.join()
+    assert closed == [1, 2]  # the stages left behind (2: the iterator under the started one)
+    # a jump past the prepared stage drops it and makes a fresh iterator
+    last = len(config.curriculum.segments) - 1
+    stages.advance(last)
+    assert stages.upcoming is None  # nothing after the last stage
+    stages.close()
+    assert sorted(closed) == [1, 2, 3, 4, last]
+
+
+def test_a_started_iterator_raises_its_errors_in_the_caller():
+    def broken():
+        raise RuntimeError("no data")
+        yield
+
+    class Source:
+        def __init__(self):
+            self.it = broken()
+
+        def get_state(self):
+            return {}
+
+        def __next__(self):
+            return next(self.it)
+
+    with pytest.raises(RuntimeError, match="no data"):
+        next(ip.StartedIterator(Source()))
