@@ -56,7 +56,7 @@ from babilong_tfds.tasks import TASKS
 from rmt_jax import checkpointing, input_pipeline
 from rmt_jax.answer import generate_answer, loss_fn
 from rmt_jax.config import ModelConfig
-from rmt_jax.curriculum import Curriculum, CurriculumState, advance
+from rmt_jax.curriculum import Curriculum, CurriculumState, advance, stage_context
 from rmt_jax.model import RMT
 from rmt_jax.recurrence import scan_segments
 from rmt_jax.synthetic_data import SyntheticData
@@ -218,6 +218,65 @@ def make_eval_step(graphdef: nnx.GraphDef) -> Callable:
         return {"loss": loss, "accuracy": aux["accuracy"]}
 
     return eval_step
+
+
+class AheadOfTime:
+    """A jitted `fn(first, batch)` compiled once per batch shape, ahead of time on request.
+
+    A curriculum stage change brings new batch shapes, which `jax.jit` would compile at the
+    first call while the accelerator waits. `prepare(first, batch_structs)` compiles the
+    next stage's shapes in a background thread while the current stage trains; a call finds
+    the executable ready (or waits for it, or compiles then, as jit would). The programs are
+    the ones jit would build: same lowering, same in/out shardings and donation.
+    """
+
+    def __init__(self, jitted):
+        self.jitted = jitted
+        self.ready: dict[tuple, jax.stages.Compiled] = {}
+        self.pending: dict[tuple, threading.Thread] = {}
+
+    @staticmethod
+    def key(batch: dict) -> tuple:
+        return tuple((k, tuple(v.shape), str(v.dtype)) for k, v in sorted(batch.items()))
+
+    def prepare(self, first, batch: dict) -> None:
+        key = self.key(batch)
+        if key not in self.ready and key not in self.pending:
+            thread = threading.Thread(target=self._compile, args=(key, first, batch),
+                                      daemon=True)
+            self.pending[key] = thread
+            thread.start()
+
+    def _compile(self, key, first, batch) -> None:
+        try:
+            self.ready[key] = self.jitted.lower(first, batch).compile()
+        except Exception as error:  # noqa: BLE001 - the call compiles again and raises
+            logging.warning("compiling ahead of time failed (%s); compiling at first use",
+                            error)
+
+    def wait(self) -> None:
+        """Waits for the background compiles (a thread inside XLA must not outlive Python)."""
+        for thread in list(self.pending.values()):
+            thread.join()
+
+    def __call__(self, first, batch: dict):
+        key = self.key(batch)
+        program = self.ready.get(key)
+        if program is None or key in self.pending:
+            thread = self.pending.pop(key, None)
+            if thread is not None:
+                thread.join()  # (at once when it is done)
+            program = self.ready.get(key)
+            if program is None:
+                program = self.ready[key] = self.jitted.lower(first, batch).compile()
+        return program(first, batch)
+
+
+def stage_batch(batch: dict, context_len: int) -> dict:
+    """Shape structs of `batch` (global arrays) with the context resized to `context_len`."""
+    return {k: jax.ShapeDtypeStruct(
+        (v.shape[0], context_len, *v.shape[2:]) if k in ("context", "context_mask") else v.shape,
+        v.dtype, sharding=v.sharding) for k, v in batch.items()}
 
 
 # -- scoring answers --------------------------------------------------------------------------
@@ -420,13 +479,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     iterator = stages.current
 
     # ---------------------------------------------------------------- update step
-    # jax.jit caches one executable per batch shape, so one per curriculum stage.
-    train_step = jax.jit(make_train_step(graphdef, tx),
-                         in_shardings=(state_sharding, batch_sharding),
-                         out_shardings=(state_sharding, replicated), donate_argnums=0)
-    answer_fn = jax.jit(make_answer_fn(graphdef, config.data.max_answer_len),
-                        in_shardings=(state_sharding["params"], batch_sharding),
-                        out_shardings=batch_sharding)
+    # One executable per batch shape, so per curriculum stage; the next stage's are
+    # compiled in the background while this one trains (AheadOfTime, prepare_next below).
+    train_step = AheadOfTime(jax.jit(make_train_step(graphdef, tx),
+                                     in_shardings=(state_sharding, batch_sharding),
+                                     out_shardings=(state_sharding, replicated),
+                                     donate_argnums=0))
+    answer_fn = AheadOfTime(jax.jit(make_answer_fn(graphdef, config.data.max_answer_len),
+                                    in_shardings=(state_sharding["params"], batch_sharding),
+                                    out_shardings=batch_sharding))
     eval_step = jax.jit(make_eval_step(graphdef),
                         in_shardings=(state_sharding["params"], batch_sharding),
                         out_shardings=replicated)
@@ -444,12 +505,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     def meta() -> dict:
         return {"step": step, "data": iterator.get_state(), "curriculum": cstate.to_json()}
 
+    def prepare_next(stage: int, batch: dict) -> None:
+        """Compiles the next stage's programs now, from this stage's batch (global arrays)."""
+        if stage + 1 >= len(curriculum.segments):
+            return
+        c = config.curriculum
+        pad = stage_context(c.segments[stage + 1], config.model.segment_len, c.mix_shorter)[0]
+        structs = stage_batch(batch, pad * config.model.segment_len)
+        train_step.prepare(abstract_state, {k: structs[k] for k in MODEL_INPUTS})
+        if config.train.answer_rows:
+            answer_fn.prepare(abstract_state["params"], structs)
+
+    prepared_for = None  # the stage whose successor is being compiled
+
     try:
         while step < config.train.num_steps:
             # ---------------------------------------------------------- one step
             batch = next(iterator)
             device_batch = global_batch({k: batch[k] for k in MODEL_INPUTS}, batch_sharding)
             state, metrics = train_step(state, device_batch)
+            if prepared_for != cstate.stage:
+                prepare_next(cstate.stage, global_batch(batch, batch_sharding))
+                prepared_for = cstate.stage
             step += 1
             tokens += int(batch["context_mask"].sum()) * jax.process_count()
             pending.append((step, metrics["loss"]))
@@ -519,6 +596,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         checkpointer.wait()
     finally:
         stop.restore()
+        train_step.wait()
+        answer_fn.wait()
         stages.close()
         writer.close()
         checkpointer.close()

@@ -118,6 +118,73 @@ def test_train_and_evaluate_learns_and_writes_metrics(tmp_path):
     assert best_step in (15, 30)
 
 
+class CountingJit:
+    """A jitted function that counts its lowerings (one per compile)."""
+
+    def __init__(self, fn):
+        self.jitted, self.lowered = jax.jit(fn), []
+
+    def lower(self, *args):
+        self.lowered.append(args[1]["x"].shape)
+        return self.jitted.lower(*args)
+
+
+def test_ahead_of_time_compiles_in_the_background_and_matches_jit():
+    fn = lambda w, batch: (batch["x"] * w).sum(-1)  # noqa: E731
+    counting = CountingJit(fn)
+    aot = train_lib.AheadOfTime(counting)
+    w = jnp.float32(2.0)
+    x = {"x": jnp.arange(12.0).reshape(3, 4)}
+    aot.prepare(w, {"x": jax.ShapeDtypeStruct((3, 4), jnp.float32)})
+    aot.pending[aot.key(x)].join()  # compiled before it is needed
+    assert counting.lowered == [(3, 4)] and aot.key(x) in aot.ready
+    np.testing.assert_array_equal(aot(w, x), jax.jit(fn)(w, x))
+    assert counting.lowered == [(3, 4)]  # the call took the prepared program
+    y = {"x": jnp.ones((3, 5))}
+    np.testing.assert_array_equal(aot(w, y), fn(w, y))  # a new shape compiles at the call
+    assert counting.lowered == [(3, 4), (3, 5)]
+    aot.prepare(w, {"x": jax.ShapeDtypeStruct((3, 5), jnp.float32)})  # ready: nothing to do
+    assert counting.lowered == [(3, 4), (3, 5)] and not aot.pending
+
+
+def test_ahead_of_time_falls_back_when_the_background_compile_fails():
+    aot = train_lib.AheadOfTime(jax.jit(lambda w, batch: batch["x"] @ w))
+    w = jnp.ones((4, 2))
+    bad = {"x": jax.ShapeDtypeStruct((3, 5), jnp.float32)}  # 5 != 4: does not lower
+    aot.prepare(w, bad)
+    aot.pending[aot.key(bad)].join()
+    assert aot.key(bad) not in aot.ready
+    with pytest.raises(TypeError):  # the call compiles again and raises as jit would
+        aot(w, {"x": jnp.ones((3, 5))})
+    np.testing.assert_array_equal(aot(w, {"x": jnp.ones((3, 4))}), jnp.full((3, 2), 4.0))
+
+
+def test_each_stage_is_compiled_before_it_starts(tmp_path, monkeypatch):
+    prepared, compiled_at_call = [], []
+
+    class Recording(train_lib.AheadOfTime):
+        def prepare(self, first, batch):
+            prepared.append(batch["context"].shape)
+            super().prepare(first, batch)
+
+        def __call__(self, first, batch):
+            key = self.key(batch)
+            if key not in self.ready and key not in self.pending:
+                compiled_at_call.append(batch["context"].shape)
+            return super().__call__(first, batch)
+
+    monkeypatch.setattr(train_lib, "AheadOfTime", Recording)
+    config = tiny_config({"train.num_steps": 12, "curriculum.segments": (1, 2, 3),
+                          "curriculum.stage_steps": 4, "train.log_every": 2,
+                          "train.answer_rows": 2})
+    train_lib.train_and_evaluate(config, tmp_path)
+    seg, rows = config.model.segment_len, config.train.batch_size
+    # train step and answer function: stage 0 compiled at its first call, stages 1 and 2
+    # prepared while the stage before them trained
+    assert compiled_at_call == [(rows, seg)] * 2
+    assert prepared == [(rows, 2 * seg)] * 2 + [(rows, 3 * seg)] * 2
+
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     make = train_lib.make_train_step
 
