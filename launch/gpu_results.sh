@@ -122,7 +122,7 @@ if [[ ${TRAIN:-1} != 0 ]]; then
   train_flags=()
   if [[ $SMOKE == 1 ]]; then
     train_flags=(--config.model.layers=1 --config.model.d_model=32 --config.model.heads=2
-                 --config.model.segment_len=16 --config.model.mem_tokens=2
+                 --config.model.mem_tokens=2 --config.curriculum.segments="(0.25,1,2)"
                  --config.curriculum.stage_steps=3 --config.train.num_steps=15
                  --config.data.worker_count=2 --config.train.batch_size=8
                  --config.train.checkpoint_every=5 --config.train.log_every=5)

@@ -1,4 +1,4 @@
-"""The shell launchers parse, and print their usage when arguments are missing."""
+"""The shell launchers parse and print their usage; the GPU results script runs on a CPU."""
 
 import subprocess
 
@@ -14,3 +14,27 @@ def test_launcher_syntax_and_usage(script):
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
     out = subprocess.run(["bash", str(path)], capture_output=True, text=True)
     assert out.returncode == 2 and script.split("/")[1] in out.stderr
+
+
+def test_gpu_results_smoke_trains_exports_and_evaluates(tmp_path, babi_root, haystack_dir):
+    """launch/gpu_results.sh end to end on a CPU (SMOKE=1, benchmarks skipped): the
+    curriculum of configs/qa1_gpu.py, the export, a batched and a streamed (1M) evaluation."""
+    import json
+    import os
+    import sys
+
+    env = dict(os.environ, BENCH="0", SMOKE="1", EVAL_LENGTHS="0k", EVAL_LONG="1M",
+               EVAL_SAMPLES="2", PYTHON=sys.executable)
+    done = subprocess.run(["bash", str(REPO / "launch/gpu_results.sh"), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    log = (tmp_path / "log.txt").read_text()
+    assert done.returncode == 0, log[-3000:]
+    assert "train exited with 0" in log  # 15 steps, done before the time limit
+    metrics = (tmp_path / "train_metrics.jsonl").read_text()
+    rows = [json.loads(line) for line in metrics.splitlines()]
+    assert max(r.get("train/stage", 0) for r in rows) == 2  # through every curriculum stage
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["results"]["qa1"]) == {"0k", "1M"}
+    assert all(cell["count"] == 2 for cell in results["results"]["qa1"].values())
+    assert (tmp_path / "checkpoint.tar.gz").stat().st_size > 0
+    assert (tmp_path / "heatmap.png").exists()
