@@ -38,3 +38,24 @@ def test_gpu_results_smoke_trains_exports_and_evaluates(tmp_path, babi_root, hay
     assert all(cell["count"] == 2 for cell in results["results"]["qa1"].values())
     assert (tmp_path / "checkpoint.tar.gz").stat().st_size > 0
     assert (tmp_path / "heatmap.png").exists()
+
+
+def test_gpu_perf_sweep_smoke_runs_the_profiled_baseline(tmp_path):
+    """launch/gpu_perf_sweep.sh on a CPU (SMOKE=1) with no time for more than its first run:
+    the profiled, HLO-dumping baseline, its table, and the other runs logged as skipped."""
+    import json
+    import os
+    import sys
+
+    env = dict(os.environ, SMOKE="1", SWEEP_SECONDS="1", PYTHON=sys.executable)
+    done = subprocess.run(["bash", str(REPO / "launch/gpu_perf_sweep.sh"), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    log = (tmp_path / "perf_sweep.txt").read_text()
+    assert done.returncode == 0, log[-3000:]
+    (record,) = json.loads((tmp_path / "perf_sweep.json").read_text())
+    assert record["tag"] == "infer_b1" and record["profile"]["events"] > 0
+    assert "xla_dump_to" in record["xla_flags"]
+    assert list((tmp_path / "hlo_infer_b1").glob("*after_optimizations.txt"))
+    assert "skipped (SWEEP_SECONDS=1): infer_b1_unroll4" in log
+    # the table: the baseline against itself
+    assert any(line.startswith("infer_b1 ") and "1.00x" in line for line in log.splitlines())
