@@ -265,18 +265,24 @@ class AheadOfTime:
         if program is None or key in self.pending:
             thread = self.pending.pop(key, None)
             if thread is not None:
-                thread.join()  # (at once when it is done)
+                thread.join()  # returns at once if the compile has finished
             program = self.ready.get(key)
             if program is None:
                 program = self.ready[key] = self.jitted.lower(first, batch).compile()
         return program(first, batch)
 
 
-def stage_batch(batch: dict, context_len: int) -> dict:
-    """Shape structs of `batch` (global arrays) with the context resized to `context_len`."""
-    return {k: jax.ShapeDtypeStruct(
-        (v.shape[0], context_len, *v.shape[2:]) if k in ("context", "context_mask") else v.shape,
-        v.dtype, sharding=v.sharding) for k, v in batch.items()}
+def stage_batch(batch: dict, context_len: int, sharding: NamedSharding) -> dict:
+    """Shape structs of the global arrays `global_batch(batch, sharding)` would make from this
+    process's numpy `batch`, with the context resized to `context_len` tokens."""
+    rows = len(batch["context"]) * jax.process_count()
+    structs = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        shape = (rows, context_len) if k in ("context", "context_mask") else (rows, *v.shape[1:])
+        structs[k] = jax.ShapeDtypeStruct(shape, jax.dtypes.canonicalize_dtype(v.dtype),
+                                          sharding=sharding)
+    return structs
 
 
 # -- scoring answers --------------------------------------------------------------------------
@@ -506,12 +512,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         return {"step": step, "data": iterator.get_state(), "curriculum": cstate.to_json()}
 
     def prepare_next(stage: int, batch: dict) -> None:
-        """Compiles the next stage's programs now, from this stage's batch (global arrays)."""
+        """Compiles the next stage's programs now, from this stage's (numpy) batch."""
         if stage + 1 >= len(curriculum.segments):
             return
         c = config.curriculum
         pad = stage_context(c.segments[stage + 1], config.model.segment_len, c.mix_shorter)[0]
-        structs = stage_batch(batch, pad * config.model.segment_len)
+        structs = stage_batch(batch, pad * config.model.segment_len, batch_sharding)
         train_step.prepare(abstract_state, {k: structs[k] for k in MODEL_INPUTS})
         if config.train.answer_rows:
             answer_fn.prepare(abstract_state["params"], structs)
@@ -525,7 +531,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             device_batch = global_batch({k: batch[k] for k in MODEL_INPUTS}, batch_sharding)
             state, metrics = train_step(state, device_batch)
             if prepared_for != cstate.stage:
-                prepare_next(cstate.stage, global_batch(batch, batch_sharding))
+                prepare_next(cstate.stage, batch)
                 prepared_for = cstate.stage
             step += 1
             tokens += int(batch["context_mask"].sum()) * jax.process_count()
