@@ -48,7 +48,7 @@ from flax import nnx
 
 from launch import trace_summary
 from rmt_jax import RMT, count_params, get_config, loss_fn, scan_segments, stream_infer
-from rmt_jax.evaluate_lib import atomic_write
+from rmt_jax.files import atomic_write
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("preset", "tiny", ["test", "tiny", "small", "gpt2_small"], "model preset")

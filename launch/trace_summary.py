@@ -25,7 +25,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from rmt_jax.evaluate_lib import atomic_write
+from rmt_jax.files import atomic_write
 
 FLAGS = flags.FLAGS
 

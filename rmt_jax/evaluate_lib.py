@@ -32,7 +32,6 @@ import functools
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -47,6 +46,7 @@ from babilong_tfds.dataset import generate_split
 from babilong_tfds.tasks import LENGTHS, check_length, parse_lengths, parse_tasks
 from rmt_jax import input_pipeline
 from rmt_jax.answer import generate_answer
+from rmt_jax.files import atomic_write
 from rmt_jax.model import RMT
 from rmt_jax.recurrence import scan_segments
 from rmt_jax.streaming import stream_infer
@@ -305,18 +305,6 @@ def leaderboard_means(results: dict, lengths: Sequence[str]) -> dict[str, float]
 
 
 # -- writing ------------------------------------------------------------------------------
-def atomic_write(path: Path, write) -> None:
-    """Calls write(tmp_path) then renames tmp_path to `path`; no partial file on error."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _ordered(results: dict) -> tuple[list[str], list[str]]:
     tasks = list(results["results"])
     lengths = list(results.get("meta", {}).get("lengths", []))
