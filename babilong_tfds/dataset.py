@@ -191,8 +191,12 @@ def generate_split(
     pool: StoryPool | None = None,
     with_text: bool = True,
     with_ids: bool = False,
+    start: int = 0,
 ) -> Iterator[tuple[int, dict]]:
     """Yields (key, record) for a split; with `depths`, each sample at every depth.
+
+    `start` skips the samples before it without making them (records start..num_samples-1,
+    the same as in the whole split): the Beam build makes a split in ranges this way.
 
     Records carry the context as `input` text (`with_text`, what the TFDS splits store) and/or
     as `input_ids` (`with_ids`: the composer's tokens, no second pass of the tokenizer).
@@ -209,7 +213,7 @@ def generate_split(
         eligible = pool.eligible(composer, length)
         order = record_rng(*keys, 1 << 40).permutation(len(eligible))
     sweep = list(depths) if depths else [None]
-    for i in range(num_samples):
+    for i in range(start, num_samples):
         rng = record_rng(*keys, i)
         if order is not None:
             sample = eligible[order[i % len(order)]]
