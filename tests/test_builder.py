@@ -1,5 +1,6 @@
 """The TFDS builder and the build script: builds, reads back, reproducibility, bad input."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -218,3 +219,102 @@ def test_without_manual_dir_the_builder_downloads(babi_root, haystack_dir, tmp_p
     records = [r for _, r in splits["test"]]
     assert len(records) == 2 and set(records[0]["book_ids"]) <= {"11", "84"}
     assert asked[0].endswith("tasks_1-20_v1-2.tar.gz") and "deepmind-gutenberg" in asked[1]
+
+
+# -- array_record by default, same bytes in every process, Apache Beam ---------------------
+def split_records(data_dir, name, split="test"):
+    """Every record of a built split, as stored (serialized bytes), in order."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    (version_dir,) = (data_dir / "babilong" / name).iterdir()
+    shards = sorted(version_dir.glob(f"babilong-{split}.array_record-*"))
+    assert shards, f"no array_record shard of {split} in {version_dir}"
+    records = []
+    for shard in shards:
+        reader = ArrayRecordReader(str(shard))
+        records += reader.read_all()
+        reader.close()
+    return records
+
+
+def test_a_build_without_a_file_format_writes_array_record(tmp_path, manual_dir):
+    """`tfds build` passes no file format: the builder still writes what data_source reads."""
+    config = BuildOptions(num_samples=3).config("qa1", "0k")
+    builder = Builder(config=config, data_dir=tmp_path)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+    )
+    assert builder.info.file_format.value == "array_record"
+    source = tfds.data_source(f"babilong/{config.name}", split="test", data_dir=tmp_path)
+    assert [int(source[i]["index"]) for i in range(len(source))] == [0, 1, 2]
+    assert not list(tmp_path.rglob("*.tfrecord*"))
+
+
+def test_same_bytes_in_another_process(tmp_path, manual_dir):
+    """Protobuf orders a record's feature map by a per-process hash seed; the builder sorts
+    it, so two processes write the same bytes."""
+    options = BuildOptions(num_samples=3)
+    build("qa2", "1k", data_dir=tmp_path / "here", manual_dir=manual_dir, options=options)
+    code = (
+        "import sys\n"
+        "from babilong_tfds.build import BuildOptions, build\n"
+        "build('qa2', '1k', data_dir=sys.argv[1], manual_dir=sys.argv[2],"
+        " options=BuildOptions(num_samples=3))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "there"), str(manual_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    name = options.config("qa2", "1k").name
+    here = split_records(tmp_path / "here", name)
+    assert len(here) == 3 and here == split_records(tmp_path / "there", name)
+
+
+def test_beam_build_equals_single_process_build(tmp_path, manual_dir):
+    """The Beam build (DirectRunner, two worker processes, ranges of BEAM_RANGE samples)
+    writes every record of both splits byte for byte as the single-process build does."""
+    pytest.importorskip(
+        "apache_beam", reason="apache_beam is not installed (pip install -e '.[beam]')"
+    )
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from babilong_tfds.babilong.babilong_dataset_builder import BEAM_RANGE
+
+    num_samples = BEAM_RANGE + 2  # two ranges, the last one partial
+    config = BuildOptions(split="all", num_samples=num_samples).config("qa3", "1k")
+    for tag, beam_options in [
+        ("single", {}),
+        (
+            "beam",
+            {
+                "beam_runner": "DirectRunner",
+                "beam_options": PipelineOptions(
+                    ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+                ),
+            },
+        ),
+    ]:
+        Builder(config=config, data_dir=tmp_path / tag).download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, **beam_options)
+        )
+    for split in ("test", "train"):
+        single = split_records(tmp_path / "single", config.name, split)
+        assert len(single) == num_samples
+        assert split_records(tmp_path / "beam", config.name, split) == single
+
+
+def test_beam_options_without_apache_beam_are_refused(tmp_path, manual_dir):
+    if importlib.util.find_spec("apache_beam") is not None:
+        pytest.skip("apache_beam is installed: the Beam build runs instead")
+    config = BuildOptions(num_samples=2).config("qa1", "0k")
+    with pytest.raises(ValueError, match=r"apache_beam is not installed: pip install"):
+        Builder(config=config, data_dir=tmp_path).download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=manual_dir, beam_runner="DirectRunner"
+            )
+        )
+    assert not list(tmp_path.rglob("*.array_record*"))

@@ -18,11 +18,14 @@ archive and PG19's test split are downloaded.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
+from tensorflow_datasets.core import writer as writer_lib
+from tensorflow_datasets.proto import tf_example_pb2
 
 from babilong_tfds.compose import Composer
 from babilong_tfds.dataset import BABI_SOURCES, StoryPool, generate_split
@@ -94,6 +97,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     bAbI archive and PG19's test split are downloaded.
     """
 
+    def __init__(self, *, file_format=None, **kwargs):
+        super().__init__(file_format=file_format, **kwargs)
+        # TFDS writes tfrecord unless told otherwise (`tfds build` too); the evaluation and
+        # grain read through `tfds.data_source`, which needs array_record: a new build
+        # writes that. A prepared dataset keeps the format it was written in.
+        if file_format is None and not self.is_prepared():
+            self.info.set_file_format("array_record", override=True)
+
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
@@ -142,6 +153,23 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             books = load_pg19("test", dl_manager=dl_manager)
         return Haystack.build(books, tokenizer)
 
+    def _example_writer(self):
+        return SortedFeaturesWriter(file_format=self.info.file_format)
+
+    def _download_and_prepare(self, dl_manager, download_config=None):
+        # A Beam runner or Beam options in the download config (`tfds build
+        # --beam_pipeline_options=...`) ask for the Beam build; without them, or without
+        # apache_beam, the records are made in this process.
+        self._use_beam = download_config is not None and (
+            download_config.beam_runner is not None or download_config.beam_options is not None
+        )
+        if self._use_beam and importlib.util.find_spec("apache_beam") is None:
+            raise ValueError(
+                "a Beam runner or Beam options were given but apache_beam is not installed: "
+                "pip install -e '.[beam]', or build without them (in this process)"
+            )
+        return super()._download_and_prepare(dl_manager, download_config)
+
     def _split_generators(self, dl_manager):
         cfg = self.builder_config
         manual = self._manual_dir(dl_manager)
@@ -159,6 +187,21 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             )
             if pool.samples is not None:
                 pool.eligible(composer, cfg.length)  # fails before anything is written
+            if getattr(self, "_use_beam", False):
+                haystack_dir = None
+                if haystack is not None and manual is not None and (manual / "haystack").exists():
+                    haystack_dir = manual / "haystack"
+                recipe = SplitRecipe(
+                    config=cfg,
+                    split=split,
+                    count=count,
+                    babi_root=None if babi_root is None else str(babi_root),
+                    haystack_dir=None if haystack_dir is None else str(haystack_dir),
+                    # Downloaded books travel with the recipe; a manual dir is read again.
+                    haystack=haystack if haystack_dir is None else None,
+                )
+                splits[split] = self._generate_examples(recipe)
+                continue
             splits[split] = self._generate_examples(
                 generate_split(
                     composer,
@@ -176,4 +219,86 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         return splits
 
     def _generate_examples(self, records):
-        yield from records
+        """(key, record) pairs made here, or, for a `SplitRecipe`, a Beam transform making
+        the same records in ranges of `BEAM_RANGE` samples across the workers."""
+        if isinstance(records, SplitRecipe):
+            import apache_beam as beam
+
+            ranges = [
+                (start, min(start + BEAM_RANGE, records.count))
+                for start in range(0, records.count, BEAM_RANGE)
+            ]
+            return beam.Create(ranges) | beam.FlatMap(records_in_range, recipe=records)
+        return records
+
+
+class SortedFeaturesWriter(writer_lib.ExampleWriter):
+    """Writes each record with its features in name order.
+
+    TFDS serializes a record's feature map in the order of protobuf's hash table, which is
+    seeded per process: the same records written by two processes (two builds, or Beam
+    workers) differ in bytes. Sorted, they are equal byte for byte."""
+
+    def write(self, path, examples):
+        return super().write(path, ((key, sorted_example(data)) for key, data in examples))
+
+
+def sorted_example(serialized: bytes) -> bytes:
+    """A serialized tf.train.Example with its feature map written in key order."""
+    return tf_example_pb2.Example.FromString(serialized).SerializeToString(deterministic=True)
+
+
+# Samples per Beam work item: small enough to spread a 1M..10M train split over workers.
+BEAM_RANGE = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitRecipe:
+    """What a Beam worker needs to make records of one split (picklable, no TFDS objects)."""
+
+    config: BabilongConfig
+    split: str
+    count: int
+    babi_root: str | None
+    haystack_dir: str | None  # books read (and their haystack cached) again by each worker
+    haystack: Haystack | None  # or the haystack itself (downloaded books; None at 0k)
+
+
+# Per worker process: the composer and story pool of each recipe, made once.
+_WORKER_STATE: dict = {}
+
+
+def records_in_range(bounds: tuple[int, int], recipe: SplitRecipe):
+    """The (key, record) pairs of samples bounds[0]..bounds[1]-1 of a split: the same ones
+    the single-process build makes (every record depends on its index alone)."""
+    cfg = recipe.config
+    key = (cfg.name, cfg.seed, recipe.split, recipe.babi_root, recipe.haystack_dir)
+    if key not in _WORKER_STATE or recipe.haystack is not None:
+        tokenizer = get_tokenizer(cfg.tokenizer)
+        haystack = recipe.haystack
+        if recipe.haystack_dir is not None:
+            haystack = Haystack.build(load_books_from_dir(recipe.haystack_dir), tokenizer)
+        composer = Composer(haystack, tokenizer, allow_reuse=cfg.allow_reuse)
+        pool = StoryPool(
+            cfg.task,
+            recipe.split,
+            babi_source=cfg.babi_source,
+            babi_root=recipe.babi_root,
+            seed=cfg.seed,
+        )
+        _WORKER_STATE[key] = (composer, pool)
+    composer, pool = _WORKER_STATE[key]
+    start, stop = bounds
+    yield from generate_split(
+        composer,
+        cfg.task,
+        cfg.length,
+        recipe.split,
+        stop,
+        seed=cfg.seed,
+        babi_source=cfg.babi_source,
+        window=cfg.window,
+        depths=cfg.depths or None,
+        pool=pool,
+        start=start,
+    )
