@@ -1,8 +1,9 @@
-"""Checkpoints of a training run, and restoring a trained model for inference.
+"""Checkpoints of a training run, the run's config, and restoring a model for inference.
 
-Layout of a workdir:
+Layout of a workdir (an `etils.epath` path: local, or gs://... and the other URIs epath
+serves; see rmt_jax.files):
 
-  config.json           the training ConfigDict (written once at the start)
+  config.json           the training ConfigDict
   model_config.json     the resolved `ModelConfig` (vocabulary size filled in)
   checkpoints/<step>/   the newest `keep` checkpoints, each with three items:
       params            the model parameters (an `nnx.State` of arrays)
@@ -10,19 +11,29 @@ Layout of a workdir:
       meta              JSON: step, data iterator state, curriculum state, metrics
   best/<step>/          the checkpoint with the best evaluation score (params + meta only,
                         a second `CheckpointManager` keeping one), for inference
+  checkpoints_corrupt/  checkpoints that failed to read, set aside by training only
+
+Resuming checks the run's config against the workdir's first (`check_config_change`): a
+changed field stops the run with an error naming it, before anything is written. Fields in
+`RUN_CADENCE` (logging, evaluation and checkpoint cadence, the mesh) may change freely;
+others only when named in `allow`; `PARAM_FIELDS` (parameter shapes and dtypes) never.
+The config files are written once the checks have passed (`write_configs`).
 
 Orbax writes each step to a temporary folder and renames it when complete, so a process
-killed mid-save leaves no half checkpoint behind. A checkpoint that fails to load (corrupt
-files) is moved to `checkpoints_corrupt/` with a warning and the previous one is used.
+killed mid-save leaves no half checkpoint behind. When training finds a checkpoint that
+fails to READ (corrupt files), it moves it to `checkpoints_corrupt/<dir>_<step>` (a new
+name if that exists) with a warning and resumes from the previous one. A checkpoint that
+reads but does not fit the model (another config) raises instead: nothing is moved.
+Inference (`restore_for_inference`, evaluation, export) never moves anything.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging as py_logging
 import os
-import shutil
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
@@ -31,6 +42,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
+from rmt_jax import files
 from rmt_jax.config import ModelConfig
 from rmt_jax.model import RMT
 
@@ -39,6 +51,22 @@ MODEL_CONFIG_FILE = "model_config.json"
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
 CORRUPT_DIR = "checkpoints_corrupt"
+# ModelConfig fields that set the shapes or dtypes of the parameters: a checkpoint cannot be
+# resumed under other values (tests/test_run_layer_resume.py holds this list to the model).
+PARAM_FIELDS = ("layers", "d_model", "heads", "vocab_size", "mem_tokens", "max_positions",
+                "retrieval", "param_dtype")
+# Config fields (or sections) that steer how often the run logs, evaluates and saves, or
+# how it is laid out on devices, but not what it computes: free to change on resume.
+RUN_CADENCE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+               "train.async_checkpoint", "train.answer_rows", "eval", "mesh")
+
+
+class ConfigChangeError(ValueError):
+    """The run's config differs from the config its workdir was trained with."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint reads, but holds arrays of other shapes than the model asks for."""
 
 
 @dataclasses.dataclass
@@ -49,20 +77,59 @@ class Restored:
     meta: dict
 
 
+def parse_step(step: str | int | None) -> str | int | None:
+    """'best' -> 'best', 'latest'/None -> None (the newest), '1200' -> 1200."""
+    if step is None or step == "latest":
+        return None
+    if step == "best":
+        return "best"
+    try:
+        value = int(step)
+    except (TypeError, ValueError):
+        raise ValueError(f"unknown step {step!r}: expected 'best', 'latest' or a step "
+                         "number") from None
+    if value < 0:
+        raise ValueError(f"step {value} must be >= 0")
+    return value
+
+
+def quiet_orbax_logs(quiet: bool = True) -> None:
+    """Drops orbax's INFO lines (a dozen per save) from the absl log; warnings stay."""
+    absl_logger = logging.get_absl_logger()
+    for existing in [f for f in absl_logger.filters if isinstance(f, _OrbaxInfoFilter)]:
+        absl_logger.removeFilter(existing)
+    if quiet:
+        absl_logger.addFilter(_OrbaxInfoFilter())
+
+
+class _OrbaxInfoFilter(py_logging.Filter):
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        return (record.levelno >= py_logging.WARNING
+                or f"{os.sep}orbax{os.sep}" not in record.pathname)
+
+
+# -- the run's config -----------------------------------------------------------------------
+def _config_json(config: ml_collections.ConfigDict) -> str:
+    return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def _model_config_json(model_config: ModelConfig) -> str:
+    return json.dumps(dataclasses.asdict(model_config), indent=2, sort_keys=True)
+
+
 def write_configs(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
                   model_config: ModelConfig) -> None:
-    """Writes config.json and model_config.json (process 0 only)."""
+    """Writes config.json and model_config.json, each atomically (process 0 only)."""
     if jax.process_index() != 0:
         return
-    workdir = Path(workdir)
+    workdir = files.run_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-    (workdir / MODEL_CONFIG_FILE).write_text(
-        json.dumps(dataclasses.asdict(model_config), indent=2, sort_keys=True))
+    files.write_text(workdir / CONFIG_FILE, _config_json(config))
+    files.write_text(workdir / MODEL_CONFIG_FILE, _model_config_json(model_config))
 
 
 def read_configs(workdir: str | os.PathLike) -> tuple[ml_collections.ConfigDict, ModelConfig]:
-    workdir = Path(workdir)
+    workdir = files.run_path(workdir)
     path = workdir / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {workdir} a training workdir "
@@ -73,16 +140,121 @@ def read_configs(workdir: str | os.PathLike) -> tuple[ml_collections.ConfigDict,
     return config, ModelConfig(**fields)
 
 
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _covers(names: Iterable[str], field: str) -> bool:
+    """Whether a field or one of its sections is among `names` ('optim' covers 'optim.b1')."""
+    return any(field == n or field.startswith(n + ".") for n in names)
+
+
+def config_changes(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
+                   model_config: ModelConfig) -> dict[str, tuple[Any, Any]]:
+    """{field: (old, new)} where the run's config differs from the workdir's config files
+    (empty when the workdir has none). Model fields are compared as resolved."""
+    workdir = files.run_path(workdir)
+    changes = {}
+    path = workdir / CONFIG_FILE
+    if path.exists():
+        old = _flatten(json.loads(path.read_text()))
+        new = _flatten(json.loads(_config_json(config)))
+        changes.update({k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+                        if old.get(k) != new.get(k)})
+    path = workdir / MODEL_CONFIG_FILE
+    if path.exists():
+        old = json.loads(path.read_text())
+        new = json.loads(_model_config_json(model_config))
+        for k in sorted(old.keys() | new.keys()):
+            if old.get(k) != new.get(k):
+                changes[f"model.{k}"] = (old.get(k), new.get(k))
+    return changes
+
+
+def _has_checkpoints(workdir) -> bool:
+    return any((workdir / name).is_dir() and any(p.name.isdigit() for p in
+                                                 (workdir / name).iterdir())
+               for name in (LATEST_DIR, BEST_DIR))
+
+
+def check_config_change(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
+                        model_config: ModelConfig, allow: Sequence[str] = ()
+                        ) -> dict[str, tuple[Any, Any]]:
+    """Compares the run's config with the workdir's before a resume; returns the changes
+    that are allowed (to log). Changes to `RUN_CADENCE` fields are always allowed; other
+    fields when they or their section are named in `allow`; a change of the parameter
+    shapes (`PARAM_FIELDS`) never, while the workdir holds checkpoints.
+
+    Raises ConfigChangeError (a ValueError) naming each refused field as `old -> new`.
+    """
+    flat = _flatten(json.loads(_config_json(config)))
+    sections = {k.rsplit(".", i)[0] for k in flat for i in range(k.count(".") + 1)}
+    unknown = [a for a in allow if a not in sections]
+    if unknown:
+        raise ValueError(f"unknown config field {unknown[0]!r} in allow_config_change: "
+                         "expected fields or sections of the config, e.g. train.num_steps, "
+                         "optim")
+    workdir = files.run_path(workdir)
+    changes = config_changes(workdir, config, model_config)
+    if not changes or not _has_checkpoints(workdir):
+        if changes:
+            logging.warning("workdir %s has no checkpoint: starting over with a changed "
+                            "config (%s)", workdir, _describe(changes))
+        return changes
+    shapes = {k: v for k, v in changes.items()
+              if k.startswith("model.") and k.removeprefix("model.") in PARAM_FIELDS}
+    # A config.json field whose resolved model field did not change is an ordinary change.
+    refused = {k: v for k, v in changes.items()
+               if not _covers(RUN_CADENCE, k) and not _covers(allow, k)}
+    refused.update(shapes)
+    if not refused:
+        return changes
+    message = [f"workdir {workdir} was trained with another config: {_describe(refused)}."]
+    others = [k for k in refused if k not in shapes]
+    allow_flag = f"--allow_config_change={','.join(others)}"
+    if shapes:
+        message.append(f"{', '.join(shapes)} set{'s' if len(shapes) == 1 else ''} the "
+                       "parameter shapes, which the checkpoints here cannot take: train in a "
+                       "new --workdir, or restore the original values.")
+        if others:
+            message.append(f"(The other fields could change deliberately with {allow_flag}.)")
+    else:
+        message.append("Restore the original values or train in a new --workdir; to change "
+                       f"them deliberately (e.g. a longer schedule), pass {allow_flag}.")
+    raise ConfigChangeError(" ".join(message))
+
+
+def _describe(changes: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{k} {json.dumps(old)} -> {json.dumps(new)}"
+                     for k, (old, new) in changes.items())
+
+
+# -- checkpoints ----------------------------------------------------------------------------
 def _abstract(tree):
     """ShapeDtypeStructs (keeping shardings) of a tree of arrays or ShapeDtypeStructs."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _leaf_name(path) -> str:
+    names = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+    return "/".join(n for n in names if n != "value")
+
+
+def _shapes(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+    return {_leaf_name(path): (tuple(x.shape), str(x.dtype))
+            for path, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 class Checkpointer:
     """The newest `keep` checkpoints in workdir/checkpoints and the best one in workdir/best."""
 
     def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, async_save: bool = True):
-        self.workdir = Path(workdir).absolute()
+        self.workdir = files.run_path(workdir)
         self.async_save = async_save
         self.latest = ocp.CheckpointManager(
             self.workdir / LATEST_DIR,
@@ -126,28 +298,39 @@ class Checkpointer:
             "meta"]
 
     def restore(self, abstract_params, abstract_train=None, *, step: int | None = None,
-                best: bool = False) -> Restored | None:
-        """The checkpoint at `step` (default: the newest that loads), or None if there is none.
+                best: bool = False, set_aside: bool = False) -> Restored | None:
+        """The checkpoint at `step` (default: the newest that reads), or None if there is none.
 
         abstract_*: trees of arrays or ShapeDtypeStructs whose shardings the result takes.
-        A checkpoint that fails to load is set aside with a warning when `step` is None and
-        the next older one is tried; an explicit `step` that fails raises.
+        With `step` None, a checkpoint that fails to read is skipped with a warning for the
+        next older one, and moved to checkpoints_corrupt/ when `set_aside` (training does
+        that; inference moves nothing). A checkpoint that reads but holds other shapes
+        raises CheckpointMismatchError; an explicit `step` that fails raises.
         """
         manager = self.best if best else self.latest
         steps = sorted(manager.all_steps(), reverse=True)
+        items = {"params": abstract_params, "train": abstract_train}
         if step is not None:
             if step not in steps:
                 raise FileNotFoundError(f"no checkpoint at step {step} in {manager.directory}: "
                                         f"steps there are {sorted(steps)}")
-            return self._restore(manager, step, abstract_params, abstract_train)
+            try:
+                return self._restore(manager, step, abstract_params, abstract_train)
+            except Exception as e:  # noqa: BLE001 -- told apart below
+                self._check_fit(manager, step, items)
+                raise ValueError(f"checkpoint at step {step} in {manager.directory} does not "
+                                 f"load ({type(e).__name__}: {e}): pick another step") from e
         for candidate in steps:
             try:
                 return self._restore(manager, candidate, abstract_params, abstract_train)
-            except Exception as e:  # noqa: BLE001 -- any failure to read means corrupt
-                logging.warning("checkpoint at step %d in %s does not load (%s: %s); moving it "
-                                "to %s and trying the previous one", candidate,
-                                manager.directory, type(e).__name__, e, CORRUPT_DIR)
-                self._set_aside(manager, candidate)
+            except Exception as e:  # noqa: BLE001 -- told apart below
+                self._check_fit(manager, candidate, items)
+                logging.warning("checkpoint at step %d in %s does not load (%s: %s); %s",
+                                candidate, manager.directory, type(e).__name__, e,
+                                f"moving it to {CORRUPT_DIR} and trying the previous one"
+                                if set_aside else "trying the previous one")
+                if set_aside:
+                    self._set_aside(manager, candidate)
         return None
 
     def _restore(self, manager, step, abstract_params, abstract_train) -> Restored:
@@ -161,14 +344,46 @@ class Checkpointer:
         return Restored(step=step, params=out["params"], train=out.get("train"),
                         meta=out["meta"])
 
+    def _check_fit(self, manager, step: int, items: dict) -> None:
+        """Raises CheckpointMismatchError when the checkpoint's own metadata reads and
+        names arrays of other shapes or dtypes than `items`; returns otherwise (then the
+        checkpoint failed to read: its files are damaged)."""
+        for name, abstract in items.items():
+            if abstract is None:
+                continue
+            try:
+                with ocp.StandardCheckpointer() as reader:
+                    metadata = reader.metadata(
+                        files.run_path(manager.directory) / str(step) / name)
+                saved = _shapes(getattr(metadata, "item_metadata", metadata))
+            except Exception:  # noqa: BLE001 -- unreadable metadata: a damaged checkpoint
+                return
+            if not saved:
+                return
+            wanted = _shapes(_abstract(abstract))
+            if saved == wanted:
+                continue
+            differ = sorted(k for k in saved.keys() | wanted.keys()
+                            if saved.get(k) != wanted.get(k))
+            first = differ[0]
+            raise CheckpointMismatchError(
+                f"checkpoint at step {step} in {manager.directory} holds {name} of other "
+                f"shapes than the model config asks for ({len(differ)} arrays differ, e.g. "
+                f"{first}: saved {saved.get(first)}, expected {wanted.get(first)}): it was "
+                "saved under another model config. Use the config it was trained with, or "
+                "a new workdir")
+
     def _set_aside(self, manager, step: int) -> None:
         if jax.process_index() == 0:
-            src = Path(manager.directory) / str(step)
-            dst = self.workdir / CORRUPT_DIR / f"{Path(manager.directory).name}_{step}"
-            if dst.exists():
-                shutil.rmtree(dst)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(src), str(dst))
+            directory = files.run_path(manager.directory)
+            src = directory / str(step)
+            corrupt = self.workdir / CORRUPT_DIR
+            corrupt.mkdir(parents=True, exist_ok=True)
+            dst, copy = corrupt / f"{directory.name}_{step}", 1
+            while dst.exists():  # never over an earlier set-aside copy
+                copy += 1
+                dst = corrupt / f"{directory.name}_{step}.{copy}"
+            src.rename(dst)
         manager.reload()
 
 
@@ -176,9 +391,12 @@ def restore_for_inference(workdir: str | os.PathLike, step: int | str | None = N
                           ) -> tuple[RMT, ml_collections.ConfigDict, int]:
     """(model, config, step) from a training workdir, parameters on the default device.
 
-    step: None for the newest checkpoint that loads, an int for that step, 'best' for the
-    best checkpoint (workdir/best).
+    step: None for the newest checkpoint that reads, an int for that step, 'best' for the
+    best checkpoint (workdir/best). Moves nothing: a checkpoint that fails to read is
+    skipped with a warning.
     """
+    workdir = files.run_path(workdir)
+    files.check_backend(workdir)
     config, model_config = read_configs(workdir)
     abstract = nnx.eval_shape(lambda: RMT(model_config, rngs=nnx.Rngs(0)))
     graphdef, abstract_params = nnx.split(abstract)
@@ -188,10 +406,15 @@ def restore_for_inference(workdir: str | os.PathLike, step: int | str | None = N
     best = step == "best"
     checkpointer = Checkpointer(workdir, async_save=False)
     try:
+        manager = checkpointer.best if best else checkpointer.latest
+        steps = sorted(manager.all_steps())
         restored = checkpointer.restore(abstract_params, step=None if best else step, best=best)
     finally:
         checkpointer.close()
     if restored is None:
-        where = Path(workdir) / (BEST_DIR if best else LATEST_DIR)
+        where = workdir / (BEST_DIR if best else LATEST_DIR)
+        if steps:
+            raise FileNotFoundError(f"no checkpoint in {where} reads (steps {steps}; see the "
+                                    "warnings above): the files are damaged")
         raise FileNotFoundError(f"no checkpoint in {where}: train longer, or pass another step")
     return nnx.merge(graphdef, restored.params), config, restored.step

@@ -20,8 +20,16 @@ LayerNorm scales and offsets, nor the learned initial memory.
 Reproducibility: batch i of a stage depends on the config and the iterator state alone,
 dropout keys are fold_in(rng, step), the curriculum state is a few numbers, and all of it
 is in every checkpoint, so a run killed and resumed ends with bitwise the same parameters
-(on CPU) as one that was not. SIGTERM saves a checkpoint and returns; a non-finite loss
-raises before anything is saved from it.
+(on CPU) as one that was not. A non-finite loss raises before anything is saved from it.
+
+Resuming: the run's config is checked against the workdir's before anything is written
+(`checkpointing.check_config_change`: a changed field stops the run unless it is named in
+`allow_config_change`; parameter shapes never change). The workdir is an `etils.epath`
+path: `gs://...` stays remote (rmt_jax.files).
+
+Preemption: SIGTERM saves a checkpoint of the current step first (synchronously, waiting for
+it), skips evaluation, and returns. A SIGTERM during an evaluation interrupts it (on one
+process; with several, the evaluation's collectives make every process finish it first).
 
 Metrics (TensorBoard through tensorboardX, workdir/metrics.jsonl, and the absl log;
 process 0 only): train loss, answer-token accuracy, grad norm, exact match and the
@@ -32,13 +40,13 @@ steps/s, context tokens/s, curriculum stage and segments, learning rate; eval me
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +61,7 @@ from jax.sharding import PartitionSpec as P
 
 from babilong_tfds import metric
 from babilong_tfds.tasks import TASKS
-from rmt_jax import checkpointing, input_pipeline
+from rmt_jax import checkpointing, files, input_pipeline
 from rmt_jax.answer import generate_answer, loss_fn
 from rmt_jax.config import ModelConfig
 from rmt_jax.curriculum import Curriculum, CurriculumState, advance, stage_context
@@ -310,55 +318,127 @@ def answer_metrics(predicted: np.ndarray, batch: dict, tokenizer=None) -> dict[s
 
 
 # -- metrics ----------------------------------------------------------------------------------
-class MetricWriter:
-    """Scalars to TensorBoard (tensorboardX), workdir/metrics.jsonl and the log; process 0."""
+# tensorboardX writes local folders, gs:// (google-cloud-storage) and s3:// (boto3).
+TENSORBOARD_SCHEMES = (None, "gs", "s3")
 
-    def __init__(self, workdir: Path):
+
+class MetricWriter:
+    """Scalars to TensorBoard (tensorboardX), workdir/metrics.jsonl and the log; process 0.
+
+    workdir: an `epath.Path`. A local metrics.jsonl is appended to; a remote one (object
+    stores have no append) is rewritten whole at each write, atomically."""
+
+    def __init__(self, workdir):
         self.active = jax.process_index() == 0
         self.tb = None
         self.path = workdir / METRICS_FILE
-        if self.active:
-            try:
-                from tensorboardX import SummaryWriter
-                self.tb = SummaryWriter(str(workdir / "tensorboard"))
-            except ImportError:
-                logging.warning("tensorboardX is not installed: metrics go to %s and the log "
-                                "only", self.path)
+        self.remote = files.is_remote(workdir)
+        self.lines: list[str] = []
+        if not self.active:
+            return
+        if self.remote and self.path.exists():
+            self.lines = self.path.read_text().splitlines()
+        if files.scheme(workdir) not in TENSORBOARD_SCHEMES:
+            logging.warning("tensorboardX cannot write to %s: metrics go to %s and the log "
+                            "only", workdir, self.path)
+            return
+        try:
+            from tensorboardX import SummaryWriter
+            self.tb = SummaryWriter(os.fspath(workdir / "tensorboard"))
+        except Exception as error:  # noqa: BLE001 - metrics still reach the file and the log
+            logging.warning("no TensorBoard events (%s: %s): metrics go to %s and the log "
+                            "only", type(error).__name__, error, self.path)
 
-    def write(self, step: int, scalars: dict[str, float]) -> None:
+    def write(self, step: int, scalars: dict[str, float], *, progress: str = "") -> None:
+        """Logs and stores `scalars`; `progress` ('12/100, ETA 3m') goes to the log only."""
         if not self.active:
             return
         scalars = {k: float(v) for k, v in scalars.items()}
-        logging.info("step %d: %s", step,
+        logging.info("step %s: %s", progress or step,
                      ", ".join(f"{k} {v:.4g}" for k, v in sorted(scalars.items())))
         if self.tb is not None:
             for k, v in scalars.items():
                 self.tb.add_scalar(k, v, step)
             self.tb.flush()
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        line = json.dumps({"step": step, **scalars})
+        if self.remote:
+            self.lines.append(line)
+            files.write_text(self.path, "\n".join(self.lines) + "\n")
+        else:
+            with open(os.fspath(self.path), "a") as f:
+                f.write(line + "\n")
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
 
 
+class Preempted(Exception):
+    """SIGTERM arrived during an interruptible phase (an evaluation)."""
+
+
 class StopSignal:
-    """Turns SIGTERM into a flag that the loop reads after each step."""
+    """Turns SIGTERM into a flag that the loop reads after each step; inside
+    `interruptible()` (an evaluation, which may take minutes) it raises `Preempted`."""
 
     def __init__(self):
         self.received = False
+        self._interruptible = False
         self._previous = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
-        logging.warning("SIGTERM: saving a checkpoint after this step, then stopping")
         self.received = True
+        if self._interruptible:
+            self._interruptible = False
+            logging.warning("SIGTERM during evaluation: stopping it to save a checkpoint")
+            raise Preempted
+        logging.warning("SIGTERM: saving a checkpoint after this step, then stopping")
+
+    @contextlib.contextmanager
+    def interruptible(self):
+        """SIGTERM raises `Preempted` inside (one process only: several would leave each
+        other waiting in a collective)."""
+        self._interruptible = jax.process_count() == 1
+        try:
+            yield
+        finally:
+            self._interruptible = False
 
     def restore(self) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+def periodic(step: int, every: int, *, last: bool = False) -> bool:
+    """Whether a periodic action runs at `step`: every `every` steps (never for every <= 0)
+    and at the last step."""
+    return last or (every > 0 and step % every == 0)
+
+
+def format_duration(seconds: float) -> str:
+    """'45s', '12m05s', '3h20m'."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def check_run_config(config: ml_collections.ConfigDict) -> None:
+    """Raises a ValueError naming a run field that cannot work, before anything is written."""
+    t = config.train
+    for name, value, low in (("train.num_steps", t.num_steps, 1),
+                             ("train.batch_size", t.batch_size, 1),
+                             ("train.log_every", t.log_every, 1),
+                             ("train.checkpoint_every", t.checkpoint_every, 1),
+                             ("train.keep_checkpoints", t.keep_checkpoints, 1),
+                             ("train.answer_rows", t.answer_rows, 0),
+                             ("eval.every", config.eval.every, 0)):
+        if value < low:
+            raise ValueError(f"{name}={value} must be >= {low}: set --config.{name}")
 
 
 def _check_finite(pending: list[tuple[int, jax.Array]], last_saved: int | None) -> None:
@@ -419,11 +499,16 @@ def evaluate(config, params, graphdef, *, composer, tokenizer, batch_sharding,
 
 
 # -- the loop ---------------------------------------------------------------------------------
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-    """Trains (resuming from workdir's newest checkpoint) and returns the last metrics."""
-    workdir = Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+                       allow_config_change: Sequence[str] = ()) -> dict:
+    """Trains (resuming from workdir's newest checkpoint) and returns the last metrics.
+
+    allow_config_change: config fields (or sections, 'optim') that may differ from the
+    config the workdir was trained with (see checkpointing.check_config_change).
+    """
+    check_run_config(config)
     curriculum = Curriculum.from_config(config)
+    workdir = files.prepare_workdir(workdir)
 
     # ---------------------------------------------------------------- mesh
     mesh = make_mesh(config)
@@ -439,17 +524,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     process = {"process_index": jax.process_index(), "process_count": jax.process_count()}
     if config.data.synthetic:
         tokenizer = composer = None
-        data = SyntheticData(config, **process)
         vocab_size = config.model.vocab_size
     else:
         tokenizer = input_pipeline.make_tokenizer(config)
-        composer = input_pipeline.make_composer(config)
-        data = input_pipeline.TrainData(config, composer, **process)
         vocab_size = tokenizer.vocab_size
 
     # ---------------------------------------------------------------- model and optimizer
     model_config = input_pipeline.model_config(config, vocab_size)
+    # Before anything is read into the run or written: a resume under another config stops.
+    changes = checkpointing.check_config_change(workdir, config, model_config,
+                                                allow=allow_config_change)
+    if changes:
+        logging.warning("config changed since the last run in %s: %s", workdir,
+                        ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changes.items()))
     checkpointing.write_configs(workdir, config, model_config)
+    if config.data.synthetic:
+        data = SyntheticData(config, **process)
+    else:
+        composer = input_pipeline.make_composer(config)
+        data = input_pipeline.TrainData(config, composer, **process)
     schedule = make_schedule(config)
     tx = make_optimizer(config, schedule)
     graphdef = model_graphdef(model_config)
@@ -467,7 +560,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                               async_save=config.train.async_checkpoint)
     restored = checkpointer.restore(
         abstract_state["params"],
-        {k: v for k, v in abstract_state.items() if k != "params"})
+        {k: v for k, v in abstract_state.items() if k != "params"}, set_aside=True)
     if restored is None:
         state = jax.jit(init, out_shardings=state_sharding)()
         step, cstate, data_state = 0, CurriculumState(), None
@@ -506,10 +599,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     last_saved = restored.step if restored else None
     scalars: dict[str, float] = {}
     tokens, window_start = 0, time.perf_counter()
+    pace_start = None  # (step, time) of the first log: the ETA's rate counts from there
     last_eval = None  # the newest full evaluation results (real data)
 
     def meta() -> dict:
         return {"step": step, "data": iterator.get_state(), "curriculum": cstate.to_json()}
+
+    def save(wait: bool) -> None:
+        nonlocal last_saved
+        _check_finite(pending, last_saved)
+        checkpointer.save(step, state["params"],
+                          {k: v for k, v in state.items() if k != "params"}, meta())
+        last_saved = step
+        if wait:  # preempted: the checkpoint must be on disk before the process ends
+            checkpointer.wait()
+
+    def progress() -> str:
+        """'12/100, ETA 3m05s' at the pace since the first log (evaluations included)."""
+        nonlocal pace_start
+        now = time.perf_counter()
+        if pace_start is None or step <= pace_start[0]:
+            pace_start = (step, now)
+            rate = len(window) / max(now - window_start, 1e-9)
+        else:
+            rate = (step - pace_start[0]) / max(now - pace_start[1], 1e-9)
+        eta = format_duration((config.train.num_steps - step) / rate)
+        return f"{step}/{config.train.num_steps}, ETA {eta}"
 
     def prepare_next(stage: int, batch: dict) -> None:
         """Compiles the next stage's programs now, from this stage's (numpy) batch."""
@@ -553,7 +668,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             last = step == config.train.num_steps or preempted
 
             # ---------------------------------------------------------- log
-            if step % config.train.log_every == 0 or last:
+            if periodic(step, config.train.log_every, last=last):
                 _check_finite(pending, last_saved)
                 elapsed = time.perf_counter() - window_start
                 means = {k: float(np.mean(v))
@@ -567,34 +682,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                     "train/tokens_per_s": tokens / elapsed,
                 })
                 rows = min(config.train.answer_rows, len(batch["answer"]))
-                if rows:
+                if rows and not preempted:
                     predicted = multihost_utils.global_array_to_host_local_array(
                         answer_fn(state["params"], global_batch(batch, batch_sharding)),
                         mesh, P("data"))
                     scores = answer_metrics(np.asarray(predicted)[:rows], batch, tokenizer)
                     scalars.update({f"train/{k}": v for k, v in scores.items()})
-                writer.write(step, scalars)
+                writer.write(step, scalars, progress=progress())
                 window, tokens, window_start = [], 0, time.perf_counter()
 
-            # ---------------------------------------------------------- evaluate
-            if config.eval.every and (step % config.eval.every == 0 or last):
-                _check_finite(pending, last_saved)
-                eval_scalars, score, last_eval = evaluate(
-                    config, state["params"], graphdef, composer=composer, tokenizer=tokenizer,
-                    batch_sharding=batch_sharding, eval_step=eval_step, answer_fn=answer_fn)
-                writer.write(step, eval_scalars)
-                scalars.update(eval_scalars)
-                if best_score is None or score > best_score:
-                    best_score = score
-                    checkpointer.save_best(step, state["params"], {**meta(), "score": score})
+            # ---------------------------------------------------------- checkpoint
+            # Before evaluating: a preempted run saves first (and waits for it), then stops.
+            if periodic(step, config.train.checkpoint_every, last=last):
+                save(wait=preempted)
                 window_start = time.perf_counter()
 
-            # ---------------------------------------------------------- checkpoint
-            if step % config.train.checkpoint_every == 0 or last:
+            # ---------------------------------------------------------- evaluate
+            if (config.eval.every and not preempted
+                    and periodic(step, config.eval.every, last=last)):
                 _check_finite(pending, last_saved)
-                checkpointer.save(step, state["params"],
-                                  {k: v for k, v in state.items() if k != "params"}, meta())
-                last_saved = step
+                try:
+                    with stop.interruptible():
+                        eval_scalars, score, last_eval = evaluate(
+                            config, state["params"], graphdef, composer=composer,
+                            tokenizer=tokenizer, batch_sharding=batch_sharding,
+                            eval_step=eval_step, answer_fn=answer_fn)
+                except Preempted:
+                    preempted = True
+                    if last_saved != step:
+                        save(wait=True)
+                    else:
+                        checkpointer.wait()
+                else:
+                    writer.write(step, eval_scalars)
+                    scalars.update(eval_scalars)
+                    if best_score is None or score > best_score:
+                        best_score = score
+                        checkpointer.save_best(step, state["params"],
+                                               {**meta(), "score": score})
                 window_start = time.perf_counter()
             if preempted:
                 logging.warning("stopped at step %d after a preemption signal", step)

@@ -94,7 +94,8 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, env, caplog):
                           "curriculum.segments": (1, 2), "curriculum.stage_steps": 8,
                           "model.dropout": 0.1})
     with caplog.at_level(logging.INFO):
-        out = train_lib.train_and_evaluate(config, workdir)
+        out = train_lib.train_and_evaluate(config, workdir,
+                                           allow_config_change=["train.num_steps"])
     assert f"resumed from step {step}" in caplog.text
     assert out["step"] == step + 2 and saved_steps(workdir)[-1] == step + 2
 
@@ -109,7 +110,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
             path.write_bytes(b"\x00garbage")
     config.train.num_steps = 6
     with caplog.at_level(logging.INFO):
-        out = train_lib.train_and_evaluate(config, tmp_path)
+        out = train_lib.train_and_evaluate(config, tmp_path,
+                                           allow_config_change=["train.num_steps"])
     assert "step 4" in caplog.text and "does not load" in caplog.text
     assert "resumed from step 3" in caplog.text
     assert (tmp_path / checkpointing.CORRUPT_DIR / "checkpoints_4").is_dir()

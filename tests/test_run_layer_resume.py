@@ -1,0 +1,176 @@
+"""Resuming a workdir: a changed config is refused before anything moves, and only a
+checkpoint that fails to read is set aside (under a name of its own)."""
+
+import hashlib
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+from flax import nnx
+
+from rmt_jax import checkpointing, input_pipeline, train_lib
+from rmt_jax.config import ModelConfig
+from rmt_jax.model import RMT
+from tests.test_train_lib import subprocess_env, tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = {"train.num_steps": 3, "train.checkpoint_every": 1, "eval.every": 0,
+       "train.answer_rows": 0, "curriculum.segments": (1,)}
+
+
+def digest(root: Path) -> dict[str, str]:
+    """Every file and folder under root: sha256 of the bytes (files) or 'dir'."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        out[key] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def corrupt(checkpoint: Path) -> None:
+    for path in checkpoint.rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"\x00garbage")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A workdir of 3 steps with checkpoints 1, 2, 3 (test config, synthetic data)."""
+    workdir = tmp_path_factory.mktemp("trained") / "run"
+    train_lib.train_and_evaluate(tiny_config(RUN), workdir)
+    return workdir
+
+
+def copy_of(trained: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(trained, tmp_path / "run"))
+
+
+def test_launch_refuses_a_changed_model_and_touches_nothing(trained, tmp_path):
+    workdir = copy_of(trained, tmp_path)
+    before = digest(workdir)
+    flags = ["--config=configs/rmt_babilong.py:test,synthetic", "--config.eval.every=0",
+             "--config.train.answer_rows=0", "--config.curriculum.segments=(1,)",
+             "--config.train.checkpoint_every=1", "--config.train.num_steps=5",
+             "--config.model.mem_tokens=3", f"--workdir={workdir}"]
+    done = subprocess.run([sys.executable, "-m", "launch.train", *flags], cwd=REPO,
+                          capture_output=True, text=True, timeout=300,
+                          env=subprocess_env(tmp_path / "cache"))
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr[-3000:]
+    assert "model.mem_tokens 2 -> 3" in errors[0] and "train.num_steps 3 -> 5" in errors[0]
+    assert "--workdir" in errors[0] and "Traceback" not in done.stderr
+    assert digest(workdir) == before
+
+
+@pytest.mark.parametrize("change", [{"model.d_model": 64, "model.layers": 2},
+                                    {"model.mem_tokens": 3}])
+def test_model_shape_changes_are_never_allowed(trained, tmp_path, change):
+    workdir = copy_of(trained, tmp_path)
+    before = digest(workdir)
+    config = tiny_config({**RUN, **change})
+    allow = [k for k in change]
+    with pytest.raises(ValueError, match="parameter") as error:
+        train_lib.train_and_evaluate(config, workdir, allow_config_change=allow)
+    for field in change:
+        assert field in str(error.value)
+    assert digest(workdir) == before
+
+
+def test_an_allowed_change_resumes_and_is_recorded(trained, tmp_path, caplog):
+    workdir = copy_of(trained, tmp_path)
+    config = tiny_config({**RUN, "train.num_steps": 5, "optim.learning_rate": 1e-3})
+    before = digest(workdir)
+    with pytest.raises(ValueError, match="optim.learning_rate") as error:
+        train_lib.train_and_evaluate(config, workdir, allow_config_change=["train.num_steps"])
+    assert "--allow_config_change" in str(error.value)
+    assert digest(workdir) == before
+    with pytest.raises(ValueError, match="unknown config field 'optim.lr'"):
+        train_lib.train_and_evaluate(config, workdir, allow_config_change=["optim.lr"])
+    with caplog.at_level(logging.INFO):
+        out = train_lib.train_and_evaluate(
+            config, workdir, allow_config_change=["train.num_steps", "optim"])
+    assert "resumed from step 3" in caplog.text and out["step"] == 5
+    saved, _ = checkpointing.read_configs(workdir)
+    assert saved.train.num_steps == 5 and saved.optim.learning_rate == 1e-3
+    # the run's cadence (logging, checkpoints, evaluation) may change without the flag
+    config = tiny_config({**RUN, "train.num_steps": 5, "optim.learning_rate": 1e-3,
+                          "train.log_every": 1, "train.checkpoint_every": 2})
+    assert train_lib.train_and_evaluate(config, workdir)["step"] == 5
+
+
+def test_only_a_checkpoint_that_fails_to_read_is_set_aside_each_under_its_own_name(
+        trained, tmp_path, caplog):
+    workdir = copy_of(trained, tmp_path)
+    config = tiny_config(RUN)
+    corrupt_dir = workdir / checkpointing.CORRUPT_DIR
+    for attempt in range(2):
+        corrupt(workdir / checkpointing.LATEST_DIR / "3")
+        with caplog.at_level(logging.INFO):
+            assert train_lib.train_and_evaluate(config, workdir)["step"] == 3
+        assert "resumed from step 2" in caplog.text
+        assert len(list(corrupt_dir.iterdir())) == attempt + 1
+    assert (corrupt_dir / "checkpoints_3").is_dir()
+    # both set-aside copies are still there: the second did not overwrite the first
+    assert all(any(p.is_file() for p in d.rglob("*")) for d in corrupt_dir.iterdir())
+
+
+def test_inference_restore_moves_nothing(trained, tmp_path, caplog):
+    workdir = copy_of(trained, tmp_path)
+    corrupt(workdir / checkpointing.LATEST_DIR / "3")
+    before = digest(workdir)
+    with caplog.at_level(logging.WARNING):
+        _, _, step = checkpointing.restore_for_inference(workdir)
+    assert step == 2 and "step 3" in caplog.text
+    assert digest(workdir) == before
+    with pytest.raises(ValueError, match="step 3"):
+        checkpointing.restore_for_inference(workdir, step=3)
+    assert digest(workdir) == before
+
+
+def test_export_moves_nothing(trained, tmp_path):
+    from launch import export_checkpoint
+
+    workdir = copy_of(trained, tmp_path)
+    corrupt(workdir / checkpointing.LATEST_DIR / "3")
+    before = digest(workdir)
+    out = export_checkpoint.export(str(workdir), str(tmp_path / "export"))
+    assert digest(workdir) == before
+    assert checkpointing.restore_for_inference(out, "best")[2] == 2
+
+
+def test_a_checkpoint_of_another_model_is_not_set_aside(trained, tmp_path):
+    """model_config.json edited by hand: the checkpoints read fine but do not fit."""
+    workdir = copy_of(trained, tmp_path)
+    path = workdir / checkpointing.MODEL_CONFIG_FILE
+    path.write_text(path.read_text().replace('"d_model": 32', '"d_model": 64'))
+    before = digest(workdir)
+    with pytest.raises(ValueError, match="shape"):
+        checkpointing.restore_for_inference(workdir)
+    assert digest(workdir) == before
+
+
+def test_param_fields_are_the_fields_that_change_parameter_shapes():
+    config = tiny_config()
+    base = input_pipeline.model_config(config, 64)
+
+    def shapes(model_config: ModelConfig):
+        abstract = nnx.state(nnx.eval_shape(lambda: RMT(model_config, rngs=nnx.Rngs(0))))
+        return (str(jax.tree_util.tree_structure(abstract)),
+                [(x.shape, str(x.dtype)) for x in jax.tree.leaves(abstract)])
+
+    variants = {"layers": 2, "d_model": 64, "heads": 4, "vocab_size": 65, "mem_tokens": 3,
+                "max_positions": 40, "retrieval": True, "param_dtype": "bfloat16",
+                "segment_len": 9, "dtype": "bfloat16", "dropout": 0.2,
+                "retrieval_dropout": 0.2, "remat_policy": "full", "scan_unroll": 2,
+                "bptt_segments": 1, "attention_impl": "xla"}
+    assert set(variants) | {"attention_map_layers"} == set(ModelConfig.__dataclass_fields__)
+    reference = shapes(base)
+    for name, value in variants.items():
+        changed = shapes(base.replace(**{name: value}))
+        assert (changed != reference) == (name in checkpointing.PARAM_FIELDS), name
