@@ -5,6 +5,8 @@ r"""Evaluates a trained RMT checkpoint on BABILong: results.json, heatmap.png an
         --step=latest --out_dir=/tmp/rmt_qa1/eval_1m
     python -m launch.evaluate --workdir=/tmp/rmt_qa1 --tasks=qa1 --lengths=4k --source=tfds \
         --data_dir=/tmp/babilong
+    python -m launch.evaluate --workdir=/tmp/rmt_qa1 --tasks=qa1,qa2 --lengths=0k,1k \
+        --data=/tmp/babilong_jsonl      # or a Hugging Face layout folder, or hf:RMT-team/babilong
 
 Writes `{out_dir}/results.json` (accuracy = the official label-set score, exact match and
 count per task and length; the qa1..qa5 mean when all five ran) and `{out_dir}/heatmap.png`
@@ -29,7 +31,11 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 100, "Test samples per task a
 _SOURCE = flags.DEFINE_enum(
     "source", "files", list(evaluate_lib.SOURCES),
     "'files': bAbI test questions hidden on the fly; 'generated': simulator stories; "
-    "'tfds': a materialized split (see --data_dir, --tfds_name).")
+    "'tfds': a materialized split (see --data_dir, --tfds_name); 'published': the samples "
+    "of --data (the default when --data is given).")
+_DATA = flags.DEFINE_string(
+    "data", None, "Published samples for --source=published: a JSONL export folder "
+    "({task}/{length}.jsonl), a folder in the Hugging Face layout, or hf:RMT-team/babilong.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for --source=tfds.")
 _TFDS_NAME = flags.DEFINE_string("tfds_name", evaluate_lib.DEFAULT_TFDS_NAME,
                                  "TFDS dataset name pattern with {task} and {length}.")
@@ -47,6 +53,9 @@ _ALLOW_REUSE = flags.DEFINE_bool("allow_reuse", False,
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    source = _SOURCE.value
+    if _DATA.value and not flags.FLAGS["source"].present:
+        source = "published"
     try:
         results = evaluate_lib.evaluate_checkpoint(
             _WORKDIR.value,
@@ -55,7 +64,8 @@ def main(argv):
             step=_STEP.value,
             out_dir=_OUT_DIR.value,
             num_samples=_NUM_SAMPLES.value,
-            source=_SOURCE.value,
+            source=source,
+            data=_DATA.value,
             data_dir=_DATA_DIR.value,
             batch_size=_BATCH_SIZE.value,
             tfds_name=_TFDS_NAME.value,

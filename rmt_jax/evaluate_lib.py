@@ -9,7 +9,13 @@ and exact match. Samples come from one of three sources:
                materializes with its default options and seed 0);
   'generated'  made on the fly from stories of the bAbI simulator;
   'tfds'       a materialized split, `tfds.data_source(tfds_name.format(task, length),
-               split='test', data_dir=data_dir)`.
+               split='test', data_dir=data_dir)`; when that name is absent and one build
+               of the cell with other options is there (`launch.build_babilong` names
+               them `qa1_4k_test100`, ...), that one;
+  'published'  published samples, `babilong_tfds.published.load_samples(data, task,
+               length)`: our JSONL export, a folder in the Hugging Face layout or
+               `hf:RMT-team/babilong`; their `input` text is tokenized with the model's
+               tokenizer.
 
 Lengths up to 512k run batched: one jitted `scan_segments` + `generate_answer` per batch,
 padded to whole batches so that each length compiles once. Lengths from `stream_from` on
@@ -41,7 +47,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from babilong_tfds import metric
+from babilong_tfds import metric, published
 from babilong_tfds.dataset import generate_split
 from babilong_tfds.tasks import LENGTHS, check_length, parse_lengths, parse_tasks
 from rmt_jax import input_pipeline
@@ -51,7 +57,7 @@ from rmt_jax.model import RMT
 from rmt_jax.recurrence import scan_segments
 from rmt_jax.streaming import stream_infer
 
-SOURCES = ("files", "generated", "tfds")
+SOURCES = ("files", "generated", "tfds", "published")
 DEFAULT_TFDS_NAME = "babilong/{task}_{length}"
 # Lengths from this one on are streamed through `stream_infer`, batch by batch.
 DEFAULT_STREAM_FROM = "1M"
@@ -77,21 +83,33 @@ def iter_records(
     data_dir: str | os.PathLike | None = None,
     tfds_name: str = DEFAULT_TFDS_NAME,
     seed: int = 0,
+    data: str | None = None,
 ) -> Iterator[dict]:
-    """The first `num_samples` test records of one cell (fewer if a TFDS split is smaller),
-    made or read one at a time."""
+    """The first `num_samples` test records of one cell (fewer if a TFDS split or a published
+    set is smaller), made or read one at a time."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}: expected one of {', '.join(SOURCES)}")
     if source == "tfds":
         import tensorflow_datasets as tfds
 
-        name = tfds_name.format(task=task, length=length)
-        data = tfds.data_source(name, split="test", data_dir=data_dir)
-        count = min(num_samples, len(data))
+        name = resolve_tfds_name(tfds_name, task, length, data_dir)
+        split = tfds.data_source(name, split="test", data_dir=data_dir)
+        count = min(num_samples, len(split))
         if count < num_samples:
-            logging.warning("%s has %d test samples, fewer than the %d asked", name, len(data),
-                            num_samples)
-        yield from (dict(data[i]) for i in range(count))
+            logging.warning("%s has %d test samples, fewer than the %d asked", name,
+                            len(split), num_samples)
+        yield from (dict(split[i]) for i in range(count))
+        return
+    if source == "published":
+        if not data:
+            raise ValueError("source='published' needs data: a JSONL export folder, a folder "
+                             "in the Hugging Face layout or hf:RMT-team/babilong")
+        samples = published.load_samples(data, task, length)
+        if len(samples) < num_samples:
+            logging.warning("%s holds %d samples of %s at %s, fewer than the %d asked", data,
+                            len(samples), task, length, num_samples)
+        # Published samples carry no task field; the encoder needs it.
+        yield from ({**s, "task": task} for s in samples[:num_samples])
         return
     if composer is None:
         raise ValueError(f"source={source!r} makes samples on the fly and needs a composer "
@@ -102,6 +120,38 @@ def iter_records(
                              babi_source=source, babi_root=babi_root, with_text=False,
                              with_ids=True)
     yield from (record for _, record in records)
+
+
+def resolve_tfds_name(tfds_name: str, task: str, length: str,
+                      data_dir: str | os.PathLike | None) -> str:
+    """`tfds_name` formatted for the cell; when no such dataset is under `data_dir` and
+    exactly one build of the cell with other options is (`{name}_SUFFIX`, as
+    `launch.build_babilong` names them), that one. Else a ValueError saying what to build."""
+    from etils import epath
+
+    name = tfds_name.format(task=task, length=length)
+    builder, _, config = name.partition("/")
+    if not config:
+        return name
+    root = epath.Path(data_dir if data_dir is not None else
+                      os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
+    if (root / builder / config).exists():
+        return name
+    others = sorted(
+        p.name for p in (root / builder).glob(f"{config}_*")
+        if any(p.glob("*/*-test.array_record*"))
+    ) if (root / builder).exists() else []
+    if len(others) == 1:
+        logging.info("no %s under %s: reading %s/%s", name, root, builder, others[0])
+        return f"{builder}/{others[0]}"
+    if others:
+        raise ValueError(f"no {name} under {root}, and several builds of {task} at {length}: "
+                         f"{', '.join(others)}; pick one with --tfds_name (e.g. "
+                         f"{builder}/{{task}}_{{length}}{others[0][len(config):]})")
+    raise ValueError(f"no TFDS dataset {name} under {root}: build it with python -m "
+                     f"launch.build_babilong --tasks={task} --lengths={length} "
+                     f"--data_dir={root}, or tfds build babilong_tfds/babilong "
+                     f"--config={task}_{length} --data_dir={root}")
 
 
 def load_records(task: str, length: str, num_samples: int, **options) -> list[dict]:
@@ -199,12 +249,25 @@ def predict(model: RMT, examples: Sequence[dict], *, max_new_tokens: int, batch_
 
 
 # -- the evaluation -----------------------------------------------------------------------
-def check_options(tasks, lengths, *, source: str, num_samples: int, batch_size: int):
-    """Validated (tasks, lengths); raises a ValueError naming what is wrong otherwise."""
+def check_options(tasks, lengths, *, source: str, num_samples: int, batch_size: int,
+                  data: str | None = None):
+    """Validated (tasks, lengths); raises a ValueError naming what is wrong otherwise (for
+    source='published' from a local folder: every cell must be in it)."""
     task_list = parse_tasks(tasks)
     length_list = parse_lengths(lengths)
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}: expected one of {', '.join(SOURCES)}")
+    if source == "published" and not data:
+        raise ValueError("source='published' needs data (--data): a JSONL export folder, a "
+                         "folder in the Hugging Face layout or hf:RMT-team/babilong")
+    if data and source != "published":
+        raise ValueError(f"data={data!r} is read by source='published', not {source!r}")
+    if source == "published" and not data.startswith(published.HF_PREFIX):
+        held = published.find_splits(data)
+        missing = [f"{t} at {n}" for t in task_list for n in length_list if (t, n) not in held]
+        if missing:
+            raise ValueError(f"{data} lacks {', '.join(missing)}: it holds "
+                             f"{published.describe(held)}")
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be >= 1")
     if batch_size < 1:
@@ -229,17 +292,21 @@ def evaluate_model(
     seed: int = 0,
     stream_from: str = DEFAULT_STREAM_FROM,
     chunk_segments: int = 64,
+    data: str | None = None,
 ) -> dict:
     """Accuracy and exact match of `model` on every (task, length) cell (see module doc).
 
     config: the training ConfigDict (`config.model.segment_len`, `config.data.*`).
-    composer: needed for the on-the-fly sources, unused for 'tfds' (may be None).
+    composer: needed for the on-the-fly sources, unused for 'tfds' and 'published' (may be
+        None).
     babi_root: bAbI files for source='files' (default `config.data.babi_dir`).
     seed: 0 gives the records of the default materialized test splits.
     stream_from: lengths of at least this many tokens run through `stream_infer`.
+    data: what source='published' reads (see `babilong_tfds.published`).
     """
     task_list, length_list = check_options(tasks, lengths, source=source,
-                                           num_samples=num_samples, batch_size=batch_size)
+                                           num_samples=num_samples, batch_size=batch_size,
+                                           data=data)
     stream_tokens = check_length(stream_from)
     babi_root = babi_root if babi_root is not None else config.data.babi_dir
     max_new_tokens = config.data.max_answer_len
@@ -249,7 +316,7 @@ def evaluate_model(
             start = time.perf_counter()
             records = iter_records(task, length, num_samples, source=source, composer=composer,
                                    babi_root=babi_root, data_dir=data_dir, tfds_name=tfds_name,
-                                   seed=seed)
+                                   seed=seed, data=data)
             # Up to 512k: every sample at once, padded to the cell's longest (one compile).
             # Streamed (1M, 10M): batch by batch, so the host holds one batch of contexts.
             streaming = LENGTHS[length] >= stream_tokens
@@ -290,6 +357,8 @@ def evaluate_model(
                    "lengths": length_list, "seed": seed, "seconds": seconds}
     if source == "tfds":
         out["meta"]["tfds_name"] = tfds_name
+    if source == "published":
+        out["meta"]["data"] = data
     return out
 
 
@@ -432,12 +501,13 @@ def evaluate_checkpoint(
     stream_from: str = DEFAULT_STREAM_FROM,
     chunk_segments: int = 64,
     allow_reuse: bool = False,
+    data: str | None = None,
 ) -> dict:
     """Restores a checkpoint of `workdir`, evaluates it, writes results to `out_dir`
     (default `workdir/eval`). Every argument is checked before anything is written.
     `allow_reuse` lets a sample use a book twice: 10M on the 35 offline books needs it."""
     check_options(tasks, lengths, source=source, num_samples=num_samples,
-                  batch_size=batch_size)
+                  batch_size=batch_size, data=data)
     check_length(stream_from)
     step = parse_step(step)
     workdir = os.fspath(workdir)
@@ -450,13 +520,13 @@ def evaluate_checkpoint(
     model, config, restored_step = checkpointing.restore_for_inference(workdir, step=step)
     tokenizer = input_pipeline.make_tokenizer(config)
     composer = (
-        None if source == "tfds"
+        None if source in ("tfds", "published")
         else input_pipeline.make_composer(config, allow_reuse=allow_reuse)
     )
     results = evaluate_model(model, config, composer, tokenizer, tasks=tasks, lengths=lengths,
                              num_samples=num_samples, source=source, data_dir=data_dir,
                              batch_size=batch_size, tfds_name=tfds_name, stream_from=stream_from,
-                             chunk_segments=chunk_segments)
+                             chunk_segments=chunk_segments, data=data)
     results["meta"].update(workdir=workdir, step=int(restored_step),
                            step_requested="latest" if step is None else step)
     out_dir = out_dir if out_dir is not None else os.path.join(workdir, "eval")

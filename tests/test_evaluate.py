@@ -352,3 +352,79 @@ def test_export_checkpoint_bf16_loads_and_answers_alike(setup, tmp_path):
         export_checkpoint.export(str(tmp_path / "run"), str(out))
     with pytest.raises(ValueError, match="step"):
         export_checkpoint.parse_step("newest")
+
+
+# -- published samples (--data) and the default TFDS names -------------------------------
+@pytest.fixture(scope="module")
+def exported(setup, tmp_path_factory):
+    """A JSONL export folder of 4 qa1 0k samples (the on-the-fly records, as text)."""
+    from babilong_tfds.build import export_jsonl
+    from babilong_tfds.dataset import generate_split
+
+    config, _, composer = setup
+    out = tmp_path_factory.mktemp("exported")
+    records = [r for _, r in generate_split(composer, "qa1", "0k", "test", 4,
+                                            babi_root=config.data.babi_dir)]
+    export_jsonl(records, out / "qa1" / "0k.jsonl")
+    return out
+
+
+def test_published_source_reads_an_exported_folder(setup, exported, monkeypatch):
+    """--data gives the records made on the fly, their text tokenized by the model's tokenizer,
+    and the evaluation path as for the other sources."""
+    config, tokenizer, composer = setup
+    from_data = evaluate_lib.load_records("qa1", "0k", 3, source="published",
+                                          data=str(exported))
+    on_the_fly = evaluate_lib.load_records("qa1", "0k", 3, composer=composer,
+                                           babi_root=config.data.babi_dir)
+    assert len(from_data) == 3
+    for a, b in zip(from_data, on_the_fly, strict=True):
+        assert (a["question"], a["target"], a["task"]) == (b["question"], b["target"], "qa1")
+        encoded = evaluate_lib.encode_records([a], tokenizer, config)[0]
+        assert list(encoded["context"][encoded["context_mask"]]) == list(b["input_ids"])
+    monkeypatch.setattr(evaluate_lib, "answer_batch",
+                        lambda model, batch, *, max_new_tokens: batch["answer"])
+    results = evaluate_lib.evaluate_model(None, config, None, tokenizer, tasks="qa1",
+                                          lengths="0k", num_samples=10, source="published",
+                                          data=str(exported))
+    assert results["results"]["qa1"]["0k"]["count"] == 4  # the folder holds 4
+    assert results["results"]["qa1"]["0k"]["accuracy"] == 1.0  # the oracle's answers
+    assert results["meta"]["data"] == str(exported)
+    with pytest.raises(ValueError, match=r"lacks qa1 at 1k, qa2 at 0k.*holds qa1 at 0k"):
+        evaluate_lib.evaluate_model(None, config, None, tokenizer, tasks="qa1,qa2",
+                                    lengths="0k,1k", source="published", data=str(exported))
+    with pytest.raises(ValueError, match="needs data"):
+        evaluate_lib.check_options("qa1", "0k", source="published", num_samples=1,
+                                   batch_size=1)
+
+
+def test_cli_evaluates_published_samples(setup, exported, tmp_path):
+    config, tokenizer, _ = setup
+    make_workdir(tmp_path / "work", config, tokenizer, steps=(3,), best=3)
+    out = run_cli(f"--workdir={tmp_path / 'work'}", "--tasks=qa1", "--lengths=0k",
+                  "--num_samples=2", f"--data={exported}", f"--out_dir={tmp_path / 'eval'}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert saved["meta"]["source"] == "published" and saved["meta"]["data"] == str(exported)
+    assert saved["results"]["qa1"]["0k"]["count"] == 2
+    bad = run_cli(f"--workdir={tmp_path / 'work'}", "--tasks=qa1", "--lengths=1k",
+                  f"--data={exported}", f"--out_dir={tmp_path / 'bad'}")
+    assert bad.returncode == 1 and "error: " in bad.stderr and "lacks qa1 at 1k" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_default_tfds_name_finds_what_the_build_wrote(manual_dir, tmp_path):
+    """launch.build_babilong names a build by its options (qa1_0k_test2); the evaluation's
+    default name pattern finds it when it is the only build of the cell."""
+    with pytest.raises(ValueError, match="no TFDS dataset babilong/qa1_0k under .*build it"):
+        evaluate_lib.resolve_tfds_name(evaluate_lib.DEFAULT_TFDS_NAME, "qa1", "0k", tmp_path)
+    (result,) = build("qa1", "0k", data_dir=tmp_path, manual_dir=manual_dir,
+                      options=BuildOptions(num_samples=2))
+    assert evaluate_lib.resolve_tfds_name(evaluate_lib.DEFAULT_TFDS_NAME, "qa1", "0k",
+                                          tmp_path) == f"babilong/{result.config}"
+    records = evaluate_lib.load_records("qa1", "0k", 5, source="tfds", data_dir=tmp_path)
+    assert [int(r["index"]) for r in records] == [0, 1]
+    build("qa1", "0k", data_dir=tmp_path, manual_dir=manual_dir,
+          options=BuildOptions(num_samples=2, seed=1))
+    with pytest.raises(ValueError, match="several builds of qa1 at 0k"):
+        evaluate_lib.resolve_tfds_name(evaluate_lib.DEFAULT_TFDS_NAME, "qa1", "0k", tmp_path)
