@@ -16,6 +16,7 @@ the variable --api_key_env names); without it no key is sent.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -55,6 +56,7 @@ _TOP_K = flags.DEFINE_integer("top_k", 5, "Sentences kept by --retrieve.")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request
     try:
         official = prompts.load_prompts(_PROMPTS.value, manual_dir=_MANUAL_DIR.value)
         endpoint = llm_eval.Endpoint(
