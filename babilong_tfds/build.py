@@ -29,6 +29,7 @@ from babilong_tfds.babilong.babilong_dataset_builder import (
     DEFAULT_TEST_SAMPLES,
     DEFAULT_TRAIN_SAMPLES,
 )
+from babilong_tfds.published import write_hf_dir
 from babilong_tfds.tasks import parse_lengths, parse_tasks
 
 FIELDS_FIRST = ("input", "question", "target")
@@ -208,3 +209,30 @@ def format_table(results: Sequence[BuildResult]) -> str:
             f"{r.seconds:>9.1f}"
         )
     return "\n".join(rows)
+
+
+def _records_of(source):
+    """The records of a TFDS data source as JSON-able dicts, read one at a time."""
+    for i in range(len(source)):
+        yield {k: _jsonable(v) for k, v in source[i].items()}
+
+
+def export_hf_dir(
+    results: Sequence[BuildResult], *, data_dir: str | os.PathLike, hf_dir: str | os.PathLike
+) -> list[Path]:
+    """Writes the built splits of `results` into `hf_dir` in the layout of the published
+    `RMT-team/babilong` sets (one config per length, one split per task: see
+    `babilong_tfds.published.write_hf_dir`, atomic). One split of the build goes there."""
+    splits = sorted({r.split for r in results})
+    if len(splits) != 1:
+        raise ValueError(
+            f"--hf_dir holds one split per task and config, and the build made {splits}: "
+            "build --split=test (or train) for it"
+        )
+    samples = {}
+    for r in results:
+        source = tfds.data_source(
+            f"babilong/{r.config}", split=r.split, data_dir=os.fspath(data_dir)
+        )
+        samples[(r.task, r.length)] = _records_of(source)
+    return write_hf_dir(hf_dir, samples)

@@ -280,6 +280,24 @@ def _ordered(record: Mapping) -> dict:
     return first | dict(sorted(rest.items()))
 
 
+def check_hf_dir(out_dir: str | os.PathLike) -> bool:
+    """Whether `out_dir` holds an earlier `write_hf_dir` output (False: absent or empty);
+    a ValueError for a file or a non-empty folder that is not one, which is never touched."""
+    out = Path(out_dir)
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise ValueError(f"--hf_dir {out} exists and is not a folder")
+    if not any(out.iterdir()):
+        return False
+    if not (out / "README.md").is_file():
+        raise ValueError(
+            f"--hf_dir {out} is a non-empty folder without a README.md: refusing to write "
+            "into it; pass a new folder or one written by --hf_dir before"
+        )
+    return True
+
+
 def write_hf_dir(
     out_dir: str | os.PathLike, samples: Mapping[tuple[str, str], Iterable[Mapping]]
 ) -> list[Path]:
@@ -296,20 +314,12 @@ def write_hf_dir(
         check_task(task)
         check_length(length)
     kept: dict[tuple[str, str], Path] = {}
-    if out.exists():
-        if not out.is_dir():
-            raise ValueError(f"--hf_dir {out} exists and is not a folder")
-        if any(out.iterdir()):
-            if not (out / "README.md").is_file():
-                raise ValueError(
-                    f"--hf_dir {out} is a non-empty folder without a README.md: refusing to "
-                    "write into it; pass a new or an earlier --hf_dir"
-                )
-            kept = {
-                key: files[0]
-                for key, files in find_splits(out).items()
-                if len(files) == 1 and files[0] == out / hf_data_file(*key)
-            }
+    if check_hf_dir(out):
+        kept = {
+            key: files[0]
+            for key, files in find_splits(out).items()
+            if len(files) == 1 and files[0] == out / hf_data_file(*key)
+        }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     old = None

@@ -7,6 +7,10 @@ r"""Builds BABILong TFDS datasets (array_record) and optionally exports JSONL.
 Writes `{data_dir}/babilong/{config}/1.0.0/` per task and length, read back with
 `tfds.data_source("babilong/{config}", split=..., data_dir=...)`, and with `--jsonl_dir`
 `{jsonl_dir}/{task}/{length}.jsonl` (`{length}_train.jsonl` for the train split).
+With `--hf_dir`, the built split is also written in the Hugging Face layout of the published
+`RMT-team/babilong` sets (`datasets.load_dataset(HF_DIR, "1k", split="qa1")`); with `--data`
+(a JSONL export, such a folder, or `hf:RMT-team/babilong`) nothing is built and those samples
+are copied into `--hf_dir`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import sys
 from absl import app, flags, logging
 from tqdm import tqdm
 
-from babilong_tfds.build import BuildOptions, build, format_table
+from babilong_tfds.build import BuildOptions, build, export_hf_dir, format_table
+from babilong_tfds.published import check_hf_dir, load_samples, write_hf_dir
 from babilong_tfds.tasks import parse_lengths, parse_tasks
 
 _TASKS = flags.DEFINE_string("tasks", "qa1", "Comma-separated qa1..qa20, or 'all'.")
@@ -27,8 +32,14 @@ _SEED = flags.DEFINE_integer("seed", 0, "Every record depends on the seed and it
 _MANUAL_DIR = flags.DEFINE_string(
     "manual_dir", None, "Folder with babi/ and haystack/ (e.g. ../shared/data); else download."
 )
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Where the TFDS datasets go.", required=True)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Where the TFDS datasets go (required).")
 _JSONL_DIR = flags.DEFINE_string("jsonl_dir", None, "Also export {task}/{length}.jsonl here.")
+_HF_DIR = flags.DEFINE_string(
+    "hf_dir", None, "Also write the built split in the Hugging Face layout of RMT-team/babilong "
+    "(config per length, split per task, README configs) here.")
+_DATA = flags.DEFINE_string(
+    "data", None, "Build nothing: copy the tasks and lengths of these published samples (a JSONL "
+    "export folder, a Hugging Face layout folder or hf:RMT-team/babilong) into --hf_dir.")
 _BABI_SOURCE = flags.DEFINE_enum(
     "babi_source", "files", ["files", "generated"], "Original bAbI files or the simulator."
 )
@@ -59,6 +70,19 @@ def main(argv):
         )
     except ValueError as e:
         sys.exit(f"error: {e}")
+    if _DATA.value is not None:
+        copy_published(_DATA.value, tasks, lengths, _HF_DIR.value)
+        return
+    if _DATA_DIR.value is None:
+        sys.exit("error: --data_dir is required: the folder the TFDS datasets go to")
+    if _HF_DIR.value is not None:
+        try:
+            check_hf_dir(_HF_DIR.value)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        if options.split == "all":
+            sys.exit("error: --hf_dir holds one split per task and config: build --split=test "
+                     "(or --split=train) for it")
     try:
         with tqdm(total=len(tasks) * len(lengths), desc="babilong", unit="dataset") as bar:
             results = build(
@@ -76,6 +100,22 @@ def main(argv):
         sys.exit(f"error: {e}")
     print(format_table(results))
     logging.info("built %d datasets under %s", len(results), _DATA_DIR.value)
+    if _HF_DIR.value is not None:
+        files = export_hf_dir(results, data_dir=_DATA_DIR.value, hf_dir=_HF_DIR.value)
+        print(f"wrote {len(files)} splits in the Hugging Face layout to {_HF_DIR.value}")
+
+
+def copy_published(data: str, tasks, lengths, hf_dir: str | None) -> None:
+    """--data: the published samples of every task and length, written to --hf_dir."""
+    if hf_dir is None:
+        sys.exit("error: --data is copied into --hf_dir: pass --hf_dir=DIR")
+    try:
+        check_hf_dir(hf_dir)
+        samples = {(t, n): load_samples(data, t, n) for t in tasks for n in lengths}
+        files = write_hf_dir(hf_dir, samples)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {len(files)} splits from {data} in the Hugging Face layout to {hf_dir}")
 
 
 if __name__ == "__main__":

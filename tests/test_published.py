@@ -10,6 +10,8 @@ import pytest
 from babilong_tfds.build import export_jsonl
 from babilong_tfds.published import describe, find_splits, load_samples, write_hf_dir
 
+from .conftest import REPO
+
 
 def _samples(task, length, n=3):
     return [
@@ -163,3 +165,62 @@ def test_the_hub_offline_is_a_clear_error(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "ValueError: cannot read hf:RMT-team/babilong (config 1k, split qa1)" in out.stdout
     assert "--data=DIR" in out.stdout
+
+
+def test_export_hf_dir_from_a_build(tmp_path, manual_dir):
+    """A TFDS build written in the published layout reads back as its JSONL export."""
+    from babilong_tfds.build import BuildOptions, build, export_hf_dir
+
+    results = build(
+        "qa1,qa2",
+        "0k,1k",
+        data_dir=tmp_path / "tfds",
+        manual_dir=manual_dir,
+        jsonl_dir=tmp_path / "jsonl",
+        options=BuildOptions(num_samples=3),
+    )
+    files = export_hf_dir(results, data_dir=tmp_path / "tfds", hf_dir=tmp_path / "hf")
+    assert len(files) == 4
+    for task in ("qa1", "qa2"):
+        for length in ("0k", "1k"):
+            from_hf = load_samples(str(tmp_path / "hf"), task, length)
+            assert from_hf == load_samples(str(tmp_path / "jsonl"), task, length)
+            assert len(from_hf) == 3 and from_hf[0]["task"] == task
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.load_dataset(str(tmp_path / "hf"), "1k", split="qa2")
+    assert ds["target"] == [s["target"] for s in load_samples(str(tmp_path / "jsonl"), "qa2", "1k")]
+
+
+def run_build(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "launch.build_babilong", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_build_script_hf_dir_and_data(tmp_path, manual_dir):
+    common = ["--tasks=qa1", "--lengths=0k", "--num_samples=2", f"--manual_dir={manual_dir}"]
+    out = run_build(*common, f"--data_dir={tmp_path / 'tfds'}", f"--hf_dir={tmp_path / 'hf'}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "wrote 1 splits in the Hugging Face layout" in out.stdout
+    assert len(load_samples(str(tmp_path / "hf"), "qa1", "0k")) == 2
+    # --data copies published samples (here the folder just written) without building.
+    out = run_build(
+        "--tasks=qa1", "--lengths=0k", f"--data={tmp_path / 'hf'}", f"--hf_dir={tmp_path / 'copy'}"
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in ("README.md", "data/qa1/0k.json"):
+        assert (tmp_path / "copy" / name).read_bytes() == (tmp_path / "hf" / name).read_bytes()
+    bad = run_build(
+        *common, "--split=all", f"--data_dir={tmp_path / 'b'}", f"--hf_dir={tmp_path / 'bad'}"
+    )
+    assert bad.returncode == 1 and "error: --hf_dir holds one split" in bad.stderr
+    assert not (tmp_path / "b").exists() and not (tmp_path / "bad").exists()
+    bad = run_build(
+        "--tasks=qa1", "--lengths=1k", f"--data={tmp_path / 'hf'}", f"--hf_dir={tmp_path / 'bad'}"
+    )
+    assert bad.returncode == 1 and "holds no qa1 at 1k: it holds qa1 at 0k" in bad.stderr
+    assert not (tmp_path / "bad").exists()
