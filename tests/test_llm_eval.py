@@ -396,3 +396,28 @@ def test_entry_point_with_the_official_prompts(server, data_dir, tmp_path):
     rows = llm_eval.read_predictions(tmp_path / "org/stand-in" / f"qa1_0k_{RUN}.csv")
     assert [r["output"] for r in rows] == ["I do not know."] * 6
     assert server.posts()[0]["body"]["prompt"].endswith("Question: Where is Mary?")
+
+
+def test_an_interrupt_keeps_the_answers_and_writes_no_csv(server, data_dir, tmp_path):
+    stop_at = _samples("qa1", "0k")[3]["question"]
+
+    class Interrupted(llm_eval.OpenAIClient):
+        def complete(self, prompt):
+            if prompt.endswith(stop_at):
+                raise KeyboardInterrupt
+            return super().complete(prompt)
+
+    endpoint, out = _endpoint(server), tmp_path / "out"
+    with Interrupted(endpoint) as client, pytest.raises(KeyboardInterrupt):
+        llm_eval.evaluate(endpoint, PROMPTS, data=str(data_dir), tasks="qa1", lengths="0k",
+                          results_dir=out, concurrency=1, progress=False, client=client)
+    folder = out / "org/stand-in"
+    assert _files(out) == [f"org/stand-in/.qa1_0k_{RUN}.answers.jsonl"]
+    kept = [json.loads(x)["index"] for x in (folder / f".qa1_0k_{RUN}.answers.jsonl")
+            .read_text().splitlines()]
+    # Answers that came before (and, from the worker, after) the interrupt are all kept.
+    assert set(kept) >= {0, 1, 2} and 3 not in kept
+    server.requests = []
+    _run(server, data_dir, out, lengths="0k")
+    assert len(server.posts()) == 6 - len(kept)
+    assert _files(out) == [f"org/stand-in/qa1_0k_{RUN}.{e}" for e in ("csv", "json")]
