@@ -73,8 +73,11 @@ def main(argv):
         sys.exit(f"error: {e}")
     meta = results["meta"]
     out = llm_eval.summary_dir(_RESULTS_DIR.value, _MODEL.value, meta["run_name"])
-    evaluate_lib.write_results(results, out, title=f"{_MODEL.value} accuracy (%) on BABILong\n"
-                               f"{meta['run_name']}")
+    used = [name for name, on in (("instr", _INSTRUCTION.value), ("examples", _EXAMPLES.value),
+                                  ("post", _POST_PROMPT.value)) if on]
+    retrieved = f", {_RETRIEVE.value} top {_TOP_K.value}" if _RETRIEVE.value != "none" else ""
+    evaluate_lib.write_results(results, out, title=f"{_MODEL.value.split('/')[-1]} (%)\n"
+                               f"{'+'.join(used) or 'bare'}{retrieved}")
     print(evaluate_lib.format_table(results))
     print(f"{meta['requests_sent']} requests; predictions in {meta['model_folder']}; "
           f"results.json and heatmap.png in {out}")
