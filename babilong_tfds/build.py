@@ -3,8 +3,10 @@
 `build(...)` makes one TFDS dataset per (task, length) with `babilong.Builder`, then, when
 asked, exports `{jsonl_dir}/{task}/{length}.jsonl` with one JSON object per line in the
 published layout (`input`, `question`, `target`, then our extra fields). Config names are
-`{task}_{length}` for the default options and carry a suffix naming every option that
-differs (`qa1_4k_n20_s3`), so that datasets built with other options never collide.
+`{task}_{length}` for the default options (the official generator's) and carry a suffix
+naming every option that differs (`qa1_4k_test20_s3`; the legacy options add `sp`,
+`blingfire`, `pow2`, `tokfilter`, `whole`), so that datasets built with other options never
+collide.
 
 Nothing half-written is left behind: TFDS writes into a temporary folder that it renames at
 the end (and removes on error), and each JSONL file is written to a temporary file that is
@@ -29,8 +31,11 @@ from babilong_tfds.babilong.babilong_dataset_builder import (
     DEFAULT_TEST_SAMPLES,
     DEFAULT_TRAIN_SAMPLES,
 )
+from babilong_tfds.compose import Recipe
+from babilong_tfds.haystack import DEFAULT_SPLITTER, check_splitter
 from babilong_tfds.published import write_hf_dir
 from babilong_tfds.tasks import parse_lengths, parse_tasks
+from babilong_tfds.tokenizer import DEFAULT_TOKENIZER, tokenizer_kind
 
 FIELDS_FIRST = ("input", "question", "target")
 
@@ -43,16 +48,34 @@ class BuildOptions:
     num_samples: int = DEFAULT_TEST_SAMPLES  # per split built
     seed: int = 0
     babi_source: str = "files"
-    tokenizer: str = "sentencepiece"
+    tokenizer: str = DEFAULT_TOKENIZER  # 'gpt2' / 'gpt2:DIR'; legacy 'sentencepiece[:MODEL]'
     allow_reuse: bool = False
     window: tuple[float, float] = (0.0, 1.0)
     depths: tuple[float, ...] = ()
+    splitter: str = DEFAULT_SPLITTER  # 'punkt'; legacy 'blingfire'
+    length_table: str = "official"  # legacy 'pow2'
+    story_filter: str = "lines"  # legacy 'tokens'
+    fill: str = "exact"  # legacy 'whole_sentences'
 
     def __post_init__(self):
         if self.split not in ("test", "train", "all"):
             raise ValueError(f"unknown split {self.split!r}: expected test, train or all")
         if self.num_samples <= 0:
             raise ValueError(f"num_samples must be positive, got {self.num_samples}")
+        check_splitter(self.splitter)
+        Recipe(lengths=self.length_table, story_filter=self.story_filter, fill=self.fill)
+        if tokenizer_kind(self.tokenizer) not in ("gpt2", "sentencepiece"):
+            raise ValueError(
+                f"unknown tokenizer {self.tokenizer!r}: expected 'gpt2', 'gpt2:DIR', "
+                "'sentencepiece' or 'sentencepiece:MODEL'"
+            )
+
+    @classmethod
+    def legacy(cls, **overrides) -> BuildOptions:
+        """Every legacy option: the project's samples before dataset version 2.0.0."""
+        return cls(**({"tokenizer": "sentencepiece", "splitter": "blingfire",
+                       "length_table": "pow2", "story_filter": "tokens",
+                       "fill": "whole_sentences"} | overrides))
 
     def config(self, task: str, length: str) -> BabilongConfig:
         num_test = self.num_samples if self.split in ("test", "all") else 0
@@ -64,8 +87,16 @@ class BuildOptions:
             suffix.append(f"s{self.seed}")
         if self.babi_source != "files":
             suffix.append("gen")
-        if self.tokenizer != "sentencepiece":
-            suffix.append(self.tokenizer.split(":")[0])
+        if tokenizer_kind(self.tokenizer) != tokenizer_kind(DEFAULT_TOKENIZER):
+            suffix.append("sp")
+        if self.splitter != DEFAULT_SPLITTER:
+            suffix.append(self.splitter)
+        if self.length_table != "official":
+            suffix.append(self.length_table)
+        if self.story_filter != "lines":
+            suffix.append("tokfilter")
+        if self.fill != "exact":
+            suffix.append("whole")
         if self.allow_reuse:
             suffix.append("reuse")
         if self.window != (0.0, 1.0):
@@ -86,6 +117,10 @@ class BuildOptions:
             allow_reuse=self.allow_reuse,
             window=self.window,
             depths=self.depths,
+            splitter=self.splitter,
+            length_table=self.length_table,
+            story_filter=self.story_filter,
+            fill=self.fill,
         )
 
 

@@ -31,24 +31,32 @@ TASK_NAMES: dict[str, str] = {
 }
 TASKS: tuple[str, ...] = tuple(TASK_NAMES)
 
-# Length name -> context length in tokens. Powers of two of 1024 tokens, as the
-# configs are named; "0k" is the facts alone, with no background text.
+# Length name -> length in tokens, as the official generator and the published sets count
+# them: "1k" is 1,000 GPT-2 tokens, "1M" 1,000,000; "0k" is the facts alone, with no
+# background text. A sample's context holds `length - PROMPT_MARGIN` tokens.
 LENGTHS: dict[str, int] = {
     "0k": 0,
-    "1k": 1 << 10,
-    "2k": 2 << 10,
-    "4k": 4 << 10,
-    "8k": 8 << 10,
-    "16k": 16 << 10,
-    "32k": 32 << 10,
-    "64k": 64 << 10,
-    "128k": 128 << 10,
-    "256k": 256 << 10,
-    "512k": 512 << 10,
-    "1M": 1 << 20,
-    "2M": 2 << 20,
-    "10M": 10 << 20,
+    "1k": 1_000,
+    "2k": 2_000,
+    "4k": 4_000,
+    "8k": 8_000,
+    "16k": 16_000,
+    "32k": 32_000,
+    "64k": 64_000,
+    "128k": 128_000,
+    "256k": 256_000,
+    "512k": 512_000,
+    "1M": 1_000_000,
+    "2M": 2_000_000,
+    "10M": 10_000_000,
 }
+# The project's earlier table (dataset versions before 2.0.0): powers of two of 1024 tokens.
+LENGTHS_POW2: dict[str, int] = {
+    name: 0 if not n else (n // 1_000_000) << 20 if n >= 1_000_000 else (n // 1_000) << 10
+    for name, n in LENGTHS.items()
+}
+# The length tables by option name (`Recipe.lengths`).
+LENGTH_TABLES: dict[str, dict[str, int]] = {"official": LENGTHS, "pow2": LENGTHS_POW2}
 
 # Tokens left free for the prompt: the context gets `length - PROMPT_MARGIN` tokens.
 PROMPT_MARGIN = 300
@@ -99,11 +107,16 @@ def parse_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     return [check_task(t) for t in items]
 
 
-def check_length(length: str) -> int:
-    """Length name ('4k', '1M') -> tokens, else a ValueError listing the valid names."""
+def check_length(length: str, table: str = "official") -> int:
+    """Length name ('4k', '1M') -> tokens in `table` ('official': 1k = 1,000; 'pow2':
+    1k = 1,024), else a ValueError listing the valid names."""
     if length not in LENGTHS:
         raise ValueError(f"unknown length {length!r}: expected one of {', '.join(LENGTHS)}")
-    return LENGTHS[length]
+    if table not in LENGTH_TABLES:
+        raise ValueError(
+            f"unknown length table {table!r}: expected one of {', '.join(LENGTH_TABLES)}"
+        )
+    return LENGTH_TABLES[table][length]
 
 
 def parse_lengths(spec: str | list[str] | tuple[str, ...]) -> list[str]:

@@ -1,4 +1,9 @@
-"""Tokenizers that count BABILong lengths: the shipped sentencepiece model and GPT-2 BPE.
+"""Tokenizers that count BABILong lengths: GPT-2 BPE (the default, as the official
+generator counts) and the shipped sentencepiece model (the legacy option, for training).
+
+Specs (`get_tokenizer`): 'gpt2' (vocab.json + merges.txt found in a folder given as
+`search_dirs`, e.g. `MANUAL_DIR/gpt2_tokenizer/`, else downloaded from the Hugging Face hub),
+'gpt2:DIR', 'sentencepiece' (the shipped model) or 'sentencepiece:/path/x.model'.
 
 Contract (what the haystack composer relies on): sentences are tokenized one by one with
 `encode_sentences`, their counts are added, and the final text joins the sentences with
@@ -32,6 +37,12 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_SP_MODEL = ASSETS / "babilong_sp.model"
 GPT2_FILES = ("vocab.json", "merges.txt")
 GPT2_EOS = "<|endoftext|>"
+# The default tokenizer spec, and where its files sit under a TFDS manual dir.
+DEFAULT_TOKENIZER = "gpt2"
+GPT2_SUBDIR = "gpt2_tokenizer"
+GPT2_HUB_REPO = "openai-community/gpt2"
+# The same files by URL, for a download manager (the TFDS builder without a manual dir).
+GPT2_URLS = {f: f"https://huggingface.co/{GPT2_HUB_REPO}/resolve/main/{f}" for f in GPT2_FILES}
 
 
 @runtime_checkable
@@ -159,6 +170,21 @@ class Gpt2BpeTokenizer:
             )
         return cls(*(directory / f for f in GPT2_FILES))
 
+    @classmethod
+    def from_hub(cls, repo_id: str = GPT2_HUB_REPO) -> Gpt2BpeTokenizer:
+        """vocab.json and merges.txt of a Hugging Face hub repository (cached by the hub)."""
+        from huggingface_hub import hf_hub_download
+
+        try:
+            paths = [hf_hub_download(repo_id, name) for name in GPT2_FILES]
+        except Exception as e:  # offline, unknown repo, ...: say what to do instead
+            raise FileNotFoundError(
+                f"GPT-2 BPE: no local vocab.json/merges.txt given and the Hugging Face hub "
+                f"({repo_id}) could not be read ({type(e).__name__}: {e}); put the files in "
+                f"MANUAL_DIR/{GPT2_SUBDIR}/ or pass 'gpt2:DIR'"
+            ) from e
+        return cls(*paths)
+
     def __reduce__(self):
         return (type(self), (self.vocab_json, self.merges_txt))
 
@@ -187,18 +213,41 @@ class Gpt2BpeTokenizer:
         return f"Gpt2BpeTokenizer({str(self.vocab_json)!r}, {str(self.merges_txt)!r})"
 
 
-def get_tokenizer(spec: str = "sentencepiece") -> Tokenizer:
-    """'sentencepiece' | 'sentencepiece:/path/x.model' | 'gpt2:/dir/with/vocab_and_merges'."""
+def find_gpt2_dir(search_dirs: Sequence[str | Path | None] = ()) -> Path | None:
+    """The first of `search_dirs` (or its `gpt2_tokenizer/` subfolder) holding vocab.json and
+    merges.txt; None when none does."""
+    for root in search_dirs:
+        if root is None:
+            continue
+        for d in (Path(root), Path(root) / GPT2_SUBDIR):
+            if all((d / f).is_file() for f in GPT2_FILES):
+                return d
+    return None
+
+
+def get_tokenizer(
+    spec: str = DEFAULT_TOKENIZER, *, search_dirs: Sequence[str | Path | None] = ()
+) -> Tokenizer:
+    """'gpt2' | 'gpt2:/dir/with/vocab_and_merges' | 'sentencepiece' | 'sentencepiece:/x.model'.
+
+    A bare 'gpt2' reads its files from the first of `search_dirs` that holds them (the folder
+    or its `gpt2_tokenizer/` subfolder, e.g. a TFDS manual dir), else from the Hugging Face hub.
+    """
     kind, sep, arg = spec.partition(":")
     if kind == "sentencepiece":
         return SentencePieceTokenizer(arg if sep and arg else None)
     if kind in ("gpt2", "gpt2_bpe"):
-        if not arg:
-            raise ValueError(
-                f"tokenizer {spec!r} needs a folder: 'gpt2:/dir' with {' and '.join(GPT2_FILES)}"
-            )
-        return Gpt2BpeTokenizer.from_dir(arg)
+        if arg:
+            return Gpt2BpeTokenizer.from_dir(arg)
+        local = find_gpt2_dir(search_dirs)
+        return Gpt2BpeTokenizer.from_dir(local) if local else Gpt2BpeTokenizer.from_hub()
     raise ValueError(
-        f"unknown tokenizer {spec!r}: expected 'sentencepiece', 'sentencepiece:/path/x.model' "
-        "or 'gpt2:/dir/with/vocab.json+merges.txt'"
+        f"unknown tokenizer {spec!r}: expected 'gpt2', 'gpt2:/dir/with/vocab.json+merges.txt', "
+        "'sentencepiece' or 'sentencepiece:/path/x.model'"
     )
+
+
+def tokenizer_kind(spec: str) -> str:
+    """'gpt2:/some/dir' -> 'gpt2': which tokenizer a spec names, whatever its files' path."""
+    kind = spec.partition(":")[0]
+    return "gpt2" if kind == "gpt2_bpe" else kind

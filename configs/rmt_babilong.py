@@ -82,7 +82,14 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.data.babi_source = "generated"  # 'generated' (fresh stories) or 'files'
     config.data.babi_dir = "../shared/data/babi"  # bAbI files (for 'files' and evaluation)
     config.data.haystack_dir = "../shared/data/haystack"  # books for the background
-    config.data.tokenizer = "sentencepiece"  # the shipped model; or 'gpt2:DIR'
+    # How samples are made: the project's legacy options, named (babilong_tfds.compose.Recipe;
+    # the dataset builder's defaults are the official generator's: 'gpt2', 'punkt',
+    # 'official', 'lines', 'exact').
+    config.data.tokenizer = "sentencepiece"  # the shipped model; or 'gpt2' / 'gpt2:DIR'
+    config.data.splitter = "blingfire"  # background sentences: 'blingfire' | 'punkt'
+    config.data.length_table = "pow2"  # evaluation lengths: 'pow2' (1k = 1,024) | 'official'
+    config.data.story_filter = "tokens"  # evaluation filter: fact tokens <= L/8 | 'lines'
+    config.data.fill = "whole_sentences"  # whole sentences within tolerance | 'exact'
     config.data.max_question_len = 24  # question tokens (longer ones are cut from the left)
     config.data.max_answer_len = 6  # answer tokens + end of answer
     config.data.worker_count = 0  # grain worker processes (0: in the main process)

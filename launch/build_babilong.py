@@ -4,13 +4,21 @@ r"""Builds BABILong TFDS datasets (array_record) and optionally exports JSONL.
         --num_samples=100 --seed=0 --manual_dir=../shared/data --data_dir=/tmp/babilong \
         --jsonl_dir=/tmp/babilong_jsonl
 
-Writes `{data_dir}/babilong/{config}/1.0.0/` per task and length, read back with
+Writes `{data_dir}/babilong/{config}/2.0.0/` per task and length, read back with
 `tfds.data_source("babilong/{config}", split=..., data_dir=...)`, and with `--jsonl_dir`
 `{jsonl_dir}/{task}/{length}.jsonl` (`{length}_train.jsonl` for the train split).
 With `--hf_dir`, the built split is also written in the Hugging Face layout of the published
 `RMT-team/babilong` sets (`datasets.load_dataset(HF_DIR, "1k", split="qa1")`); with `--data`
 (a JSONL export, such a folder, or `hf:RMT-team/babilong`) nothing is built and those samples
 are copied into `--hf_dir`.
+
+The defaults make what the official generator makes (GPT-2 BPE lengths, 1k = 1,000 tokens,
+exact budgets, the line filter, Punkt sentences); GPT-2's vocab.json and merges.txt are read
+from `--manual_dir` (or its `gpt2_tokenizer/`), `--tokenizer=gpt2:DIR`, or the Hugging Face
+hub. `--legacy` (or the single options) makes the project's samples before version 2.0.0:
+
+    python -m launch.build_babilong --tasks=qa1 --lengths=1k --legacy \
+        --manual_dir=../shared/data --data_dir=/tmp/babilong
 """
 
 from __future__ import annotations
@@ -44,8 +52,23 @@ _BABI_SOURCE = flags.DEFINE_enum(
     "babi_source", "files", ["files", "generated"], "Original bAbI files or the simulator."
 )
 _TOKENIZER = flags.DEFINE_string(
-    "tokenizer", "sentencepiece", "'sentencepiece', 'sentencepiece:MODEL' or 'gpt2:DIR'."
+    "tokenizer", None,
+    "'gpt2' (default: files under --manual_dir, else the hub), 'gpt2:DIR', or the legacy "
+    "'sentencepiece' / 'sentencepiece:MODEL'.",
 )
+_SPLITTER = flags.DEFINE_enum("splitter", None, ["punkt", "blingfire"],
+                              "Background sentences: 'punkt' (default) or legacy 'blingfire'.")
+_LENGTH_TABLE = flags.DEFINE_enum("length_table", None, ["official", "pow2"],
+                                  "'official' (1k = 1,000 tokens, default) or legacy 'pow2'.")
+_STORY_FILTER = flags.DEFINE_enum(
+    "story_filter", None, ["lines", "tokens"],
+    "'lines' (fact lines + question <= (L-300)//8, default) or legacy 'tokens' (<= L/8).")
+_FILL = flags.DEFINE_enum(
+    "fill", None, ["exact", "whole_sentences"],
+    "'exact' (L-300 tokens, last sentence cut; default) or legacy 'whole_sentences'.")
+_LEGACY = flags.DEFINE_bool(
+    "legacy", False, "Every legacy option (sentencepiece, blingfire, pow2, tokens, "
+    "whole_sentences); single flags given with it override it.")
 _ALLOW_REUSE = flags.DEFINE_bool(
     "allow_reuse", False, "Let one sample use a book twice when the haystack is too small."
 )
@@ -58,15 +81,23 @@ def main(argv):
     try:
         tasks = parse_tasks(_TASKS.value)
         lengths = parse_lengths(_LENGTHS.value)
-        options = BuildOptions(
+        recipe = {
+            name: flag.value
+            for name, flag in (("tokenizer", _TOKENIZER), ("splitter", _SPLITTER),
+                               ("length_table", _LENGTH_TABLE), ("story_filter", _STORY_FILTER),
+                               ("fill", _FILL))
+            if flag.value is not None
+        }
+        make = BuildOptions.legacy if _LEGACY.value else BuildOptions
+        options = make(
             split=_SPLIT.value,
             num_samples=_NUM_SAMPLES.value,
             seed=_SEED.value,
             babi_source=_BABI_SOURCE.value,
-            tokenizer=_TOKENIZER.value,
             allow_reuse=_ALLOW_REUSE.value,
             window=tuple(float(x) for x in _WINDOW.value),
             depths=tuple(float(x) for x in _DEPTHS.value),
+            **recipe,
         )
     except ValueError as e:
         sys.exit(f"error: {e}")

@@ -28,7 +28,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from babilong_tfds.compose import Composer
+from babilong_tfds.compose import LEGACY_RECIPE, Composer, Recipe
 from babilong_tfds.dataset import BabilongSource
 from babilong_tfds.haystack import Haystack, load_books_from_dir
 from babilong_tfds.tasks import TASKS, parse_tasks
@@ -51,14 +51,21 @@ def make_tokenizer(config: ml_collections.ConfigDict):
 
 
 @functools.lru_cache(maxsize=2)
-def _haystack(haystack_dir: str, tokenizer_spec: str) -> Haystack:
-    return Haystack.build(load_books_from_dir(haystack_dir), _tokenizer(tokenizer_spec))
+def _haystack(haystack_dir: str, tokenizer_spec: str, splitter: str) -> Haystack:
+    return Haystack.build(load_books_from_dir(haystack_dir), _tokenizer(tokenizer_spec),
+                          splitter=splitter)
 
 
 def make_composer(config: ml_collections.ConfigDict, *, allow_reuse: bool = False) -> Composer:
-    """Haystack (tokenized once, cached on disk and in the process) + tokenizer."""
-    haystack = _haystack(config.data.haystack_dir, config.data.tokenizer)
-    return Composer(haystack, make_tokenizer(config), allow_reuse=allow_reuse)
+    """Haystack (tokenized once, cached on disk and in the process) + tokenizer + recipe.
+
+    A config saved before the recipe fields existed was trained with the legacy options."""
+    data = config.data
+    haystack = _haystack(data.haystack_dir, data.tokenizer, data.get("splitter", "blingfire"))
+    recipe = Recipe(lengths=data.get("length_table", LEGACY_RECIPE.lengths),
+                    story_filter=data.get("story_filter", LEGACY_RECIPE.story_filter),
+                    fill=data.get("fill", LEGACY_RECIPE.fill))
+    return Composer(haystack, make_tokenizer(config), allow_reuse=allow_reuse, recipe=recipe)
 
 
 def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:

@@ -49,11 +49,12 @@ def small_haystack_dir(haystack_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def manual_dir(babi_root, small_haystack_dir, tmp_path_factory) -> Path:
+def manual_dir(babi_root, small_haystack_dir, gpt2_dir, tmp_path_factory) -> Path:
     """A TFDS manual dir laid out like ../shared/data, with the small haystack."""
     out = tmp_path_factory.mktemp("manual")
     (out / "babi").symlink_to(babi_root)
     (out / "haystack").symlink_to(small_haystack_dir)
+    (out / "gpt2_tokenizer").symlink_to(gpt2_dir)
     return out
 
 
@@ -69,3 +70,18 @@ def small_haystack(small_haystack_dir, sp_tokenizer):
     from babilong_tfds.haystack import Haystack, load_books_from_dir
 
     return Haystack.build(load_books_from_dir(small_haystack_dir), sp_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer(gpt2_dir):
+    from babilong_tfds.tokenizer import get_tokenizer
+
+    return get_tokenizer(f"gpt2:{gpt2_dir}")
+
+
+@pytest.fixture(scope="session")
+def gpt2_haystack(small_haystack_dir, gpt2_tokenizer):
+    """The small haystack as the official generator splits and counts it (Punkt, GPT-2)."""
+    from babilong_tfds.haystack import Haystack, load_books_from_dir
+
+    return Haystack.build(load_books_from_dir(small_haystack_dir), gpt2_tokenizer)

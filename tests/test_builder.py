@@ -47,7 +47,7 @@ def test_build_read_back_and_export(tmp_path, manual_dir):
     source = tfds.data_source("babilong/qa2_2k_test5", split="test", data_dir=tmp_path / "a")
     record = source[0]
     assert record["task"] == b"qa2" and record["length"] == b"2k"
-    assert 1748 - 20 <= record["num_tokens"] <= 1748  # 2k minus the 300-token margin
+    assert record["num_tokens"] == 1700  # 2k = 2,000 GPT-2 tokens minus the 300 of the prompt
     lines = (tmp_path / "a_jsonl" / "qa2" / "2k.jsonl").read_text().splitlines()
     first = json.loads(lines[0])
     assert list(first)[:3] == ["input", "question", "target"] and len(lines) == 5
@@ -66,7 +66,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, manual_dir):
             b = (tmp_path / "b_jsonl" / task / f"{length}.jsonl").read_bytes()
             c = (tmp_path / "c_jsonl" / task / f"{length}.jsonl").read_bytes()
             assert a == b and a != c
-    shard = "babilong/qa1_2k_test5/1.0.0/babilong-test.array_record-00000-of-00001"
+    shard = "babilong/qa1_2k_test5/2.0.0/babilong-test.array_record-00000-of-00001"
     assert (tmp_path / "a" / shard).read_bytes() == (tmp_path / "b" / shard).read_bytes()
 
 
@@ -85,10 +85,11 @@ def test_unknown_names_fail_before_anything_is_written(
     assert not (tmp_path / "d").exists()
 
 
-def test_missing_babi_files_say_where(tmp_path, small_haystack_dir):
+def test_missing_babi_files_say_where(tmp_path, small_haystack_dir, gpt2_dir):
     manual = tmp_path / "manual"
     (manual / "babi").mkdir(parents=True)
     (manual / "haystack").symlink_to(small_haystack_dir)
+    (manual / "gpt2_tokenizer").symlink_to(gpt2_dir)
     with pytest.raises(FileNotFoundError, match="no bAbI file qa1_single-supporting-fact_test"):
         build("qa1", "1k", data_dir=tmp_path / "d", manual_dir=manual)
     assert not list((tmp_path / "d").rglob("*.array_record*"))
@@ -101,7 +102,7 @@ def test_haystack_too_small_errors_unless_reuse(tmp_path, manual_dir):
     assert not (tmp_path / "d" / "babilong" / "qa1_2M_test1").exists()
     opts = BuildOptions(num_samples=1, allow_reuse=True)
     (result,) = build("qa1", "2M", data_dir=tmp_path / "d", manual_dir=manual_dir, options=opts)
-    assert result.mean_tokens >= 0.99 * (2 * 2**20 - 300)
+    assert result.mean_tokens == 2_000_000 - 300
 
 
 def test_interrupted_build_leaves_nothing(tmp_path, manual_dir, monkeypatch):
@@ -178,13 +179,16 @@ def test_build_with_generated_stories(tmp_path, manual_dir):
         assert babi_solver.solve("qa19", record["facts"], record["question"]) == record["target"]
 
 
-def test_length_too_small_for_any_story_fails_before_writing(tmp_path, small_haystack_dir):
+def test_length_too_small_for_any_story_fails_before_writing(
+    tmp_path, small_haystack_dir, gpt2_dir
+):
     manual = tmp_path / "manual"
     (manual / "babi").mkdir(parents=True)
     (manual / "haystack").symlink_to(small_haystack_dir)
-    # One story of 30 facts: far more than 1k/8 = 128 tokens of facts.
-    lines = [f"{i} Mary travelled to the garden near the old kitchen." for i in range(1, 31)]
-    lines.append("31 Where is Mary? \tgarden\t30")
+    (manual / "gpt2_tokenizer").symlink_to(gpt2_dir)
+    # One story of 90 facts: more than (1000 - 300) // 8 = 87 lines with the question.
+    lines = [f"{i} Mary travelled to the garden near the old kitchen." for i in range(1, 91)]
+    lines.append("91 Where is Mary? \tgarden\t90")
     (manual / "babi" / "qa1_single-supporting-fact_test.txt").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match="too small for any qa1 story.*smallest length"):
         build("qa1", "1k", data_dir=tmp_path / "d", manual_dir=manual)
@@ -192,8 +196,9 @@ def test_length_too_small_for_any_story_fails_before_writing(tmp_path, small_hay
     assert not (tmp_path / "d" / "babilong" / "qa1_1k_test100").exists()
 
 
-def test_without_manual_dir_the_builder_downloads(babi_root, haystack_dir, tmp_path):
-    """The download path: the bAbI archive and PG19 books come from the download manager."""
+def test_without_manual_dir_the_builder_downloads(babi_root, haystack_dir, gpt2_dir, tmp_path):
+    """The download path: the bAbI archive, PG19 books and the GPT-2 files come from the
+    download manager."""
     listing = tmp_path / "listing.json"
     listing.write_text('{"items": [{"name": "test/11.txt"}, {"name": "test/84.txt"}]}')
     asked = []
@@ -211,6 +216,9 @@ def test_without_manual_dir_the_builder_downloads(babi_root, haystack_dir, tmp_p
             if isinstance(what, str):
                 asked.append(what)
                 return listing
+            if set(what) == {"vocab.json", "merges.txt"}:
+                asked.append(what["vocab.json"])
+                return {name: gpt2_dir / name for name in what}
             return {name: haystack_dir / f"pg{name[5:]}" for name in what}
 
     config = BabilongConfig(name="qa1_1k_dl", task="qa1", length="1k", num_test=2, num_train=0)
@@ -218,7 +226,8 @@ def test_without_manual_dir_the_builder_downloads(babi_root, haystack_dir, tmp_p
     splits = builder._split_generators(FakeDownloadManager())
     records = [r for _, r in splits["test"]]
     assert len(records) == 2 and set(records[0]["book_ids"]) <= {"11", "84"}
-    assert asked[0].endswith("tasks_1-20_v1-2.tar.gz") and "deepmind-gutenberg" in asked[1]
+    assert "huggingface.co" in asked[0] and asked[0].endswith("gpt2/resolve/main/vocab.json")
+    assert asked[1].endswith("tasks_1-20_v1-2.tar.gz") and "deepmind-gutenberg" in asked[2]
 
 
 # -- array_record by default, same bytes in every process, Apache Beam ---------------------

@@ -1,16 +1,22 @@
-"""Splits and the on-the-fly source: determinism, length filter, generated stories, grain."""
+"""Splits and the on-the-fly source: determinism, story filters, paired questions, generated
+stories, grain."""
 
 import grain
 import numpy as np
 import pytest
 
-from babilong_tfds.compose import Composer, CompositionError
+from babilong_tfds.compose import LEGACY_RECIPE, Composer, CompositionError
 from babilong_tfds.dataset import BabilongSource, StoryPool, generate_split
 
 
 @pytest.fixture(scope="module")
 def composer(small_haystack, sp_tokenizer):
     return Composer(small_haystack, sp_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def legacy_composer(small_haystack, sp_tokenizer):
+    return Composer(small_haystack, sp_tokenizer, recipe=LEGACY_RECIPE)
 
 
 def records(composer, babi_root, **kw):
@@ -32,15 +38,54 @@ def test_split_is_deterministic_in_seed(composer, babi_root):
     assert r["task"] == "qa1" and r["length"] == "2k" and len(r["book_ids"]) >= 1
 
 
-def test_length_filter_drops_long_stories_and_errors_when_none_fit(composer, babi_root):
+def test_line_filter_keeps_long_qa3_stories(composer, legacy_composer, babi_root):
+    """The official filter counts lines: fact lines + the question line <= (1000k-300)//8.
+    The reference keeps 862 of its 999 qa3 test questions at 1k (86%), with stories of up to
+    80 facts; the legacy token filter (facts within 1024/8 tokens) kept about 22 facts."""
     pool = StoryPool("qa3", "test", babi_root=babi_root)
-    fitting = pool.eligible(composer, "4k")
-    assert 0 < len(fitting) < len(pool.samples)
-    assert all(composer.fact_token_count(s) <= 4 * 1024 / 8 for s in fitting)
-    # Keep only stories too long for 1k: nothing fits, and the error says what would.
-    pool.samples = [s for s in pool.samples if composer.fact_token_count(s) > 128]
-    with pytest.raises(CompositionError, match="too small for any qa3 story.*smallest length"):
-        pool.eligible(composer, "1k")
+    for length, limit in (("1k", 700 // 8), ("4k", 3700 // 8)):
+        kept = pool.eligible(composer, length)
+        assert all(len(s.facts) + 1 <= limit for s in kept)
+        dropped = [s for s in pool.samples if s not in kept]
+        assert all(len(s.facts) + 1 > limit for s in dropped)
+    kept_1k = pool.eligible(composer, "1k")
+    assert 0.80 <= len(kept_1k) / len(pool.samples) <= 0.92
+    assert max(len(s.facts) for s in kept_1k) > 22
+    legacy = StoryPool("qa3", "test", babi_root=babi_root).eligible(legacy_composer, "1k")
+    assert len(legacy) < len(kept_1k)
+    assert all(legacy_composer.fact_token_count(s) <= 1024 / 8 for s in legacy)
+
+
+def test_filter_errors_when_no_story_fits(composer, legacy_composer, babi_root):
+    for c, why in ((composer, "more than 87 lines"), (legacy_composer, "more than length/8")):
+        pool = StoryPool("qa3", "test", babi_root=babi_root)
+        # Keep only stories too long for 1k: nothing fits, and the error says what would.
+        pool.samples = [s for s in pool.samples if not c.fits(s, "1k")]
+        with pytest.raises(CompositionError, match=f"too small for any qa3 story.*{why}"
+                           ".*smallest length that fits is 2k"):
+            pool.eligible(c, "1k")
+
+
+def test_sample_i_asks_the_same_question_at_every_length(composer, babi_root):
+    pool = StoryPool("qa3", "test", babi_root=babi_root)
+    by_length = {
+        length: [r for _, r in generate_split(composer, "qa3", length, "test", 30,
+                                              babi_root=babi_root, pool=pool, with_text=False)]
+        for length in ("0k", "1k", "4k")
+    }
+    paired = 0
+    for i, zero in enumerate(by_length["0k"]):
+        for length in ("1k", "4k"):
+            r = by_length[length][i]
+            if composer.fits(pool.samples[[s.origin for s in pool.samples].index(zero["origin"])],
+                             length):
+                assert (r["origin"], r["question"], r["facts"]) == (
+                    zero["origin"], zero["question"], zero["facts"])
+                paired += 1
+            else:  # a substitute from beyond the first 30, eligible at this length
+                assert r["origin"] not in {z["origin"] for z in by_length["0k"]}
+    assert paired >= 40  # most of the 2 x 30 records
+    assert len({r["origin"] for r in by_length["1k"]}) == 30  # no question twice
 
 
 def test_generated_source_differs_between_splits(composer):
@@ -100,13 +145,17 @@ def test_generated_source_default(composer):
     assert r["origin"].startswith("generated:qa5:") and r["num_tokens"] > 600
 
 
-def test_lengths_in_tokens_for_training(composer, babi_root):
-    src = BabilongSource(
-        composer, ["qa1"], [256, 512], seed=0, babi_source="files", babi_root=babi_root
-    )
-    for i in range(10):
-        r = src[i]
-        assert r["length"] in ("256", "512")
-        assert int(r["length"]) - 20 <= r["num_tokens"] <= int(r["length"])
+def test_lengths_in_tokens_for_training(composer, legacy_composer, babi_root):
+    for c in (composer, legacy_composer):
+        src = BabilongSource(
+            c, ["qa1"], [256, 512], seed=0, babi_source="files", babi_root=babi_root
+        )
+        for i in range(10):
+            r = src[i]
+            assert r["length"] in ("256", "512")
+            if c is composer:  # the exact fill
+                assert r["num_tokens"] == int(r["length"])
+            else:
+                assert int(r["length"]) - 20 <= r["num_tokens"] <= int(r["length"])
     with pytest.raises(ValueError, match="must be >= 0 tokens"):
         BabilongSource(composer, ["qa1"], [-1])

@@ -117,3 +117,78 @@ def test_pg19_download_path_uses_the_download_manager(tmp_path):
 
     got = hs.load_pg19("test", dl_manager=FakeDownloadManager())
     assert [b.book_id for b in got] == ["1", "2"] and got[0].text.startswith("Book 1")
+
+
+# -- the official splitter and sampling rule (Punkt, the 10-token rule, exact budgets) --------
+BOOK = (
+    "It was a dark and stormy night in the old town by the sea.  The wind\n"
+    "howled over the moor, and the rain beat hard against the shutters. Yes. Then the old "
+    "man rose\nand walked slowly to the window without a single word to anyone there."
+)
+
+
+def test_punkt_keeps_line_breaks_and_skips_sentences_under_ten_tokens(gpt2_tokenizer, tmp_path):
+    book = hs.Book("b", BOOK)
+    h = hs.Haystack.build([book], gpt2_tokenizer, cache_dir=tmp_path)
+    found = [BOOK[a:b] for a, b in hs.punkt_spans(BOOK)]
+    assert found[2] == "Yes." and "\n" in found[1]
+    counts = [len(gpt2_tokenizer.encode(" " + s)) for s in found]
+    assert counts[2] < hs.MIN_SENTENCE_TOKENS <= min(counts[:2] + counts[3:])
+    assert h.sentences == [s for s, n in zip(found, counts, strict=True) if n >= 10]
+    assert h.sentences[1].startswith("The wind\nhowled")  # the book's own line break
+    assert list(h.kept_before) == [0, 1, 2, 2, 3]
+    assert [BOOK[a:b] for a, b in zip(h.span_starts, h.span_ends, strict=True)] == found
+    # The cache keeps sentences with line breaks intact.
+    again = hs.Haystack.build([book], gpt2_tokenizer, cache_dir=tmp_path)
+    assert again.sentences == h.sentences and np.array_equal(again.tokens, h.tokens)
+
+
+class QueuedRng:
+    """Stands in for a numpy Generator: `integers(n)` returns the queued values in turn."""
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def integers(self, n):
+        value = self.values.pop(0)
+        assert 0 <= value < n
+        return value
+
+
+def test_exact_sampler_drops_partial_sentences_and_cuts_the_last(gpt2_tokenizer, tmp_path):
+    text = " ".join(f"Sentence number {k} of this book is long enough to be counted." for k in
+                    range(40))
+    h = hs.Haystack.build([hs.Book("b", text)], gpt2_tokenizer, cache_dir=tmp_path)
+    assert h.num_sentences == 40
+    n = int(h.sentence_lengths()[0])
+    # First draw: an offset inside sentence 35. Sentence 35 (partial) and 39 (the last the
+    # window touches, here the book's end) are dropped: 36..38 give 3 * n tokens. Second draw:
+    # inside sentence 2, so sentences 3.. follow, the last one cut to the budget.
+    budget = 3 * n + 2 * n + 4
+    rng = QueuedRng([0, int(h.span_starts[35]) + 5, 0, int(h.span_starts[2]) + 1])
+    bg = hs.HaystackSampler(h).sample_exact(budget, rng)
+    assert bg.runs == ((36, 39), (3, 6)) and bg.num_tokens == budget
+    assert bg.cut == n - 4 and bg.book_ids == ("b", "b")
+    # An offset in the gap before a sentence drops that sentence too (Punkt would see it first).
+    gap = int(h.span_ends[9])
+    bg = hs.HaystackSampler(h).sample_exact(n, QueuedRng([0, gap]))
+    assert bg.runs == ((11, 12),) and bg.cut == 0
+
+
+def test_exact_sampler_meets_the_budget_exactly(gpt2_haystack):
+    sampler = hs.HaystackSampler(gpt2_haystack)
+    for budget in (1, 700, 50_000):
+        for seed in range(3):
+            bg = sampler.sample_exact(budget, np.random.default_rng(seed))
+            lengths = gpt2_haystack.sentence_lengths()
+            full = sum(int(lengths[a:b].sum()) for a, b in bg.runs)
+            assert bg.num_tokens == budget == full - bg.cut and 0 <= bg.cut
+            assert bg.cut < lengths[bg.runs[-1][1] - 1]
+    with pytest.raises(hs.HaystackError, match="allow reuse"):
+        sampler.sample_exact(gpt2_haystack.num_tokens + 1, np.random.default_rng(0))
+
+
+def test_unknown_splitter(small_haystack_dir, sp_tokenizer):
+    with pytest.raises(ValueError, match="unknown splitter 'spacy': expected one of punkt"):
+        hs.Haystack.build(hs.load_books_from_dir(small_haystack_dir), sp_tokenizer,
+                          splitter="spacy")

@@ -127,8 +127,13 @@ def test_get_tokenizer_specs(tmp_path, sp):
     )
     with pytest.raises(ValueError, match="unknown tokenizer 'bert'"):
         tok.get_tokenizer("bert")
-    with pytest.raises(ValueError, match="needs a folder"):
-        tok.get_tokenizer("gpt2")
+    # A bare 'gpt2' finds its files in a given folder or its gpt2_tokenizer/ subfolder.
+    gpt2_dir = tok.find_gpt2_dir([tmp_path, tok.ASSETS.parents[2].parent / "shared" / "data"])
+    if gpt2_dir is not None:
+        found = tok.get_tokenizer("gpt2", search_dirs=[tmp_path, gpt2_dir.parent])
+        assert found.name == "gpt2_bpe" and found.vocab_json.parent == gpt2_dir
+    assert tok.tokenizer_kind("gpt2:/x") == "gpt2" and tok.tokenizer_kind("sentencepiece") == (
+        "sentencepiece")
     with pytest.raises(FileNotFoundError, match="vocab.json and merges.txt"):
         tok.get_tokenizer(f"gpt2:{tmp_path}")
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -1,6 +1,8 @@
 """The `babilong` TFDS builder: bAbI questions hidden in book text, by task and length.
 
-Configs are named `{task}_{length}` (qa1_0k .. qa20_10M). Build without TensorFlow:
+Configs are named `{task}_{length}` (qa1_0k .. qa20_10M); their defaults make what the
+official generator makes (see RELEASE_NOTES of 2.0.0 and `babilong_tfds.compose.Recipe`).
+Build without TensorFlow:
 
     builder = Builder(config="qa1_4k", data_dir=DIR)
     builder.download_and_prepare(
@@ -11,8 +13,9 @@ Configs are named `{task}_{length}` (qa1_0k .. qa20_10M). Build without TensorFl
 or, with the `[tf]` extra, `tfds build babilong_tfds/babilong --config=qa1_4k --manual_dir=...`.
 
 With a manual dir, bAbI files are looked for under `MANUAL/babi/` (recursively, plain or in
-the official tar.gz) and books under `MANUAL/haystack/`. Without one, the official bAbI
-archive and PG19's test split are downloaded.
+the official tar.gz), books under `MANUAL/haystack/` and the GPT-2 BPE files (vocab.json,
+merges.txt) in `MANUAL/gpt2_tokenizer/`. Without one, the official bAbI archive, PG19's test
+split and the GPT-2 files (Hugging Face hub) are downloaded.
 """
 
 from __future__ import annotations
@@ -27,11 +30,19 @@ from absl import logging
 from tensorflow_datasets.core import writer as writer_lib
 from tensorflow_datasets.proto import tf_example_pb2
 
-from babilong_tfds.compose import Composer
+from babilong_tfds import haystack as haystack_lib
+from babilong_tfds.compose import Composer, Recipe
 from babilong_tfds.dataset import BABI_SOURCES, StoryPool, generate_split
 from babilong_tfds.haystack import Haystack, load_books_from_dir, load_pg19
 from babilong_tfds.tasks import LENGTHS, TASKS, check_length, check_task
-from babilong_tfds.tokenizer import get_tokenizer
+from babilong_tfds.tokenizer import (
+    DEFAULT_TOKENIZER,
+    GPT2_URLS,
+    Gpt2BpeTokenizer,
+    find_gpt2_dir,
+    get_tokenizer,
+    tokenizer_kind,
+)
 
 BABI_URL = "http://www.thespermwhale.com/jaseweston/babi/tasks_1-20_v1-2.tar.gz"
 DEFAULT_TRAIN_SAMPLES = 1000
@@ -48,7 +59,12 @@ class BabilongConfig(tfds.core.BuilderConfig):
     num_train: int = DEFAULT_TRAIN_SAMPLES  # samples in the train split (0: no train split)
     seed: int = 0  # every record depends on (seed, task, length, split, index) alone
     babi_source: str = "files"  # 'files' (the original bAbI) or 'generated' (the simulator)
-    tokenizer: str = "sentencepiece"  # what lengths are counted in; 'gpt2:DIR' for GPT-2 BPE
+    tokenizer: str = DEFAULT_TOKENIZER  # what lengths are counted in: 'gpt2' ('gpt2:DIR'),
+    # or the legacy 'sentencepiece'
+    splitter: str = haystack_lib.DEFAULT_SPLITTER  # 'punkt' (official) | legacy 'blingfire'
+    length_table: str = "official"  # 'official' (1k = 1,000 tokens) | legacy 'pow2' (1,024)
+    story_filter: str = "lines"  # 'lines' (official) | legacy 'tokens' (fact tokens <= L/8)
+    fill: str = "exact"  # 'exact' (official: budget met, last sentence cut) | 'whole_sentences'
     allow_reuse: bool = False  # let a sample use a book twice when the haystack is too small
     window: tuple[float, float] = (0.0, 1.0)  # facts confined to this part of the context
     depths: tuple[float, ...] = ()  # needle sweep: every sample at each of these depths
@@ -56,6 +72,8 @@ class BabilongConfig(tfds.core.BuilderConfig):
     def __post_init__(self):
         check_task(self.task)
         check_length(self.length)
+        haystack_lib.check_splitter(self.splitter)
+        self.recipe()  # validates the table, filter and fill
         if self.babi_source not in BABI_SOURCES:
             raise ValueError(
                 f"unknown babi_source {self.babi_source!r}: expected one of "
@@ -66,6 +84,13 @@ class BabilongConfig(tfds.core.BuilderConfig):
                 f"num_test={self.num_test}, num_train={self.num_train}: counts must be "
                 "non-negative and at least one positive"
             )
+
+    def recipe(self) -> Recipe:
+        return Recipe(lengths=self.length_table, story_filter=self.story_filter, fill=self.fill)
+
+    def search_dirs(self, manual: Path | None) -> list[Path]:
+        """Where a bare 'gpt2' tokenizer looks for its files (then the Hugging Face hub)."""
+        return [] if manual is None else [manual]
 
 
 def make_configs() -> list[BabilongConfig]:
@@ -84,17 +109,40 @@ def make_configs() -> list[BabilongConfig]:
 class Builder(tfds.core.GeneratorBasedBuilder):
     """BABILong: reasoning over facts spread through long book text."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("2.0.0")
     RELEASE_NOTES = {
+        "2.0.0": (
+            "The official generator's defaults (booydar/babilong create_tasks.py, "
+            "babilong_utils.py): lengths in GPT-2 BPE tokens (was: the project's "
+            "sentencepiece); '1k' = 1,000 tokens (was 1,024; '1M' = 1,000,000, was 2**20) and "
+            "the context holds exactly length - 300 tokens, facts included, the last "
+            "background sentence cut to the budget (was: whole sentences within max(20, 1%) "
+            "below it); the story filter counts fact lines plus the question line, at most "
+            "(length - 300) // 8 (was: fact tokens at most length / 8), so long qa3 stories "
+            "stay; record i asks the same question at every length (was: a new order per "
+            "length); background split with NLTK's untrained Punkt, sentences under 10 "
+            "tokens skipped, the books' line breaks kept, a random book and character offset "
+            "per draw with the first and last partial sentences dropped, books drawn with "
+            "replacement (was: Blingfire on unwrapped paragraphs, sentences under 3 words "
+            "dropped, a random sentence, a book once per sample). The test split reads the "
+            "bAbI en-10k test files, as the published sets do. Every earlier behaviour stays "
+            "as a named option (tokenizer='sentencepiece', splitter='blingfire', "
+            "length_table='pow2', story_filter='tokens', fill='whole_sentences'), which "
+            "config names carry as suffixes. Metadata records the tokenizer, splitter and "
+            "generator versions."
+        ),
         "1.0.0": "qa1..qa20 at 0k..10M tokens; fact offsets, supporting facts, book ids, seed.",
     }
+    # What the records of this version follow: the official generator, at the commit read.
+    GENERATOR = "booydar/babilong@7a6efee (data/create_tasks.py, babilong/babilong_utils.py)"
     BUILDER_CONFIGS = make_configs()
     DEFAULT_CONFIG_NAME = "qa1_0k"
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Optional. Put the bAbI task files (or the official tasks_1-20_v1-2.tar.gz) under
     `<manual_dir>/babi/` and Project Gutenberg books (.txt or .txt.gz) under
-    `<manual_dir>/haystack/`; `../shared/data` is laid out this way. Without a manual dir the
-    bAbI archive and PG19's test split are downloaded.
+    `<manual_dir>/haystack/`, and GPT-2's vocab.json and merges.txt under
+    `<manual_dir>/gpt2_tokenizer/`; `../shared/data` is laid out this way. Without a manual dir
+    the bAbI archive, PG19's test split and the GPT-2 files are downloaded.
     """
 
     def __init__(self, *, file_format=None, **kwargs):
@@ -127,8 +175,34 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             ),
             supervised_keys=None,
             disable_shuffling=True,  # records stay in index order, as the JSONL export
+            metadata=tfds.core.MetadataDict(self._recipe_metadata()),
             homepage="https://github.com/booydar/babilong",
         )
+
+    def _recipe_metadata(self) -> dict:
+        """How the records are made; the tokenizer's files are added once it is loaded."""
+        cfg = self.builder_config
+        return {
+            "generator": f"babilong_tfds {self.VERSION} following {self.GENERATOR}",
+            "tokenizer": tokenizer_kind(cfg.tokenizer),
+            "splitter": haystack_lib.SPLITTER_VERSIONS[cfg.splitter],
+            "splitter_library": _library_version(cfg.splitter),
+            "min_sentence": (f"{haystack_lib.MIN_SENTENCE_TOKENS} tokens"
+                             if cfg.splitter == "punkt" else f"{haystack_lib.MIN_WORDS} words"),
+            "length_table": cfg.length_table,
+            "length_tokens": check_length(cfg.length, cfg.length_table),
+            "story_filter": cfg.story_filter,
+            "fill": cfg.fill,
+            "seed": cfg.seed,
+        }
+
+    def _tokenizer(self, dl_manager, manual: Path | None):
+        """The config's tokenizer; a bare 'gpt2' without local files is downloaded."""
+        spec, search = self.builder_config.tokenizer, self.builder_config.search_dirs(manual)
+        if spec == "gpt2" and find_gpt2_dir(search) is None:
+            paths = dl_manager.download(GPT2_URLS)
+            return Gpt2BpeTokenizer(paths["vocab.json"], paths["merges.txt"])
+        return get_tokenizer(spec, search_dirs=search)
 
     def _manual_dir(self, dl_manager) -> Path | None:
         try:
@@ -151,7 +225,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             books = load_books_from_dir(manual / "haystack")
         else:
             books = load_pg19("test", dl_manager=dl_manager)
-        return Haystack.build(books, tokenizer)
+        return Haystack.build(books, tokenizer, splitter=self.builder_config.splitter)
 
     def _example_writer(self):
         return SortedFeaturesWriter(file_format=self.info.file_format)
@@ -173,10 +247,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         cfg = self.builder_config
         manual = self._manual_dir(dl_manager)
-        tokenizer = get_tokenizer(cfg.tokenizer)
+        tokenizer = self._tokenizer(dl_manager, manual)
+        self.info.metadata.update(tokenizer_name=tokenizer.name,
+                                  tokenizer_fingerprint=tokenizer.fingerprint)
         babi_root = self._babi_root(dl_manager, manual)
         haystack = self._haystack(dl_manager, manual, tokenizer)
-        composer = Composer(haystack, tokenizer, allow_reuse=cfg.allow_reuse)
+        composer = Composer(haystack, tokenizer, allow_reuse=cfg.allow_reuse, recipe=cfg.recipe())
         counts = {"test": cfg.num_test, "train": cfg.num_train}
         splits = {}
         for split, count in counts.items():
@@ -274,11 +350,14 @@ def records_in_range(bounds: tuple[int, int], recipe: SplitRecipe):
     cfg = recipe.config
     key = (cfg.name, cfg.seed, recipe.split, recipe.babi_root, recipe.haystack_dir)
     if key not in _WORKER_STATE or recipe.haystack is not None:
-        tokenizer = get_tokenizer(cfg.tokenizer)
+        manual = Path(recipe.haystack_dir).parent if recipe.haystack_dir is not None else None
+        tokenizer = get_tokenizer(cfg.tokenizer, search_dirs=cfg.search_dirs(manual))
         haystack = recipe.haystack
         if recipe.haystack_dir is not None:
-            haystack = Haystack.build(load_books_from_dir(recipe.haystack_dir), tokenizer)
-        composer = Composer(haystack, tokenizer, allow_reuse=cfg.allow_reuse)
+            haystack = Haystack.build(load_books_from_dir(recipe.haystack_dir), tokenizer,
+                                      splitter=cfg.splitter)
+        composer = Composer(haystack, tokenizer, allow_reuse=cfg.allow_reuse,
+                            recipe=cfg.recipe())
         pool = StoryPool(
             cfg.task,
             recipe.split,
@@ -302,3 +381,14 @@ def records_in_range(bounds: tuple[int, int], recipe: SplitRecipe):
         pool=pool,
         start=start,
     )
+
+
+def _library_version(splitter: str) -> str:
+    """'nltk 3.10.4' / 'blingfire 0.1.8': the splitting library as installed."""
+    from importlib import metadata
+
+    name = "nltk" if splitter == "punkt" else "blingfire"
+    try:
+        return f"{name} {metadata.version(name)}"
+    except metadata.PackageNotFoundError:
+        return f"{name} (not installed)"
