@@ -253,19 +253,23 @@ def _shapes(tree) -> dict[str, tuple[tuple[int, ...], str]]:
 class Checkpointer:
     """The newest `keep` checkpoints in workdir/checkpoints and the best one in workdir/best."""
 
-    def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, async_save: bool = True):
+    def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, async_save: bool = True,
+                 read_only: bool = False):
+        """read_only: for inference: creates no folder, saves and deletes nothing."""
         self.workdir = files.run_path(workdir)
         self.async_save = async_save
-        self.latest = ocp.CheckpointManager(
-            self.workdir / LATEST_DIR,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep,
-                                                 enable_async_checkpointing=async_save),
-            item_names=("params", "train", "meta"))
-        self.best = ocp.CheckpointManager(
-            self.workdir / BEST_DIR,
-            options=ocp.CheckpointManagerOptions(max_to_keep=1,
-                                                 enable_async_checkpointing=async_save),
-            item_names=("params", "meta"))
+
+        def options(keep: int) -> ocp.CheckpointManagerOptions:
+            if read_only:
+                return ocp.CheckpointManagerOptions(create=False, max_to_keep=None,
+                                                    enable_async_checkpointing=False)
+            return ocp.CheckpointManagerOptions(max_to_keep=keep,
+                                                enable_async_checkpointing=async_save)
+
+        self.latest = ocp.CheckpointManager(self.workdir / LATEST_DIR, options=options(keep),
+                                            item_names=("params", "train", "meta"))
+        self.best = ocp.CheckpointManager(self.workdir / BEST_DIR, options=options(1),
+                                          item_names=("params", "meta"))
 
     # -- saving ---------------------------------------------------------------------------
     def save(self, step: int, params, train, meta: dict) -> None:
@@ -404,7 +408,7 @@ def restore_for_inference(workdir: str | os.PathLike, step: int | str | None = N
     abstract_params = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params)
     best = step == "best"
-    checkpointer = Checkpointer(workdir, async_save=False)
+    checkpointer = Checkpointer(workdir, read_only=True)
     try:
         manager = checkpointer.best if best else checkpointer.latest
         steps = sorted(manager.all_steps())
