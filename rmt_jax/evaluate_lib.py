@@ -52,7 +52,7 @@ from babilong_tfds.dataset import generate_split
 from babilong_tfds.tasks import LENGTHS, check_length, parse_lengths, parse_tasks
 from rmt_jax import input_pipeline
 from rmt_jax.answer import generate_answer
-from rmt_jax.files import atomic_write
+from rmt_jax.files import atomic_write, prepare_workdir, run_path
 from rmt_jax.model import RMT
 from rmt_jax.recurrence import scan_segments
 from rmt_jax.streaming import stream_infer
@@ -420,13 +420,14 @@ def plot_heatmap(results: dict, path: str | os.PathLike, *, title: str | None = 
         ax.axhline(len(rows) - 1.5, color="black", linewidth=1.5)
     ax.set_title(title or "RMT accuracy (%) on BABILong", fontsize=10)
     fig.colorbar(image, ax=ax, shrink=0.8)
-    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 def write_results(results: dict, out_dir: str | os.PathLike, *,
                   title: str | None = None) -> dict[str, Path]:
-    """Writes results.json and heatmap.png into `out_dir`, each atomically (temp + rename)."""
-    out = Path(out_dir)
+    """Writes results.json and heatmap.png into `out_dir` (local or gs://...), each atomically
+    (temp + rename)."""
+    out = run_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out / RESULTS_FILE, out / HEATMAP_FILE
 
@@ -510,8 +511,9 @@ def evaluate_checkpoint(
                   batch_size=batch_size, data=data)
     check_length(stream_from)
     step = parse_step(step)
-    workdir = os.fspath(workdir)
-    if not os.path.isdir(workdir):
+    path = prepare_workdir(workdir, create=False)  # gs://... stays remote
+    workdir = os.fspath(path)
+    if not path.is_dir():
         raise FileNotFoundError(
             f"workdir {workdir} does not exist: train a model first, e.g. python -m "
             f"launch.train --config=configs/rmt_babilong.py:small,qa1 --workdir={workdir}")
