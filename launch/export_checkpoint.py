@@ -14,16 +14,16 @@ interrupted export leaves nothing at OUT.
 from __future__ import annotations
 
 import dataclasses
-import shutil
+import os
 import sys
-import tempfile
-from pathlib import Path
+import uuid
 
 import jax
 from absl import app, flags, logging
 from flax import nnx
 
-from rmt_jax import checkpointing
+from rmt_jax import checkpointing, files
+from rmt_jax.checkpointing import parse_step
 from rmt_jax.model import RMT
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to export from.", required=True)
@@ -33,22 +33,15 @@ _PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "", ["", "float32", "bfloat16"],
                                  "Store the parameters in this dtype ('' keeps the config's).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing OUT_DIR.")
 
-
-def parse_step(step: str) -> int | str | None:
-    if step == "latest":
-        return None
-    if step == "best":
-        return "best"
-    try:
-        return int(step)
-    except ValueError:
-        raise ValueError(f"--step={step!r}: expected 'latest', 'best' or a step number") from None
+__all__ = ["export", "parse_step"]
 
 
 def export(workdir: str, out_dir: str, *, step: int | str | None = None, param_dtype: str = "",
-           overwrite: bool = False) -> Path:
-    """Writes the export; returns its path. Raises FileExistsError rather than overwrite."""
-    out = Path(out_dir).absolute()
+           overwrite: bool = False):
+    """Writes the export; returns its path (an `epath.Path`; gs://... stays remote). Raises
+    FileExistsError rather than overwrite. Reads the workdir only: moves nothing there."""
+    out = files.run_path(out_dir)
+    files.check_backend(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists: pick another --out_dir or pass --overwrite")
     model, config, restored_step = checkpointing.restore_for_inference(workdir, step)
@@ -61,23 +54,25 @@ def export(workdir: str, out_dir: str, *, step: int | str | None = None, param_d
         abstract = nnx.state(nnx.eval_shape(lambda: RMT(model_config, rngs=nnx.Rngs(0))))
         state = jax.tree.map(lambda x, a: x.astype(a.dtype), state, abstract)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
     try:
         checkpointing.write_configs(tmp, config, model_config)
         checkpointer = checkpointing.Checkpointer(tmp, async_save=False)
         try:
             checkpointer.save_best(restored_step, state, dict(
-                step=restored_step, exported_from=str(Path(workdir).absolute()),
+                step=restored_step, exported_from=os.fspath(files.run_path(workdir)),
                 param_dtype=model_config.param_dtype))
             checkpointer.wait()
         finally:
             checkpointer.close()
+        if (tmp / checkpointing.LATEST_DIR).exists():  # made empty by the Checkpointer
+            (tmp / checkpointing.LATEST_DIR).rmtree()
         if out.exists():
-            shutil.rmtree(out)
+            out.rmtree()
         tmp.rename(out)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
+            tmp.rmtree()
     logging.info("exported step %d of %s to %s", restored_step, workdir, out)
     return out
 
@@ -85,12 +80,13 @@ def export(workdir: str, out_dir: str, *, step: int | str | None = None, param_d
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    checkpointing.quiet_orbax_logs()
     try:
         out = export(_WORKDIR.value, _OUT_DIR.value, step=parse_step(_STEP.value),
                      param_dtype=_PARAM_DTYPE.value, overwrite=_OVERWRITE.value)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    size = sum(f.stat().length for f in out.rglob("*") if f.is_file())
     print(f"exported to {out} ({size / 2**20:.1f} MiB)")
 
 

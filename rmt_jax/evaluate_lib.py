@@ -52,6 +52,7 @@ from babilong_tfds.dataset import generate_split
 from babilong_tfds.tasks import LENGTHS, check_length, parse_lengths, parse_tasks
 from rmt_jax import input_pipeline
 from rmt_jax.answer import generate_answer
+from rmt_jax.checkpointing import parse_step
 from rmt_jax.files import atomic_write, prepare_workdir, run_path
 from rmt_jax.model import RMT
 from rmt_jax.recurrence import scan_segments
@@ -471,22 +472,6 @@ def format_table(results: dict) -> str:
 
 
 # -- from a checkpoint --------------------------------------------------------------------
-def parse_step(step: str | int | None) -> str | int | None:
-    """'best' -> 'best', 'latest'/None -> None (the newest), '1200' -> 1200."""
-    if step is None or step == "latest":
-        return None
-    if step == "best":
-        return "best"
-    try:
-        value = int(step)
-    except (TypeError, ValueError):
-        raise ValueError(f"unknown step {step!r}: expected 'best', 'latest' or a step "
-                         "number") from None
-    if value < 0:
-        raise ValueError(f"step {value} must be >= 0")
-    return value
-
-
 def evaluate_checkpoint(
     workdir: str | os.PathLike,
     *,
