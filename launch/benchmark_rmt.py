@@ -261,9 +261,27 @@ def append_json(path, record):
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+# Flags and their least values.
+FLAG_MINIMA = {"batch": 1, "segments": 1, "segment_len": 0, "mem_tokens": 0, "scan_unroll": 1,
+               "query_len": 5, "repeats": 1, "stream_tokens": 1, "chunk_segments": 1,
+               "peak_matmul_n": 0}
+
+
+def check_flags() -> None:
+    """Exits with an `error:` line for a flag out of range, before any compute."""
+    for name, low in FLAG_MINIMA.items():
+        if FLAGS[name].value < low:
+            sys.exit(f"error: --{name}={FLAGS[name].value} must be >= {low}")
+
+
 def main(argv):
-    del argv
-    cfg = build_config()
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    check_flags()
+    try:
+        cfg = build_config()
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     device = jax.devices()[0]
     model = RMT(cfg, rngs=nnx.Rngs(0))
     record = dict(tag=FLAGS.tag, preset=FLAGS.preset, layers=cfg.layers, d_model=cfg.d_model,
