@@ -355,13 +355,14 @@ class Checkpointer:
         for name, abstract in items.items():
             if abstract is None:
                 continue
+            reader = ocp.StandardCheckpointHandler()
             try:
-                with ocp.StandardCheckpointer() as reader:
-                    metadata = reader.metadata(
-                        files.run_path(manager.directory) / str(step) / name)
+                metadata = reader.metadata(files.run_path(manager.directory) / str(step) / name)
                 saved = _shapes(getattr(metadata, "item_metadata", metadata))
             except Exception:  # noqa: BLE001 -- unreadable metadata: a damaged checkpoint
                 return
+            finally:
+                reader.close()
             if not saved:
                 return
             wanted = _shapes(_abstract(abstract))

@@ -496,7 +496,7 @@ def evaluate_checkpoint(
                   batch_size=batch_size, data=data)
     check_length(stream_from)
     step = parse_step(step)
-    path = prepare_workdir(workdir, create=False)  # gs://... stays remote
+    path = prepare_workdir(workdir, create=False, writable=False)  # gs://... stays remote
     workdir = os.fspath(path)
     if not path.is_dir():
         raise FileNotFoundError(

@@ -66,23 +66,24 @@ def check_backend(path) -> None:
                          f"{REMOTE_SCHEMES[name]} ({error})") from None
 
 
-def prepare_workdir(path: str | os.PathLike, *, create: bool = True):
+def prepare_workdir(path: str | os.PathLike, *, create: bool = True, writable: bool = True):
     """The workdir as an `epath.Path`, checked before any work: its scheme has a backend, it
-    is a folder (made when `create`), and this process can write in it.
+    is not a file, it is made when absent and `create`, and this process can write in it
+    when it exists and `writable`.
 
     Raises a ValueError that says what is wrong and what to do."""
     workdir = run_path(path)
     check_backend(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise ValueError(f"workdir {workdir} is a file, not a folder: pick another --workdir")
-    if not create:
-        return workdir
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / f".write_probe.{uuid.uuid4().hex}"
-        probe.write_text("")
-        probe.unlink()
-    except (PermissionError, FileExistsError, NotADirectoryError, OSError) as error:
+        if create:
+            workdir.mkdir(parents=True, exist_ok=True)
+        if writable and workdir.exists():
+            probe = workdir / f".write_probe.{uuid.uuid4().hex}"
+            probe.write_text("")
+            probe.unlink()
+    except OSError as error:
         raise ValueError(f"cannot write in workdir {workdir} ({type(error).__name__}: "
                          f"{error}): pick a folder you can write, or fix its permissions"
                          ) from None

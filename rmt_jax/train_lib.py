@@ -61,7 +61,7 @@ from jax.sharding import PartitionSpec as P
 
 from babilong_tfds import metric
 from babilong_tfds.tasks import TASKS
-from rmt_jax import checkpointing, files, input_pipeline
+from rmt_jax import checkpointing, files, input_pipeline, pretrained
 from rmt_jax.answer import generate_answer, loss_fn
 from rmt_jax.config import ModelConfig
 from rmt_jax.curriculum import Curriculum, CurriculumState, advance, stage_context
@@ -508,7 +508,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     """
     check_run_config(config)
     curriculum = Curriculum.from_config(config)
-    workdir = files.prepare_workdir(workdir)
+    workdir = files.prepare_workdir(workdir, create=False)  # made once the config is checked
 
     # ---------------------------------------------------------------- mesh
     mesh = make_mesh(config)
@@ -531,21 +531,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     # ---------------------------------------------------------------- model and optimizer
     model_config = input_pipeline.model_config(config, vocab_size)
+    # A GPT-2 checkpoint to start from is found and checked before anything is compiled,
+    # read or written; its weights are loaded below, on a fresh start only.
+    gpt2 = (pretrained.open_checked(config.model.init_from, model_config)
+            if config.model.get("init_from") else None)
     # Before anything is read into the run or written: a resume under another config stops.
     changes = checkpointing.check_config_change(workdir, config, model_config,
                                                 allow=allow_config_change)
     if changes:
         logging.warning("config changed since the last run in %s: %s", workdir,
                         ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changes.items()))
-    checkpointing.write_configs(workdir, config, model_config)
+    schedule = make_schedule(config)
+    tx = make_optimizer(config, schedule)
+    graphdef = model_graphdef(model_config)
     if config.data.synthetic:
         data = SyntheticData(config, **process)
     else:
         composer = input_pipeline.make_composer(config)
         data = input_pipeline.TrainData(config, composer, **process)
-    schedule = make_schedule(config)
-    tx = make_optimizer(config, schedule)
-    graphdef = model_graphdef(model_config)
+    # Everything is validated: the workdir learns the config now.
+    files.prepare_workdir(workdir)
+    checkpointing.write_configs(workdir, config, model_config)
 
     # ---------------------------------------------------------------- shard
     init = lambda: create_train_state(model_config, tx, config.train.seed)  # noqa: E731
@@ -563,6 +569,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         {k: v for k, v in abstract_state.items() if k != "params"}, set_aside=True)
     if restored is None:
         state = jax.jit(init, out_shardings=state_sharding)()
+        if gpt2 is not None:
+            state["params"] = pretrained.load_params(gpt2, state["params"], model_config)
+            logging.info("backbone initialised from GPT-2 weights in %s", gpt2.weights)
         step, cstate, data_state = 0, CurriculumState(), None
         logging.info("starting from scratch: %d parameters",
                      sum(x.size for x in jax.tree.leaves(state["params"])))

@@ -162,6 +162,8 @@ def test_entry_points_give_error_lines_not_tracebacks(tmp_path):
                                   f"--workdir={tmp_path / 'a_file' / 'run'}"],
         "log_every=0": ["launch.train", "--config=configs/rmt_babilong.py:test,synthetic",
                         "--config.train.log_every=0", f"--workdir={tmp_path / 'run'}"],
+        "heads=3": ["launch.train", "--config=configs/rmt_babilong.py:test,synthetic",
+                    "--config.model.heads=3", f"--workdir={tmp_path / 'run'}"],
         "segments=0": ["launch.benchmark_rmt", "--preset=test", "--segments=0"],
         "batch=0": ["launch.benchmark_rmt", "--preset=test", "--batch=0"],
     }
@@ -172,4 +174,4 @@ def test_entry_points_give_error_lines_not_tracebacks(tmp_path):
         assert done.returncode != 0, name
         assert lines and lines[-1].startswith("error: "), (name, done.stderr[-2000:])
         assert "Traceback" not in done.stderr, name
-    assert not (tmp_path / "run").exists()  # nothing written before the config was checked
+    assert not (tmp_path / "run").exists()  # nothing made before the config was checked
