@@ -32,6 +32,10 @@ from flax import nnx
 
 from rmt_jax.config import ModelConfig
 
+# Std of the fresh memory: the scale of a fresh token embedding (`rmt_jax.pretrained`
+# rescales it to a loaded embedding's std, as the official RMT code draws it).
+MEMORY_INIT_STD = 0.02
+
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     """Inverted dropout; the identity when `key` is None or `rate` is 0."""
@@ -205,8 +209,8 @@ class RMT(nnx.Module):
         self.wpe = _normal(rngs, (cfg.max_positions, cfg.d_model), 0.01, pd)
         self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.layers)])
         self.ln_f = LayerNorm(cfg)
-        # The memory starts at the scale of the token embeddings (std 0.02).
-        self.memory = _normal(rngs, (cfg.mem_tokens, cfg.d_model), 0.02, pd)
+        # The memory starts at the scale of the token embeddings.
+        self.memory = _normal(rngs, (cfg.mem_tokens, cfg.d_model), MEMORY_INIT_STD, pd)
         self.retrieval = MemoryRetrieval(cfg, rngs) if cfg.retrieval else None
 
     # -- pieces ---------------------------------------------------------------------------
@@ -235,6 +239,12 @@ class RMT(nnx.Module):
         """[..., d] -> [..., vocab] float32 through the tied embedding."""
         dt = self.config.compute_dtype
         return (h.astype(dt) @ self.wte[...].astype(dt).T).astype(jnp.float32)
+
+    def lm_logits(self, tokens: jax.Array) -> jax.Array:
+        """The backbone alone as a language model: tokens [b, t] at positions 0..t-1, no
+        memory -> logits [b, t, vocab] float32 (with GPT-2 weights: GPT-2's logits)."""
+        h, _ = self.transformer(self.embed(tokens))
+        return self.logits(h)
 
     def initial_memory(self, batch: int) -> jax.Array:
         """[b, n, d] in the compute dtype."""
