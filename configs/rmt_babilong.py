@@ -4,6 +4,17 @@ r"""RMT and RMT-R trained on BABILong with a curriculum over segment counts.
     python -m launch.train --config=configs/rmt_babilong.py:gpt2_small,qa1,retrieval \
         --workdir=gs://BUCKET/rmt_r_qa1 --config.train.batch_size=64
 
+`gpt2_small` is the paper's recipe: GPT-2 small (its tokenizer, 50257 tokens, 1024 positions,
+segments of 512 + 16 memory tokens) starting from the pretrained weights, a local Hugging Face
+checkpoint folder (`config.json` + `model.safetensors` or `pytorch_model.bin`) or a hub name:
+
+    python -m launch.train --config=configs/rmt_babilong.py:gpt2_small,qa1 \
+        --config.model.init_from=/path/to/gpt2 --workdir=/tmp/rmt_gpt2_qa1
+
+(A downloaded GPT-2 folder also holds the tokenizer: `--config.data.tokenizer=gpt2:/path/to/gpt2`.)
+A checkpoint of another shape, vocabulary or architecture stops with an `error:` line before
+anything is compiled or written.
+
 The argument is a comma-separated list: one size (`test`, `tiny`, `small`, `gpt2_small`), the
 tasks to train on (any of qa1..qa5, several allowed; default qa1), `retrieval` for RMT-R, and
 `synthetic` for random-token batches of the same shapes (tests and throughput, no data needed):
@@ -66,7 +77,8 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.model.vocab_size = 0  # 0: the tokenizer's vocabulary size
     config.model.segment_len = segment_len  # context tokens per segment
     config.model.mem_tokens = mem_tokens  # memory vectors carried between segments
-    config.model.max_positions = 2 * segment_len + 4 * mem_tokens  # learned positions
+    # learned positions (GPT-2's 1024 for gpt2_small: a segment needs 512 + 3 * 16 of them)
+    config.model.max_positions = 1024 if size == "gpt2_small" else 2 * segment_len + 4 * mem_tokens
     config.model.param_dtype = "float32"  # parameter storage: float32 | bfloat16
     config.model.dtype = "float32" if size != "gpt2_small" else "bfloat16"  # compute dtype
     config.model.retrieval = retrieval  # RMT-R: self-retrieval over past memory states
@@ -76,6 +88,9 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.model.scan_unroll = 1  # segments per iteration of the scan loop (1: no unrolling)
     config.model.bptt_segments = 0  # back-propagate through the last k segments; 0 = all
     config.model.attention_impl = ""  # '' lets JAX choose; 'cudnn' on NVIDIA GPUs
+    # A Hugging Face GPT-2 checkpoint for the backbone (folder or hub name; fresh start only,
+    # see rmt_jax.pretrained); '' = random initialisation.
+    config.model.init_from = ""
 
     config.data = ml_collections.ConfigDict()
     config.data.tasks = ",".join(tasks)  # tasks mixed in every batch
@@ -85,7 +100,9 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     # How samples are made: the project's legacy options, named (babilong_tfds.compose.Recipe;
     # the dataset builder's defaults are the official generator's: 'gpt2', 'punkt',
     # 'official', 'lines', 'exact').
-    config.data.tokenizer = "sentencepiece"  # the shipped model; or 'gpt2' / 'gpt2:DIR'
+    # the shipped sentencepiece model; gpt2_small reads GPT-2's BPE (its vocabulary, 50257)
+    config.data.tokenizer = ("gpt2:../shared/data/gpt2_tokenizer" if size == "gpt2_small"
+                             else "sentencepiece")
     config.data.splitter = "blingfire"  # background sentences: 'blingfire' | 'punkt'
     config.data.length_table = "pow2"  # evaluation lengths: 'pow2' (1k = 1,024) | 'official'
     config.data.story_filter = "tokens"  # evaluation filter: fact tokens <= L/8 | 'lines'
