@@ -244,11 +244,13 @@ def generate_split(
     with_text: bool = True,
     with_ids: bool = False,
     start: int = 0,
+    stop: int | None = None,
 ) -> Iterator[tuple[int, dict]]:
     """Yields (key, record) for a split; with `depths`, each sample at every depth.
 
-    `start` skips the samples before it without making them (records start..num_samples-1,
-    the same as in the whole split): the Beam build makes a split in ranges this way.
+    `start` and `stop` make records start..stop-1 of a split of `num_samples` (default: all
+    of them), the same as in the whole split, without making the others: the Beam build
+    makes a split in ranges this way.
 
     Records carry the context as `input` text (`with_text`, what the TFDS splits store) and/or
     as `input_ids` (`with_ids`: the composer's tokens, no second pass of the tokenizer).
@@ -266,7 +268,7 @@ def generate_split(
         order = pool.question_order(composer, length, num_samples,
                                     (seed, _task_no(task), split_no, 1 << 40))
     sweep = list(depths) if depths else [None]
-    for i in range(start, num_samples):
+    for i in range(start, num_samples if stop is None else min(stop, num_samples)):
         rng = record_rng(*keys, i)
         if order is not None:
             sample = pool.samples[order[i]]

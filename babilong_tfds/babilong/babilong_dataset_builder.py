@@ -272,6 +272,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     split=split,
                     count=count,
                     babi_root=None if babi_root is None else str(babi_root),
+                    manual_dir=None if manual is None else str(manual),
                     haystack_dir=None if haystack_dir is None else str(haystack_dir),
                     # Downloaded books travel with the recipe; a manual dir is read again.
                     haystack=haystack if haystack_dir is None else None,
@@ -336,6 +337,7 @@ class SplitRecipe:
     split: str
     count: int
     babi_root: str | None
+    manual_dir: str | None  # where the tokenizer's files are looked for
     haystack_dir: str | None  # books read (and their haystack cached) again by each worker
     haystack: Haystack | None  # or the haystack itself (downloaded books; None at 0k)
 
@@ -350,7 +352,7 @@ def records_in_range(bounds: tuple[int, int], recipe: SplitRecipe):
     cfg = recipe.config
     key = (cfg.name, cfg.seed, recipe.split, recipe.babi_root, recipe.haystack_dir)
     if key not in _WORKER_STATE or recipe.haystack is not None:
-        manual = Path(recipe.haystack_dir).parent if recipe.haystack_dir is not None else None
+        manual = None if recipe.manual_dir is None else Path(recipe.manual_dir)
         tokenizer = get_tokenizer(cfg.tokenizer, search_dirs=cfg.search_dirs(manual))
         haystack = recipe.haystack
         if recipe.haystack_dir is not None:
@@ -373,13 +375,14 @@ def records_in_range(bounds: tuple[int, int], recipe: SplitRecipe):
         cfg.task,
         cfg.length,
         recipe.split,
-        stop,
+        recipe.count,  # the split's size: which question record i asks depends on it
         seed=cfg.seed,
         babi_source=cfg.babi_source,
         window=cfg.window,
         depths=cfg.depths or None,
         pool=pool,
         start=start,
+        stop=stop,
     )
 
 
