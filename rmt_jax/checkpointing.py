@@ -388,7 +388,11 @@ class Checkpointer:
             while dst.exists():  # never over an earlier set-aside copy
                 copy += 1
                 dst = corrupt / f"{directory.name}_{step}.{copy}"
-            src.rename(dst)
+            try:
+                src.rename(dst)
+            except OSError as error:  # e.g. a store without folder renames: leave it there
+                logging.warning("could not move %s to %s (%s); it stays in place", src, dst,
+                                error)
         manager.reload()
 
 
