@@ -77,6 +77,7 @@ class Gpt2Checkpoint:
 def _fetch_from_hub(name: str) -> Path:
     try:
         import huggingface_hub
+        from huggingface_hub.errors import EntryNotFoundError
     except ImportError as e:
         raise ValueError(f"init_from={name!r} is not a local folder, and fetching it from the "
                          "Hugging Face hub needs huggingface_hub (pip install huggingface_hub): "
@@ -87,7 +88,7 @@ def _fetch_from_hub(name: str) -> Path:
             try:
                 huggingface_hub.hf_hub_download(name, weights)
                 break
-            except huggingface_hub.errors.EntryNotFoundError:
+            except EntryNotFoundError:
                 continue
     except Exception as e:  # network, authentication, unknown repository: all say the same
         raise ValueError(f"init_from={name!r} is not a local folder and could not be fetched "

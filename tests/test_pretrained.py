@@ -240,6 +240,38 @@ def test_missing_tensor_is_named(tmp_path):
         pretrained.open_checked(str(folder), CFG)
 
 
+def test_hub_names_are_fetched_and_a_failed_fetch_is_an_error(tmp_path, monkeypatch):
+    """A name that is no local path goes to the hub (a stand-in here: no network in tests):
+    config.json, then model.safetensors (else pytorch_model.bin); a failure is a ValueError."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    from huggingface_hub.errors import EntryNotFoundError
+
+    repo = write_checkpoint(tmp_path / "hub" / "org" / "tiny-gpt2", random_gpt2())
+    asked = []
+
+    def download(name, filename, **kwargs):
+        asked.append((name, filename))
+        path = tmp_path / "hub" / name / filename
+        if not path.is_file():
+            raise EntryNotFoundError(f"{filename} not in {name}")
+        return str(path)
+
+    monkeypatch.chdir(tmp_path)  # 'org/tiny-gpt2' is no folder here
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    ckpt = pretrained.open_checked("org/tiny-gpt2", CFG)
+    assert ckpt.weights == repo / "model.safetensors"
+    assert asked == [("org/tiny-gpt2", "config.json"), ("org/tiny-gpt2", "model.safetensors")]
+
+    def offline(name, filename, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(ValueError, match="could not be fetched from the Hugging Face hub"):
+        pretrained.open_gpt2("gpt2")
+    with pytest.raises(ValueError, match="does not exist"):  # a path is never a hub name
+        pretrained.open_gpt2("./gpt2")
+
+
 def test_pytorch_bin_without_torch_says_so(tmp_path, monkeypatch):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
     (tmp_path / "config.json").write_text(json.dumps(hf_config()))
@@ -305,14 +337,18 @@ def test_logits_equal_transformers_gpt2(tmp_path, safe):
                                        reason="transformers is not installed (the 'peer' extra)")
     torch.manual_seed(0)
     hf_cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=101,
-                                     n_positions=64)
+                                     n_positions=64, bos_token_id=100, eos_token_id=100)
     hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
     with torch.no_grad():  # random norms and biases too (the fresh ones are 1 and 0)
         for name, p in hf.named_parameters():
             if "ln_" in name or name.endswith(".bias"):
                 p.add_(torch.randn_like(p) * 0.1)
-    hf.save_pretrained(tmp_path / "hf", safe_serialization=safe)
     weights = {True: "model.safetensors", False: "pytorch_model.bin"}[safe]
+    if safe:
+        hf.save_pretrained(tmp_path / "hf")
+    else:  # transformers 5 writes safetensors only: the older layout (a state_dict pickle)
+        hf.config.save_pretrained(tmp_path / "hf")
+        torch.save(hf.state_dict(), tmp_path / "hf" / weights)
     assert (tmp_path / "hf" / weights).is_file()
     cfg = ModelConfig(layers=2, d_model=64, heads=4, vocab_size=101, segment_len=16,
                       mem_tokens=4, max_positions=64)
