@@ -328,3 +328,17 @@ def test_beam_options_without_apache_beam_are_refused(tmp_path, manual_dir):
             )
         )
     assert not list(tmp_path.rglob("*.array_record*"))
+
+
+def test_beam_with_the_builder_loaded_from_its_folder_is_refused(tmp_path, manual_dir, monkeypatch):
+    """`tfds build babilong_tfds/babilong` imports the builder as `babilong.*`, which Beam's
+    workers cannot import: the build says how to name the module instead."""
+    monkeypatch.setattr(Builder, "__module__", "babilong.babilong_dataset_builder")
+    config = BuildOptions(num_samples=2).config("qa1", "0k")
+    with pytest.raises(ValueError, match=r"--imports=babilong_tfds.babilong"):
+        Builder(config=config, data_dir=tmp_path).download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=manual_dir, beam_runner="DirectRunner"
+            )
+        )
+    assert not list(tmp_path.rglob("*.array_record*"))

@@ -11,6 +11,18 @@ Build without TensorFlow:
     ds = tfds.data_source("babilong/qa1_4k", split="test", data_dir=DIR)
 
 or, with the `[tf]` extra, `tfds build babilong_tfds/babilong --config=qa1_4k --manual_dir=...`.
+Either writes array_record (what `tfds.data_source` and `launch.evaluate --source=tfds` read)
+unless given another file format.
+
+Apache Beam (the `[beam]` extra) makes the records of big splits across workers when the
+download config names a Beam runner or options, byte for byte as one process does:
+
+    tfds build babilong --imports=babilong_tfds.babilong --config=qa1_1M --manual_dir=... \
+        --beam_pipeline_options="direct_num_workers=8,direct_running_mode=multi_processing"
+
+(name the module, not the folder: Beam's workers import the builder by module name), or
+`download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=...,
+beam_runner="DirectRunner", beam_options=PipelineOptions([...])))`. TensorFlow is not needed.
 
 With a manual dir, bAbI files are looked for under `MANUAL/babi/` (recursively, plain or in
 the official tar.gz), books under `MANUAL/haystack/` and the GPT-2 BPE files (vocab.json,
@@ -237,6 +249,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._use_beam = download_config is not None and (
             download_config.beam_runner is not None or download_config.beam_options is not None
         )
+        if self._use_beam and not type(self).__module__.startswith("babilong_tfds."):
+            # `tfds build babilong_tfds/babilong` loads this file as a top-level module
+            # `babilong`, which Beam's worker processes cannot import.
+            raise ValueError(
+                "the Beam build's workers import the builder by its module name: run "
+                "`tfds build babilong --imports=babilong_tfds.babilong ...` (not the folder "
+                "path), or call download_and_prepare from Python"
+            )
         if self._use_beam and importlib.util.find_spec("apache_beam") is None:
             raise ValueError(
                 "a Beam runner or Beam options were given but apache_beam is not installed: "
