@@ -169,6 +169,20 @@ class BuildResult:
     jsonl: str | None
 
 
+def _beam_download_options(beam_options: str | None) -> dict:
+    if beam_options is None:
+        return {}
+    try:
+        from apache_beam.options.pipeline_options import PipelineOptions
+    except ImportError as e:
+        raise ValueError(
+            "Beam pipeline options need apache_beam: pip install -e '.[beam]', or build "
+            "without them"
+        ) from e
+    flags = [f"--{option.strip()}" for option in beam_options.split(",") if option.strip()]
+    return {"beam_options": PipelineOptions(flags)}
+
+
 def build(
     tasks: str | Sequence[str],
     lengths: str | Sequence[str],
@@ -178,8 +192,13 @@ def build(
     jsonl_dir: str | os.PathLike | None = None,
     options: BuildOptions = BuildOptions(),
     progress=None,
+    beam_options: str | None = None,
 ) -> list[BuildResult]:
-    """Builds every (task, length) dataset; validates all names before building anything."""
+    """Builds every (task, length) dataset; validates all names before building anything.
+
+    beam_options: Apache Beam pipeline options as `tfds build --beam_pipeline_options` takes
+    them ('direct_num_workers=8,direct_running_mode=multi_processing'): the records are then
+    made by a Beam pipeline, byte for byte as without."""
     task_list = parse_tasks(tasks)
     length_list = parse_lengths(lengths)
     if manual_dir is not None and not Path(manual_dir).is_dir():
@@ -187,7 +206,8 @@ def build(
             f"manual dir {manual_dir} does not exist: it should hold babi/ and haystack/"
         )
     download_config = tfds.download.DownloadConfig(
-        manual_dir=os.fspath(manual_dir) if manual_dir is not None else None
+        manual_dir=os.fspath(manual_dir) if manual_dir is not None else None,
+        **_beam_download_options(beam_options),
     )
     results = []
     for task in task_list:

@@ -45,6 +45,9 @@ _JSONL_DIR = flags.DEFINE_string("jsonl_dir", None, "Also export {task}/{length}
 _HF_DIR = flags.DEFINE_string(
     "hf_dir", None, "Also write the built split in the Hugging Face layout of RMT-team/babilong "
     "(config per length, split per task, README configs) here.")
+_BEAM_OPTIONS = flags.DEFINE_string(
+    "beam_pipeline_options", None, "Make the records with Apache Beam (the [beam] extra), e.g. "
+    "'direct_num_workers=8,direct_running_mode=multi_processing': same bytes, many workers.")
 _DATA = flags.DEFINE_string(
     "data", None, "Build nothing: copy the tasks and lengths of these published samples (a JSONL "
     "export folder, a Hugging Face layout folder or hf:RMT-team/babilong) into --hf_dir.")
@@ -124,6 +127,7 @@ def main(argv):
                 jsonl_dir=_JSONL_DIR.value,
                 options=options,
                 progress=bar,
+                beam_options=_BEAM_OPTIONS.value,
             )
     except (ValueError, FileNotFoundError) as e:
         # Bad input (unknown names, missing or malformed files, too small a haystack):

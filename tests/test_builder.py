@@ -342,3 +342,33 @@ def test_beam_with_the_builder_loaded_from_its_folder_is_refused(tmp_path, manua
             )
         )
     assert not list(tmp_path.rglob("*.array_record*"))
+
+
+def test_build_with_beam_options(tmp_path, manual_dir):
+    """build(beam_options=...) (launch.build_babilong --beam_pipeline_options): the same bytes
+    as without; without apache_beam, an error before anything is written."""
+    options = BuildOptions(num_samples=3)
+    beam_options = "direct_num_workers=2,direct_running_mode=multi_processing"
+    if importlib.util.find_spec("apache_beam") is None:
+        with pytest.raises(ValueError, match=r"need apache_beam: pip install -e '.\[beam\]'"):
+            build(
+                "qa1",
+                "1k",
+                data_dir=tmp_path / "beam",
+                manual_dir=manual_dir,
+                options=options,
+                beam_options=beam_options,
+            )
+        assert not (tmp_path / "beam").exists()
+        return
+    for tag, beam in (("single", None), ("beam", beam_options)):
+        build(
+            "qa1",
+            "1k",
+            data_dir=tmp_path / tag,
+            manual_dir=manual_dir,
+            options=options,
+            beam_options=beam,
+        )
+    name = options.config("qa1", "1k").name
+    assert split_records(tmp_path / "beam", name) == split_records(tmp_path / "single", name)
