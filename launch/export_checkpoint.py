@@ -86,7 +86,7 @@ def main(argv):
                      param_dtype=_PARAM_DTYPE.value, overwrite=_OVERWRITE.value)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
-    size = sum(f.stat().length for f in out.rglob("*") if f.is_file())
+    size = sum((root / name).stat().length for root, _, names in out.walk() for name in names)
     print(f"exported to {out} ({size / 2**20:.1f} MiB)")
 
 

@@ -144,6 +144,21 @@ def test_export_moves_nothing(trained, tmp_path):
     assert checkpointing.restore_for_inference(out, "best")[2] == 2
 
 
+def test_export_entry_point(trained, tmp_path):
+    def run(*flags):
+        return subprocess.run([sys.executable, "-m", "launch.export_checkpoint", *flags],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    before = digest(trained)
+    done = run(f"--workdir={trained}", f"--out_dir={tmp_path / 'export'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith(f"exported to {tmp_path / 'export'} (") and "MiB" in done.stdout
+    assert digest(trained) == before
+    done = run(f"--workdir={tmp_path / 'absent'}", f"--out_dir={tmp_path / 'export2'}")
+    assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not (tmp_path / "export2").exists()
+
+
 def test_a_checkpoint_of_another_model_is_not_set_aside(trained, tmp_path):
     """model_config.json edited by hand: the checkpoints read fine but do not fit."""
     workdir = copy_of(trained, tmp_path)
