@@ -88,8 +88,8 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.model.scan_unroll = 1  # segments per iteration of the scan loop (1: no unrolling)
     config.model.bptt_segments = 0  # back-propagate through the last k segments; 0 = all
     config.model.attention_impl = ""  # '' lets JAX choose; 'cudnn' on NVIDIA GPUs
-    # A Hugging Face GPT-2 checkpoint for the backbone (folder or hub name; fresh start only,
-    # see rmt_jax.pretrained); '' = random initialisation.
+    # A Hugging Face GPT-2 checkpoint for the backbone (folder or hub name, rmt_jax.pretrained):
+    # checked at every start, loaded on a fresh one only; '' = random initialisation.
     config.model.init_from = ""
 
     config.data = ml_collections.ConfigDict()

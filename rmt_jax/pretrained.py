@@ -15,6 +15,10 @@ Contract:
                                            tensors in it, each leaf keeping its sharding
   load_gpt2(model, init_from)              all three, into a model in place
 
+Training (`config.model.init_from`, `rmt_jax.train_lib`) runs `open_checked` right after the
+model config is known, before anything is compiled, read or written, and `load_params` on the
+freshly initialised state of a fresh start only (a resume restores its own checkpoint).
+
 Our backbone is GPT-2's computation (tanh-GELU = `gelu_new`, LayerNorm epsilon 1e-5, scores
 scaled by 1/sqrt(head_dim), biases everywhere, learned positions added to the input, final
 LayerNorm, LM head tied to the token embedding), so with these weights `RMT.lm_logits`
