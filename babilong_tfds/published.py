@@ -13,7 +13,8 @@ other fields the source holds (ours add `task`, `length`, `fact_offsets`, `seed`
   a README.md whose YAML `configs:` front matter maps each config to its split files
   (today's `data/{task}/{length}.json`), or, without one, the file names of earlier
   revisions (`{length}/{task}-00000-of-00001.parquet`, `{task}/{length}-00000-of-00001.parquet`);
-  `write_hf_dir` writes this layout, so our own sets read back the same way;
+  `write_hf_dir` writes this layout (`data/{task}/{length}-{digest}.json` and the card), so
+  our own sets read back the same way;
 - `hf:OWNER/NAME` (`hf:RMT-team/babilong`, `hf:RMT-team/babilong-1k-samples`): read through
   `datasets.load_dataset(NAME, length, split=task)`, which needs the `datasets` package and
   the Hub (or its local cache).
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import hashlib
 import json
 import os
 import re
@@ -237,22 +239,28 @@ def _load_from_hub(name: str, task: str, length: str) -> list[dict]:
 # --------------------------------------------------------------------------- writing
 
 
-def hf_data_file(task: str, length: str) -> str:
-    """Where `write_hf_dir` puts one split, relative to the folder (the published path)."""
-    return f"data/{task}/{length}.json"
+def hf_data_file(task: str, length: str, digest: str) -> str:
+    """Where `write_hf_dir` puts one split, relative to the folder: the published
+    `data/{task}/{length}` with the first hex digits of the file's SHA-256 added.
+
+    `datasets` caches a local folder's split under the file names its card lists, whatever
+    their contents: a split rewritten under the same name would read back stale from that
+    cache, so new contents get a new name."""
+    return f"data/{task}/{length}-{digest[:16]}.json"
 
 
-def dataset_card(splits: Iterable[tuple[str, str]]) -> str:
+def dataset_card(files: Mapping[tuple[str, str], str]) -> str:
     """README.md text whose YAML front matter declares one config per length, one split per
-    task, so that `datasets.load_dataset(DIR, length, split=task)` finds the files."""
+    task ({(task, length): relative path}), so that `datasets.load_dataset(DIR, length,
+    split=task)` finds the files."""
     by_length: dict[str, list[str]] = {}
-    for task, length in splits:
+    for task, length in files:
         by_length.setdefault(length, []).append(task)
     lines = ["---", "configs:"]
     for length in sorted(by_length, key=_length_order):
         lines += [f'- config_name: "{length}"', "  data_files:"]
         for task in sorted(by_length[length], key=_task_order):
-            lines += [f"  - split: {task}", f"    path: {hf_data_file(task, length)}"]
+            lines += [f"  - split: {task}", f"    path: {files[(task, length)]}"]
     lines += [
         "---",
         "",
@@ -318,25 +326,21 @@ def write_hf_dir(
         kept = {
             key: files[0]
             for key, files in find_splits(out).items()
-            if len(files) == 1 and files[0] == out / hf_data_file(*key)
+            if len(files) == 1 and files[0].parent == out / "data" / key[0]
         }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     old = None
+    files: dict[tuple[str, str], str] = {}
     try:
         for key, path in kept.items():
             if key not in samples:
-                target = tmp / hf_data_file(*key)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, target)
+                files[key] = path.relative_to(out).as_posix()
+                (tmp / files[key]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, tmp / files[key])
         for (task, length), records in samples.items():
-            target = tmp / hf_data_file(task, length)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(target, "w", encoding="utf-8") as f:
-                for record in records:
-                    f.write(json.dumps(_ordered(record), ensure_ascii=False) + "\n")
-        splits = set(kept) | set(samples)
-        (tmp / "README.md").write_text(dataset_card(splits), encoding="utf-8")
+            files[(task, length)] = _write_split(tmp, task, length, records)
+        (tmp / "README.md").write_text(dataset_card(files), encoding="utf-8")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
@@ -351,4 +355,20 @@ def write_hf_dir(
         if old is not None:
             with contextlib.suppress(OSError):
                 shutil.rmtree(old)
-    return [out / hf_data_file(*key) for key in sorted(splits)]
+    return [out / files[key] for key in sorted(files)]
+
+
+def _write_split(root: Path, task: str, length: str, records: Iterable[Mapping]) -> str:
+    """Writes one split as JSON Lines under `root`; returns its path relative to `root`."""
+    folder = root / "data" / task
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{length}.partial"
+    digest = hashlib.sha256()
+    with open(partial, "w", encoding="utf-8") as f:
+        for record in records:
+            line = json.dumps(_ordered(record), ensure_ascii=False) + "\n"
+            digest.update(line.encode("utf-8"))
+            f.write(line)
+    relative = hf_data_file(task, length, digest.hexdigest())
+    os.replace(partial, root / relative)
+    return relative

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -108,11 +109,12 @@ def test_write_hf_dir_reads_back_here_and_in_datasets(tmp_path):
     out = tmp_path / "hf"
     written = {("qa1", "0k"): _samples("qa1", "0k"), ("qa1", "1k"): _samples("qa1", "1k", n=5)}
     files = write_hf_dir(out, written)
-    assert sorted(p.relative_to(out).as_posix() for p in files) == [
+    names = sorted(p.relative_to(out).as_posix() for p in files)
+    assert [re.sub(r"-[0-9a-f]{16}\.json$", ".json", n) for n in names] == [
         "data/qa1/0k.json",
         "data/qa1/1k.json",
     ]
-    first = json.loads((out / "data" / "qa1" / "1k.json").read_text().splitlines()[0])
+    first = json.loads(files[1].read_text().splitlines()[0])
     assert list(first)[:3] == ["input", "question", "target"]
     assert load_samples(str(out), "qa1", "1k") == written[("qa1", "1k")]
     # A second write adds a split and keeps the first ones.
@@ -122,10 +124,17 @@ def test_write_hf_dir_reads_back_here_and_in_datasets(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # no temporary folders left
 
     datasets = pytest.importorskip("datasets")
-    ds = datasets.load_dataset(str(out), "1k", split="qa1")
+    cache = tmp_path / "hf_cache"
+    ds = datasets.load_dataset(str(out), "1k", split="qa1", cache_dir=str(cache))
     assert [dict(r) for r in ds] == written[("qa1", "1k")]
-    ds = datasets.load_dataset(str(out), "1k", split="qa2")
+    ds = datasets.load_dataset(str(out), "1k", split="qa2", cache_dir=str(cache))
     assert ds["target"] == ["office"] * 3
+    # datasets caches a split by the file names the card lists: a rewritten split must not
+    # read back stale.
+    rewritten = [{**s, "target": "garden"} for s in _samples("qa2", "1k")]
+    write_hf_dir(out, {("qa2", "1k"): rewritten})
+    ds = datasets.load_dataset(str(out), "1k", split="qa2", cache_dir=str(cache))
+    assert ds["target"] == ["garden"] * 3
 
 
 def test_write_hf_dir_leaves_nothing_half_written(tmp_path):
@@ -212,8 +221,10 @@ def test_build_script_hf_dir_and_data(tmp_path, manual_dir):
         "--tasks=qa1", "--lengths=0k", f"--data={tmp_path / 'hf'}", f"--hf_dir={tmp_path / 'copy'}"
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    for name in ("README.md", "data/qa1/0k.json"):
-        assert (tmp_path / "copy" / name).read_bytes() == (tmp_path / "hf" / name).read_bytes()
+    for path in (tmp_path / "hf").rglob("*"):
+        if path.is_file():
+            copied = tmp_path / "copy" / path.relative_to(tmp_path / "hf")
+            assert copied.read_bytes() == path.read_bytes()
     bad = run_build(
         *common, "--split=all", f"--data_dir={tmp_path / 'b'}", f"--hf_dir={tmp_path / 'bad'}"
     )
