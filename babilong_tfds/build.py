@@ -3,8 +3,9 @@
 `build(...)` makes one TFDS dataset per (task, length) with `babilong.Builder`, then, when
 asked, exports `{jsonl_dir}/{task}/{length}.jsonl` with one JSON object per line in the
 published layout (`input`, `question`, `target`, then our extra fields). Config names are
-`{task}_{length}` for the default options (the official generator's) and carry a suffix
-naming every option that differs (`qa1_4k_test20_s3`; the legacy options add `sp`,
+`{task}_{length}` for the default options (the published test set: 100 test samples, the
+official generator's recipe) and carry a suffix naming every option that differs
+(`qa1_4k_test20_s3`, `qa1_4k_all1000`; the legacy options add `sp`,
 `blingfire`, `pow2`, `tokfilter`, `whole`), so that datasets built with other options never
 collide.
 
@@ -29,7 +30,7 @@ import tensorflow_datasets as tfds
 from babilong_tfds.babilong import BabilongConfig, Builder
 from babilong_tfds.babilong.babilong_dataset_builder import (
     DEFAULT_TEST_SAMPLES,
-    DEFAULT_TRAIN_SAMPLES,
+    config_description,
 )
 from babilong_tfds.compose import Recipe
 from babilong_tfds.haystack import DEFAULT_SPLITTER, check_splitter
@@ -81,7 +82,7 @@ class BuildOptions:
         num_test = self.num_samples if self.split in ("test", "all") else 0
         num_train = self.num_samples if self.split in ("train", "all") else 0
         suffix = []
-        if (num_test, num_train) != (DEFAULT_TEST_SAMPLES, DEFAULT_TRAIN_SAMPLES):
+        if (self.split, self.num_samples) != ("test", DEFAULT_TEST_SAMPLES):
             suffix.append(f"{self.split}{self.num_samples}")
         if self.seed:
             suffix.append(f"s{self.seed}")
@@ -89,6 +90,8 @@ class BuildOptions:
             suffix.append("gen")
         if tokenizer_kind(self.tokenizer) != tokenizer_kind(DEFAULT_TOKENIZER):
             suffix.append("sp")
+        elif self.tokenizer != DEFAULT_TOKENIZER:
+            suffix.append("gpt2dir")  # GPT-2 files from a folder named in the config
         if self.splitter != DEFAULT_SPLITTER:
             suffix.append(self.splitter)
         if self.length_table != "official":
@@ -106,7 +109,7 @@ class BuildOptions:
         name = "_".join([f"{task}_{length}", *suffix])
         return BabilongConfig(
             name=name,
-            description=f"bAbI {task} hidden in {length} tokens of book text ({name}).",
+            description=config_description(task, length, name),
             task=task,
             length=length,
             num_test=num_test,
@@ -122,6 +125,18 @@ class BuildOptions:
             story_filter=self.story_filter,
             fill=self.fill,
         )
+
+
+def registered_or_custom(config: BabilongConfig) -> BabilongConfig:
+    """The builder's registered config of that name (TFDS refuses a custom config named like
+    one), which the default options make; else `config` itself."""
+    registered = Builder.builder_configs.get(config.name)
+    if registered is None:
+        return config
+    if registered != config:
+        raise ValueError(f"config {config.name!r} differs from the registered one: {config} "
+                         f"!= {registered}")
+    return registered
 
 
 def splits_of(options: BuildOptions) -> list[str]:
@@ -213,7 +228,7 @@ def build(
     for task in task_list:
         for length in length_list:
             start = time.perf_counter()
-            config = options.config(task, length)
+            config = registered_or_custom(options.config(task, length))
             builder = Builder(config=config, data_dir=os.fspath(data_dir))
             config_dir = Path(builder.data_dir).parent
             existed = config_dir.exists()

@@ -193,7 +193,7 @@ def test_length_too_small_for_any_story_fails_before_writing(
     with pytest.raises(ValueError, match="too small for any qa1 story.*smallest length"):
         build("qa1", "1k", data_dir=tmp_path / "d", manual_dir=manual)
     assert not list((tmp_path / "d").rglob("*.array_record*"))
-    assert not (tmp_path / "d" / "babilong" / "qa1_1k_test100").exists()
+    assert not (tmp_path / "d" / "babilong" / "qa1_1k").exists()
 
 
 def test_without_manual_dir_the_builder_downloads(babi_root, haystack_dir, gpt2_dir, tmp_path):
@@ -372,3 +372,54 @@ def test_build_with_beam_options(tmp_path, manual_dir):
         )
     name = options.config("qa1", "1k").name
     assert split_records(tmp_path / "beam", name) == split_records(tmp_path / "single", name)
+
+
+# -- the official defaults, the legacy options, what the metadata records ------------------
+def test_config_names_carry_a_suffix_per_non_default_option():
+    assert BuildOptions().config("qa1", "1k").name == "qa1_1k"
+    assert BuildOptions(tokenizer="gpt2:/d").config("qa1", "1k").name == "qa1_1k_gpt2dir"
+    assert BuildOptions(splitter="blingfire").config("qa1", "1k").name == "qa1_1k_blingfire"
+    assert BuildOptions(story_filter="tokens").config("qa1", "1k").name == "qa1_1k_tokfilter"
+    legacy = BuildOptions.legacy(num_samples=3).config("qa1", "1k")
+    assert legacy.name == "qa1_1k_test3_sp_blingfire_pow2_tokfilter_whole"
+    assert (legacy.tokenizer, legacy.length_table, legacy.fill) == (
+        "sentencepiece", "pow2", "whole_sentences")
+    with pytest.raises(ValueError, match="unknown fill 'sentences'"):
+        BuildOptions(fill="sentences")
+    with pytest.raises(ValueError, match="unknown splitter"):
+        BuildOptions(splitter="nltk")
+
+
+def test_legacy_options_build_the_old_samples_and_metadata_says_how(tmp_path, manual_dir):
+    (new,) = build("qa1", "1k", data_dir=tmp_path, manual_dir=manual_dir,
+                   options=BuildOptions(num_samples=3))
+    (old,) = build("qa1", "1k", data_dir=tmp_path, manual_dir=manual_dir,
+                   options=BuildOptions.legacy(num_samples=3))
+    assert new.mean_tokens == 700
+    assert 1024 - 300 - 20 <= old.mean_tokens <= 1024 - 300  # whole sentences, pow2 lengths
+    info = {}
+    for result in (new, old):
+        (version_dir,) = (tmp_path / "babilong" / result.config).iterdir()
+        assert version_dir.name == "2.0.0"
+        info[result.config] = json.loads((version_dir / "metadata.json").read_text())
+    meta = info["qa1_1k_test3"]
+    assert meta["tokenizer"] == "gpt2" and meta["tokenizer_name"] == "gpt2_bpe"
+    assert meta["splitter"].startswith("punkt") and meta["splitter_library"].startswith("nltk")
+    assert meta["length_tokens"] == 1000 and meta["fill"] == "exact"
+    assert "booydar/babilong" in meta["generator"] and len(meta["tokenizer_fingerprint"]) == 64
+    legacy = info[old.config]
+    assert legacy["splitter"].startswith("blingfire") and legacy["length_tokens"] == 1024
+    assert legacy["tokenizer_name"].startswith("sentencepiece")
+    source = tfds.data_source(f"babilong/{old.config}", split="test", data_dir=tmp_path)
+    assert "\n" not in source[0]["input"].decode()  # Blingfire unwraps the lines
+
+
+def test_build_script_flags_name_the_options(tmp_path, manual_dir):
+    cmd = [sys.executable, "-m", "launch.build_babilong", "--tasks=qa1", "--lengths=1k",
+           "--num_samples=2", f"--manual_dir={manual_dir}", f"--data_dir={tmp_path / 'd'}",
+           "--legacy", "--tokenizer=gpt2"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "d" / "babilong" / "qa1_1k_test2_blingfire_pow2_tokfilter_whole").is_dir()
+    bad = subprocess.run([*cmd[:-2], "--fill=half"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode != 0 and "half" in bad.stderr

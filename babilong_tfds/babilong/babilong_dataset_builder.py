@@ -57,7 +57,6 @@ from babilong_tfds.tokenizer import (
 )
 
 BABI_URL = "http://www.thespermwhale.com/jaseweston/babi/tasks_1-20_v1-2.tar.gz"
-DEFAULT_TRAIN_SAMPLES = 1000
 DEFAULT_TEST_SAMPLES = 100
 
 
@@ -68,7 +67,7 @@ class BabilongConfig(tfds.core.BuilderConfig):
     task: str = "qa1"
     length: str = "0k"
     num_test: int = DEFAULT_TEST_SAMPLES  # samples in the test split (0: no test split)
-    num_train: int = DEFAULT_TRAIN_SAMPLES  # samples in the train split (0: no train split)
+    num_train: int = 0  # samples in the train split (0: no train split, as published)
     seed: int = 0  # every record depends on (seed, task, length, split, index) alone
     babi_source: str = "files"  # 'files' (the original bAbI) or 'generated' (the simulator)
     tokenizer: str = DEFAULT_TOKENIZER  # what lengths are counted in: 'gpt2' ('gpt2:DIR'),
@@ -105,11 +104,15 @@ class BabilongConfig(tfds.core.BuilderConfig):
         return [] if manual is None else [manual]
 
 
+def config_description(task: str, length: str, name: str) -> str:
+    return f"bAbI {task} hidden in {length} tokens of book text ({name})."
+
+
 def make_configs() -> list[BabilongConfig]:
     return [
         BabilongConfig(
             name=f"{task}_{length}",
-            description=f"bAbI {task} hidden in {length} tokens of PG19 book text.",
+            description=config_description(task, length, f"{task}_{length}"),
             task=task,
             length=length,
         )
@@ -140,8 +143,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             "bAbI en-10k test files, as the published sets do. Every earlier behaviour stays "
             "as a named option (tokenizer='sentencepiece', splitter='blingfire', "
             "length_table='pow2', story_filter='tokens', fill='whole_sentences'), which "
-            "config names carry as suffixes. Metadata records the tokenizer, splitter and "
-            "generator versions."
+            "config names carry as suffixes. A registered config holds the test split alone "
+            "(100 samples, as published; was: also 1,000 train samples). Metadata records "
+            "the tokenizer, splitter and generator versions."
         ),
         "1.0.0": "qa1..qa20 at 0k..10M tokens; fact offsets, supporting facts, book ids, seed.",
     }
