@@ -194,6 +194,37 @@ def test_loading_keeps_the_parameter_dtype(tmp_path):
         jnp.dtype(jnp.bfloat16)}
 
 
+@pytest.mark.parametrize("variant", ["gpt2_small,qa1", "gpt2_small,qa1,retrieval"])
+def test_gpt2_small_preset_takes_gpt2_small(variant, gpt2_dir):
+    """The preset with GPT-2's tokenizer fits GPT-2 small's published config.json and tensor
+    shapes (the 500 MB of weights themselves are not needed to check that)."""
+    from babilong_tfds.tokenizer import get_tokenizer, tokenizer_kind
+    from configs import rmt_babilong
+    from rmt_jax import input_pipeline
+
+    config = rmt_babilong.get_config(variant)
+    assert tokenizer_kind(config.data.tokenizer) == "gpt2"
+    vocab = get_tokenizer(f"gpt2:{gpt2_dir}").vocab_size
+    cfg = input_pipeline.model_config(config, vocab)
+    gpt2_small = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+                  "activation_function": "gelu_new", "n_ctx": 1024, "n_embd": 768, "n_head": 12,
+                  "n_layer": 12, "n_positions": 1024, "layer_norm_epsilon": 1e-05,
+                  "vocab_size": 50257}
+    shapes = {"wte.weight": (50257, 768), "wpe.weight": (1024, 768), "ln_f.weight": (768,),
+              "ln_f.bias": (768,)}
+    for i in range(12):  # GPT-2 small's tensors, as its model.safetensors lists them
+        shapes.update({f"h.{i}.{k}": v for k, v in {
+            "ln_1.weight": (768,), "ln_1.bias": (768,), "attn.bias": (1, 1, 1024, 1024),
+            "attn.c_attn.weight": (768, 2304), "attn.c_attn.bias": (2304,),
+            "attn.c_proj.weight": (768, 768), "attn.c_proj.bias": (768,),
+            "ln_2.weight": (768,), "ln_2.bias": (768,),
+            "mlp.c_fc.weight": (768, 3072), "mlp.c_fc.bias": (3072,),
+            "mlp.c_proj.weight": (3072, 768), "mlp.c_proj.bias": (768,)}.items()})
+    ckpt = pretrained.Gpt2Checkpoint("gpt2", Path("model.safetensors"), gpt2_small, shapes, "")
+    pretrained.check_compatible(ckpt, cfg)
+    assert cfg.segment_positions <= cfg.max_positions <= 1024 and cfg.segment_len == 512
+
+
 # -- bad inputs -------------------------------------------------------------------------------
 def test_missing_path_and_incomplete_folders(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
