@@ -94,7 +94,11 @@ def iter_records(
         import tensorflow_datasets as tfds
 
         name = resolve_tfds_name(tfds_name, task, length, data_dir)
-        split = tfds.data_source(name, split="test", data_dir=data_dir)
+        try:
+            split = tfds.data_source(name, split="test", data_dir=data_dir)
+        except NotImplementedError as e:  # a tfrecord build: no random access
+            raise ValueError(f"{name} cannot be read by index ({e}); rebuild it in array_record "
+                             "(the builder's default: drop --file_format=tfrecord)") from e
         count = min(num_samples, len(split))
         if count < num_samples:
             logging.warning("%s has %d test samples, fewer than the %d asked", name,

@@ -428,3 +428,16 @@ def test_default_tfds_name_finds_what_the_build_wrote(manual_dir, tmp_path):
           options=BuildOptions(num_samples=2, seed=1))
     with pytest.raises(ValueError, match="several builds of qa1 at 0k"):
         evaluate_lib.resolve_tfds_name(evaluate_lib.DEFAULT_TFDS_NAME, "qa1", "0k", tmp_path)
+
+
+def test_a_tfrecord_build_is_a_clear_error(tmp_path, monkeypatch):
+    """`tfds build --file_format=tfrecord` writes what data_source cannot read by index."""
+    import tensorflow_datasets as tfds
+
+    def tfrecord_source(name, **kwargs):
+        raise NotImplementedError("Random access data source for file format tfrecord")
+
+    (tmp_path / "babilong" / "qa1_0k").mkdir(parents=True)
+    monkeypatch.setattr(tfds, "data_source", tfrecord_source)
+    with pytest.raises(ValueError, match="rebuild it in array_record"):
+        evaluate_lib.load_records("qa1", "0k", 2, source="tfds", data_dir=tmp_path)
