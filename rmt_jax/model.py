@@ -2,7 +2,8 @@
 
 Backbone: learned positions (restarting at 0 in every segment), pre-LN blocks with causal
 self-attention through `jax.nn.dot_product_attention` and a GELU MLP of width 4d, a final
-LayerNorm, and an LM head tied to the token embedding (as in GPT-2).
+LayerNorm, and an LM head tied to the token embedding: GPT-2's computation, so GPT-2
+checkpoints load into it (`rmt_jax.pretrained`; `RMT.lm_logits` is then GPT-2's LM).
 
 One segment's input is `[read memory (R); tokens (L); write memory (N)]`, R = N for RMT and
 R = 2N (`[m; r]`) for RMT-R. The final-layer outputs *after* the final LayerNorm at the N
@@ -35,6 +36,7 @@ from rmt_jax.config import ModelConfig
 # Std of the fresh memory: the scale of a fresh token embedding (`rmt_jax.pretrained`
 # rescales it to a loaded embedding's std, as the official RMT code draws it).
 MEMORY_INIT_STD = 0.02
+LAYER_NORM_EPSILON = 1e-5  # GPT-2's
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
@@ -69,7 +71,7 @@ class LayerNorm(nnx.Module):
         x = x.astype(jnp.float32)
         mean = x.mean(-1, keepdims=True)
         var = jnp.square(x - mean).mean(-1, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(var + 1e-5)
+        y = (x - mean) * jax.lax.rsqrt(var + LAYER_NORM_EPSILON)
         return (y * self.scale[...].astype(jnp.float32) + self.bias[...]).astype(self.dtype)
 
 

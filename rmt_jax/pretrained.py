@@ -52,14 +52,13 @@ import numpy as np
 from flax import nnx
 
 from rmt_jax.config import ModelConfig
-from rmt_jax.model import MEMORY_INIT_STD, RMT
+from rmt_jax.model import LAYER_NORM_EPSILON, MEMORY_INIT_STD, RMT
 
 SAFETENSORS_FILE = "model.safetensors"
 TORCH_FILE = "pytorch_model.bin"
 CONFIG_FILE = "config.json"
 # GPT-2's activation names for the tanh approximation of GELU (ours).
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
-LAYER_NORM_EPSILON = 1e-5  # rmt_jax.model.LayerNorm's
 # Buffers of older checkpoints (causal masks), not parameters.
 _BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
