@@ -140,7 +140,11 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"{path} is a PyTorch pickle: reading it needs torch (pip install "
                          "torch, or the project's 'peer' extra), or convert the checkpoint to "
                          f"{SAFETENSORS_FILE} (save_pretrained does by default)") from e
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign pickle: torch raises many kinds
+        raise ValueError(f"{path} could not be read as a PyTorch state dict "
+                         f"({type(e).__name__}: {e})") from e
     return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
             for k, v in state.items()}
 
