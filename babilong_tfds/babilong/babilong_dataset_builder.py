@@ -296,7 +296,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     split=split,
                     count=count,
                     babi_root=None if babi_root is None else str(babi_root),
-                    manual_dir=None if manual is None else str(manual),
+                    tokenizer=tokenizer,
                     haystack_dir=None if haystack_dir is None else str(haystack_dir),
                     # Downloaded books travel with the recipe; a manual dir is read again.
                     haystack=haystack if haystack_dir is None else None,
@@ -361,7 +361,7 @@ class SplitRecipe:
     split: str
     count: int
     babi_root: str | None
-    manual_dir: str | None  # where the tokenizer's files are looked for
+    tokenizer: object  # the one made here (it pickles as the paths of its files)
     haystack_dir: str | None  # books read (and their haystack cached) again by each worker
     haystack: Haystack | None  # or the haystack itself (downloaded books; None at 0k)
 
@@ -376,8 +376,7 @@ def records_in_range(bounds: tuple[int, int], recipe: SplitRecipe):
     cfg = recipe.config
     key = (cfg.name, cfg.seed, recipe.split, recipe.babi_root, recipe.haystack_dir)
     if key not in _WORKER_STATE or recipe.haystack is not None:
-        manual = None if recipe.manual_dir is None else Path(recipe.manual_dir)
-        tokenizer = get_tokenizer(cfg.tokenizer, search_dirs=cfg.search_dirs(manual))
+        tokenizer = recipe.tokenizer
         haystack = recipe.haystack
         if recipe.haystack_dir is not None:
             haystack = Haystack.build(load_books_from_dir(recipe.haystack_dir), tokenizer,
