@@ -41,6 +41,9 @@ class BabiSample:
       supporting: indices into `facts` of the supporting facts, as given by the file.
       story: index of the story in its file (0-based).
       origin: where the sample comes from ('file.txt:LINE' or 'generated:seed:index').
+      file_question: the question as the file writes it before the tab, trailing space
+        included ('Where is Mary? ' in most tasks), as the official generator and the
+        published sets keep it; '' for generated stories.
     """
 
     task: str
@@ -50,6 +53,7 @@ class BabiSample:
     supporting: tuple[int, ...]
     story: int = 0
     origin: str = ""
+    file_question: str = ""
 
 
 class BabiFormatError(ValueError):
@@ -122,6 +126,7 @@ def parse_babi(lines: Iterable[str], task: str, name: str = "<babi>") -> list[Ba
                 task=task,
                 facts=tuple(facts),
                 question=question,
+                file_question=fields[0],
                 answer=answer,
                 supporting=tuple(id_to_fact[s] for s in support_ids),
                 story=story,

@@ -103,7 +103,7 @@ def to_record(
 ) -> dict:
     sample = composition.sample
     record = {
-        "question": sample.question,
+        "question": sample.file_question or sample.question,  # as the file (and published)
         "target": sample.answer,
         "task": sample.task,
         "length": str(composition.length),

@@ -159,3 +159,11 @@ def test_lengths_in_tokens_for_training(composer, legacy_composer, babi_root):
                 assert int(r["length"]) - 20 <= r["num_tokens"] <= int(r["length"])
     with pytest.raises(ValueError, match="must be >= 0 tokens"):
         BabilongSource(composer, ["qa1"], [-1])
+
+
+def test_records_keep_the_question_as_the_file_writes_it(composer, babi_root):
+    """The published sets keep the bAbI line's text before the tab: 'Where is John? '."""
+    (_, record), = generate_split(composer, "qa1", "0k", "test", 1, babi_root=babi_root)
+    assert record["question"].endswith("? ") and record["question"].startswith("Where is")
+    sample = StoryPool("qa1", "test", babi_root=babi_root).samples[0]
+    assert sample.question == sample.file_question.strip() == "Where is John?"
