@@ -61,6 +61,14 @@ RUN_CADENCE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoi
                "train.async_checkpoint", "train.answer_rows", "eval", "mesh")
 
 
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+ABSENT = _Absent()  # a config field missing on one side of a comparison
+
+
 class ConfigChangeError(ValueError):
     """The run's config differs from the config its workdir was trained with."""
 
@@ -164,15 +172,16 @@ def config_changes(workdir: str | os.PathLike, config: ml_collections.ConfigDict
     if path.exists():
         old = _flatten(json.loads(path.read_text()))
         new = _flatten(json.loads(_config_json(config)))
-        changes.update({k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
-                        if old.get(k) != new.get(k)})
+        changes.update({k: (old.get(k, ABSENT), new.get(k, ABSENT))
+                        for k in sorted(old.keys() | new.keys())
+                        if old.get(k, ABSENT) != new.get(k, ABSENT)})
     path = workdir / MODEL_CONFIG_FILE
     if path.exists():
         old = json.loads(path.read_text())
         new = json.loads(_model_config_json(model_config))
         for k in sorted(old.keys() | new.keys()):
-            if old.get(k) != new.get(k):
-                changes[f"model.{k}"] = (old.get(k), new.get(k))
+            if old.get(k, ABSENT) != new.get(k, ABSENT):
+                changes[f"model.{k}"] = (old.get(k, ABSENT), new.get(k, ABSENT))
     return changes
 
 
@@ -206,6 +215,13 @@ def check_config_change(workdir: str | os.PathLike, config: ml_collections.Confi
             logging.warning("workdir %s has no checkpoint: starting over with a changed "
                             "config (%s)", workdir, _describe(changes))
         return changes
+    # A field that the code added (or dropped) since the workdir was made is taken as it is:
+    # old workdirs stay resumable. (A checkpoint that does not fit still raises at restore.)
+    added = {k: v for k, v in changes.items() if ABSENT in v}
+    if added:
+        logging.warning("config fields added or dropped since %s was made: %s", workdir,
+                        _describe(added))
+    changes = {k: v for k, v in changes.items() if k not in added}
     shapes = {k: v for k, v in changes.items()
               if k.startswith("model.") and k.removeprefix("model.") in PARAM_FIELDS}
     # A config.json field whose resolved model field did not change is an ordinary change.
@@ -230,7 +246,10 @@ def check_config_change(workdir: str | os.PathLike, config: ml_collections.Confi
 
 
 def _describe(changes: dict[str, tuple[Any, Any]]) -> str:
-    return ", ".join(f"{k} {json.dumps(old)} -> {json.dumps(new)}"
+    def text(value) -> str:
+        return "(absent)" if value is ABSENT else json.dumps(value)
+
+    return ", ".join(f"{k} {text(old)} -> {text(new)}"
                      for k, (old, new) in changes.items())
 
 

@@ -104,6 +104,24 @@ def test_an_allowed_change_resumes_and_is_recorded(trained, tmp_path, caplog):
     assert train_lib.train_and_evaluate(config, workdir)["step"] == 5
 
 
+def test_a_workdir_from_before_a_new_config_field_resumes(trained, tmp_path, caplog):
+    import json
+
+    workdir = copy_of(trained, tmp_path)
+    for name, drop in ((checkpointing.CONFIG_FILE, ("model", "scan_unroll")),
+                       (checkpointing.MODEL_CONFIG_FILE, ("scan_unroll",))):
+        saved = json.loads((workdir / name).read_text())
+        node = saved
+        for key in drop[:-1]:
+            node = node[key]
+        del node[drop[-1]]
+        (workdir / name).write_text(json.dumps(saved))
+    with caplog.at_level(logging.INFO):
+        assert train_lib.train_and_evaluate(tiny_config(RUN), workdir)["step"] == 3
+    assert "resumed from step 3" in caplog.text
+    assert "model.scan_unroll (absent) -> 1" in caplog.text
+
+
 def test_only_a_checkpoint_that_fails_to_read_is_set_aside_each_under_its_own_name(
         trained, tmp_path, caplog):
     workdir = copy_of(trained, tmp_path)
