@@ -44,6 +44,7 @@ from babilong_tfds.dataset import StoryPool, generate_split
 from babilong_tfds.haystack import Haystack, load_books_from_dir
 from babilong_tfds.tasks import LENGTHS, parse_lengths, parse_tasks
 from babilong_tfds.tokenizer import get_tokenizer
+from rmt_jax.files import write_text
 
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", "../shared/data", "Folder with babi/, haystack/.")
 _LEGACY = flags.DEFINE_bool("legacy", False, "The legacy options (sentencepiece, blingfire, ...).")
@@ -207,9 +208,7 @@ def main(argv):
     print(f"peak RSS after the 10M sample: {rss_after_10m:.2f} GB")
     out = Path(_OUT.value)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_text(out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
 
 

@@ -17,9 +17,7 @@ beside `--out`, then renamed, so a reader never sees half a model.
 from __future__ import annotations
 
 import io
-import os
 import tarfile
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,6 +27,7 @@ import sentencepiece as spm
 from absl import app, flags, logging
 
 from babilong_tfds.haystack import strip_gutenberg
+from rmt_jax.files import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "babilong_tfds" / "assets" / "babilong_sp.model"
@@ -149,16 +148,8 @@ def train_model(
         minloglevel=2,
         **SPECIAL_IDS,
     )
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.getvalue())
-        # mkstemp makes the file private; the model is shipped and read by everyone.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # A new file's permissions (0644 under umask 022): the model is shipped, read by everyone.
+    atomic_write(out, lambda tmp: Path(tmp).write_bytes(model.getvalue()))
     return out
 
 
