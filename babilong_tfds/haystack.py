@@ -48,6 +48,8 @@ MIN_WORDS = 3
 # Bump when splitting or cleaning changes, so that caches are rebuilt (and recorded in the
 # dataset metadata).
 SPLITTER_VERSIONS = {"punkt": "punkt-1", "blingfire": "blingfire-2"}
+# The layout of the cached arrays (2: sentence spans and kept flags, text with line breaks).
+CACHE_FORMAT = "cache-2"
 # The official sampler reads a window of this many characters per token of the budget; we
 # read at least MIN_WINDOW_CHARS, so that a tiny budget (the reference loops forever on one)
 # still finds a whole sentence. Where the window holds the budget, its size changes nothing.
@@ -240,7 +242,8 @@ def load_pg19(
 def _fingerprint(books: Sequence[Book], tokenizer, splitter: str, min_words: int) -> str:
     h = hashlib.sha256()
     rule = MIN_SENTENCE_TOKENS if splitter == "punkt" else min_words
-    h.update(f"{SPLITTER_VERSIONS[splitter]}|{rule}|{tokenizer.fingerprint}".encode())
+    h.update(f"{CACHE_FORMAT}|{SPLITTER_VERSIONS[splitter]}|{rule}|{tokenizer.fingerprint}"
+             .encode())
     for book in books:
         h.update(book.book_id.encode() + b"\0")
         h.update(hashlib.sha256(book.text.encode("utf-8")).digest())
