@@ -92,24 +92,27 @@ def time_sample(composer: Composer, sample, length: str, repeats: int) -> dict:
     }
 
 
-def time_test_set(composer: Composer, tasks, lengths, num_samples: int, babi_root) -> dict:
-    """Every record of the test set as token ids, as `generate_split` makes them."""
+def time_test_set(composer: Composer, tasks, lengths, num_samples: int, babi_root,
+                  with_text: bool) -> dict:
+    """Every record of the test set, as `generate_split` makes them: the composer's token ids,
+    or (`with_text`) the `input` text that the TFDS splits and JSONL exports store."""
     per_length = dict.fromkeys(lengths, 0.0)
-    tokens = 0
+    tokens = chars = 0
     start = time.perf_counter()
     for task in tasks:
         pool = StoryPool(task, "test", babi_root=babi_root)
         for length in lengths:
             t0 = time.perf_counter()
             for _, record in generate_split(composer, task, length, "test", num_samples,
-                                            pool=pool, with_text=False, with_ids=True):
+                                            pool=pool, with_text=with_text, with_ids=True):
                 tokens += len(record["input_ids"])
+                chars += len(record["input"]) if with_text else 0
             per_length[length] += time.perf_counter() - t0
     seconds = time.perf_counter() - start
     return {"tasks": list(tasks), "lengths": list(lengths), "samples_each": num_samples,
-            "what": "generate_split(with_text=False, with_ids=True): the composer's token ids",
+            "what": f"generate_split(with_text={with_text}, with_ids=True)",
             "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-            "per_length_s": per_length}
+            "text_chars": chars, "per_length_s": per_length}
 
 
 def time_official(python: str, repo: str, manual: Path) -> dict:
@@ -148,10 +151,12 @@ def main(argv):
 
     singles = [time_sample(composer, sample, length, _REPEATS.value) for length in ("1M", "10M")]
     rss_after_10m = peak_rss_gb()
-    test_set = None
+    test_set = test_set_text = None
     if tasks:
-        test_set = time_test_set(Composer(haystack, tokenizer, recipe=recipe), tasks, lengths,
-                                 _NUM_SAMPLES.value, manual / "babi")
+        test_set, test_set_text = (
+            time_test_set(Composer(haystack, tokenizer, recipe=recipe), tasks, lengths,
+                          _NUM_SAMPLES.value, manual / "babi", with_text=with_text)
+            for with_text in (False, True))
 
     split = None
     split_lengths = parse_lengths(_SPLIT_LENGTHS.value) if _SPLIT_LENGTHS.value else []
@@ -183,6 +188,7 @@ def main(argv):
         "single_samples": singles,
         "peak_rss_gb_after_10M": rss_after_10m,
         "test_set": test_set,
+        "test_set_with_text": test_set_text,
         "qa1_test_splits_tfds": split,
         "official_generator": official,
     }
@@ -198,6 +204,8 @@ def main(argv):
                 f"x{_NUM_SAMPLES.value}")
         print(f"{what:<36}{test_set['tokens']:>15,}{test_set['seconds']:>10.1f}"
               f"{test_set['tokens_per_s']:>14,.0f}")
+        print(f"{'  same, with text':<36}{test_set_text['tokens']:>15,}"
+              f"{test_set_text['seconds']:>10.1f}{test_set_text['tokens_per_s']:>14,.0f}")
     if split:
         what = f"qa1 TFDS {split_lengths[0]}..{split_lengths[-1]} x{_NUM_SAMPLES.value}"
         print(f"{what:<36}{split['tokens']:>15,.0f}{split['seconds']:>10.1f}"
