@@ -402,6 +402,8 @@ class StopSignal:
         other waiting in a collective)."""
         self._interruptible = jax.process_count() == 1
         try:
+            if self._interruptible and self.received:  # arrived just before: stop at once
+                raise Preempted
             yield
         finally:
             self._interruptible = False
@@ -701,8 +703,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 window, tokens, window_start = [], 0, time.perf_counter()
 
             # ---------------------------------------------------------- checkpoint
-            # Before evaluating: a preempted run saves first (and waits for it), then stops.
-            if periodic(step, config.train.checkpoint_every, last=last):
+            # Before evaluating: a preempted run (SIGTERM during the log too) saves first and
+            # waits for it, then stops.
+            preempted = preempted or stop.received
+            if periodic(step, config.train.checkpoint_every, last=last or preempted):
                 save(wait=preempted)
                 window_start = time.perf_counter()
 

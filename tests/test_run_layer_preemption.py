@@ -2,6 +2,7 @@
 checkpoint within seconds; the log has an ETA and none of orbax's per-save INFO lines."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -82,3 +83,24 @@ def test_log_has_an_eta_and_no_orbax_info_lines(tmp_path, env):
     assert len(progress) == 2
     assert all("ETA " in line for line in progress)
     assert "step 4/4, ETA 0s" in progress[-1]
+
+
+def test_stop_signal_interrupts_an_evaluation_also_when_it_came_just_before():
+    stop = train_lib.StopSignal()
+    try:
+        with pytest.raises(train_lib.Preempted):
+            with stop.interruptible():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler raises here
+        assert stop.received
+    finally:
+        stop.restore()
+    stop = train_lib.StopSignal()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # between the step and the evaluation: a flag
+        assert stop.received
+        with pytest.raises(train_lib.Preempted):
+            with stop.interruptible():
+                pytest.fail("an evaluation started after SIGTERM")
+    finally:
+        stop.restore()
