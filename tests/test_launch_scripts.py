@@ -59,3 +59,14 @@ def test_gpu_perf_sweep_smoke_runs_the_profiled_baseline(tmp_path):
     assert "skipped (SWEEP_SECONDS=1): infer_b1_unroll4" in log
     # the table: the baseline against itself
     assert any(line.startswith("infer_b1 ") and "1.00x" in line for line in log.splitlines())
+
+
+def test_top_level_layout_of_the_design_card():
+    """rmt_jax/ babilong_tfds/ configs/ launch/ tests/ setup.py README.md, setup.py a shim
+    over pyproject.toml (whose SPDX license string needs setuptools 77)."""
+    for name in ("rmt_jax", "babilong_tfds", "configs", "launch", "tests"):
+        assert (REPO / name).is_dir(), name
+    for name in ("setup.py", "README.md", "pyproject.toml"):
+        assert (REPO / name).is_file(), name
+    assert "setup()" in (REPO / "setup.py").read_text()
+    assert '"setuptools>=77"' in (REPO / "pyproject.toml").read_text()
