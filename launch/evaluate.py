@@ -21,7 +21,7 @@ import sys
 
 from absl import app, flags
 
-from rmt_jax import evaluate_lib
+from rmt_jax import checkpointing, evaluate_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.",
                                required=True)
@@ -53,6 +53,7 @@ _ALLOW_REUSE = flags.DEFINE_bool("allow_reuse", False,
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    checkpointing.quiet_orbax_logs()
     source = _SOURCE.value
     if _DATA.value and not flags.FLAGS["source"].present:
         source = "published"
