@@ -223,8 +223,8 @@ def test_without_manual_dir_the_builder_downloads(babi_root, haystack_dir, gpt2_
 
     config = BabilongConfig(name="qa1_1k_dl", task="qa1", length="1k", num_test=2, num_train=0)
     builder = Builder(config=config, data_dir=tmp_path / "d")
-    splits = builder._split_generators(FakeDownloadManager())
-    records = [r for _, r in splits["test"]]
+    shards = builder._shard_iterators_per_split(FakeDownloadManager())
+    records = [r for shard in shards["test"] for _, r in shard()]
     assert len(records) == 2 and set(records[0]["book_ids"]) <= {"11", "84"}
     assert "huggingface.co" in asked[0] and asked[0].endswith("gpt2/resolve/main/vocab.json")
     assert asked[1].endswith("tasks_1-20_v1-2.tar.gz") and "deepmind-gutenberg" in asked[2]
@@ -284,17 +284,20 @@ def test_same_bytes_in_another_process(tmp_path, manual_dir):
 
 
 @pytest.mark.parametrize("task, length, split", [("qa3", "1k", "all"), ("qa1", "0k", "test")])
-def test_beam_build_equals_single_process_build(tmp_path, manual_dir, task, length, split):
-    """The Beam build (DirectRunner, two worker processes, ranges of BEAM_RANGE samples)
-    writes every record of every split byte for byte as the single-process build does."""
+def test_beam_build_equals_single_process_build(tmp_path, manual_dir, task, length, split,
+                                                monkeypatch):
+    """The Beam build (DirectRunner, two worker processes, a shard per work item) writes
+    every record of every split byte for byte as the single-process build does."""
     pytest.importorskip(
         "apache_beam", reason="apache_beam is not installed (pip install -e '.[beam]')"
     )
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from babilong_tfds.babilong.babilong_dataset_builder import BEAM_RANGE
+    from babilong_tfds.babilong import babilong_dataset_builder
 
-    num_samples = BEAM_RANGE + 2  # two ranges, the last one partial
+    # Shards of four samples (two of them, the last one partial) in both builds.
+    monkeypatch.setattr(babilong_dataset_builder, "SHARD_TOKENS", 4000)
+    num_samples = 6
     config = BuildOptions(split=split, num_samples=num_samples).config(task, length)
     for tag, beam_options in [
         ("single", {}),

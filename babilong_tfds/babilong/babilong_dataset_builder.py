@@ -12,7 +12,9 @@ Build without TensorFlow:
 
 or, with the `[tf]` extra, `tfds build babilong_tfds/babilong --config=qa1_4k --manual_dir=...`.
 Either writes array_record (what `tfds.data_source` and `launch.evaluate --source=tfds` read)
-unless given another file format.
+unless given another file format. Records are written shard by shard as they are made
+(`tfds.core.ShardBasedBuilder`, shards of at most `SHARD_TOKENS` context tokens): no shuffle
+buffer, so a 10M split needs neither TensorFlow nor its size in memory.
 
 Apache Beam (the `[beam]` extra) makes the records of big splits across workers when the
 download config names a Beam runner or options, byte for byte as one process does:
@@ -33,6 +35,7 @@ split and the GPT-2 files (Hugging Face hub) are downloaded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -121,7 +124,7 @@ def make_configs() -> list[BabilongConfig]:
     ]
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(tfds.core.ShardBasedBuilder):
     """BABILong: reasoning over facts spread through long book text."""
 
     VERSION = tfds.core.Version("2.0.0")
@@ -268,9 +271,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "a Beam runner or Beam options were given but apache_beam is not installed: "
                 "pip install -e '.[beam]', or build without them (in this process)"
             )
+        if self._use_beam and download_config.beam_runner is None:
+            # The shard writer runs Beam only for a named runner; options alone mean the
+            # direct runner, as they do for `tfds build`.
+            download_config = dataclasses.replace(download_config, beam_runner="DirectRunner")
         return super()._download_and_prepare(dl_manager, download_config)
 
-    def _split_generators(self, dl_manager):
+    def _shard_iterators_per_split(self, dl_manager):
+        """Per split, the makers of its shards in order: each shard holds samples
+        `shard_ranges(...)` and is written as its records are made (no shuffle buffer)."""
         cfg = self.builder_config
         manual = self._manual_dir(dl_manager)
         tokenizer = self._tokenizer(dl_manager, manual)
@@ -280,6 +289,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         haystack = self._haystack(dl_manager, manual, tokenizer)
         composer = Composer(haystack, tokenizer, allow_reuse=cfg.allow_reuse, recipe=cfg.recipe())
         counts = {"test": cfg.num_test, "train": cfg.num_train}
+        tokens = check_length(cfg.length, cfg.length_table)
         splits = {}
         for split, count in counts.items():
             if count <= 0:
@@ -289,6 +299,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             )
             if pool.samples is not None:
                 pool.eligible(composer, cfg.length)  # fails before anything is written
+            ranges = shard_ranges(count, tokens, max(1, len(cfg.depths)))
             if getattr(self, "_use_beam", False):
                 haystack_dir = None
                 if haystack is not None and manual is not None and (manual / "haystack").exists():
@@ -303,10 +314,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     # Downloaded books travel with the recipe; a manual dir is read again.
                     haystack=haystack if haystack_dir is None else None,
                 )
-                splits[split] = self._generate_examples(recipe)
+                splits[split] = [functools.partial(records_in_range, bounds, recipe=recipe)
+                                 for bounds in ranges]
                 continue
-            splits[split] = self._generate_examples(
-                generate_split(
+            splits[split] = [
+                functools.partial(
+                    generate_split,
                     composer,
                     cfg.task,
                     cfg.length,
@@ -317,22 +330,31 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     window=cfg.window,
                     depths=cfg.depths or None,
                     pool=pool,
+                    start=start,
+                    stop=stop,
                 )
-            )
+                for start, stop in ranges
+            ]
         return splits
 
-    def _generate_examples(self, records):
-        """(key, record) pairs made here, or, for a `SplitRecipe`, a Beam transform making
-        the same records in ranges of `BEAM_RANGE` samples across the workers."""
-        if isinstance(records, SplitRecipe):
-            import apache_beam as beam
 
-            ranges = [
-                (start, min(start + BEAM_RANGE, records.count))
-                for start in range(0, records.count, BEAM_RANGE)
-            ]
-            return beam.Create(ranges) | beam.FlatMap(records_in_range, recipe=records)
-        return records
+# TFDS's generator-based writer holds a whole split in memory and spills it, past 1000 MiB,
+# through tf.io.gfile (TensorFlow); its shard writer, used here, writes each shard as its
+# records are made but keeps that shard's records until it is done. Shards of at most
+# SHARD_TOKENS context tokens (~300 MB of text) bound the memory of a build at any length:
+# a 100-sample 10M split is 17 shards of 6 samples. Shards depend on the config alone, so
+# every build (Beam's workers make one shard each) writes the same files.
+SHARD_TOKENS = 1 << 26
+# A 0k sample is the facts alone: count it as this many tokens.
+MIN_SAMPLE_TOKENS = 1000
+
+
+def shard_ranges(count: int, length_tokens: int, records_per_sample: int = 1
+                 ) -> list[tuple[int, int]]:
+    """The (start, stop) sample ranges of the shards of a split of `count` samples."""
+    per_sample = max(length_tokens, MIN_SAMPLE_TOKENS) * records_per_sample
+    size = max(1, SHARD_TOKENS // per_sample)
+    return [(start, min(start + size, count)) for start in range(0, count, size)]
 
 
 class SortedFeaturesWriter(writer_lib.ExampleWriter):
@@ -349,10 +371,6 @@ class SortedFeaturesWriter(writer_lib.ExampleWriter):
 def sorted_example(serialized: bytes) -> bytes:
     """A serialized tf.train.Example with its feature map written in key order."""
     return tf_example_pb2.Example.FromString(serialized).SerializeToString(deterministic=True)
-
-
-# Samples per Beam work item: small enough to spread a 1M..10M train split over workers.
-BEAM_RANGE = 4
 
 
 @dataclasses.dataclass(frozen=True)
