@@ -33,6 +33,7 @@ import json
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -316,8 +317,10 @@ class Haystack:
         if use_cache and path.exists():
             try:
                 return cls._load(path)
-            except (OSError, ValueError, KeyError) as e:
-                logging.warning("haystack cache %s is unreadable (%s); rebuilding", path, e)
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+                # Cut short or damaged (a full disk, a killed copy): made again and rewritten.
+                logging.warning("haystack cache %s is unreadable (%s: %s); rebuilding", path,
+                                type(e).__name__, e)
         haystack = cls._split_and_encode(books, tokenizer, splitter, min_words)
         if use_cache:
             haystack._save(path)

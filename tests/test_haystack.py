@@ -76,6 +76,28 @@ def test_cache_round_trip_and_corrupt_cache(small_haystack_dir, sp_tokenizer, tm
     assert "unreadable" in caplog.text and np.array_equal(rebuilt.tokens, first.tokens)
 
 
+@pytest.mark.parametrize("keep", [0, 0.5, 0.99])
+def test_truncated_cache_is_rebuilt_with_a_warning(small_haystack_dir, sp_tokenizer, tmp_path,
+                                                   caplog, keep):
+    """A cache cut short (a full disk, a killed copy) raised EOFError (empty) or BadZipFile
+    from every build; it is rebuilt with a warning into the haystack a fresh build makes, and
+    the rewritten cache loads."""
+    books = hs.load_books_from_dir(small_haystack_dir)[:1]
+    fresh = hs.Haystack.build(books, sp_tokenizer, use_cache=False)
+    hs.Haystack.build(books, sp_tokenizer, cache_dir=tmp_path)
+    (cached,) = tmp_path.glob("haystack-*.npz")
+    data = cached.read_bytes()
+    cached.write_bytes(data[: int(len(data) * keep)])
+    with caplog.at_level(logging.WARNING):
+        rebuilt = hs.Haystack.build(books, sp_tokenizer, cache_dir=tmp_path)
+    assert "unreadable" in caplog.text and "rebuilding" in caplog.text
+    for h in (rebuilt, hs.Haystack.build(books, sp_tokenizer, cache_dir=tmp_path)):
+        assert h.sentences == fresh.sentences and h.book_ids == fresh.book_ids
+        for name in hs.Haystack._ARRAYS:
+            assert np.array_equal(getattr(h, name), getattr(fresh, name)), name
+    assert cached.read_bytes() == data
+
+
 @pytest.mark.parametrize("budget", [50, 3_000, 200_000])
 def test_sampler_meets_budget_within_tolerance(small_haystack, budget):
     sampler = hs.HaystackSampler(small_haystack)
