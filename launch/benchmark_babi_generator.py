@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from babilong_tfds.babi_generator.validation import (
     tv_distance,
 )
 from babilong_tfds.tasks import parse_tasks
+from launch.outputs import check_output_dir
+from rmt_jax.files import write_text
 
 _TASKS = flags.DEFINE_string("tasks", "all", "Comma-separated qa1..qa20, or 'all'.")
 _STORIES = flags.DEFINE_integer("stories", 5000, "Stories timed per task.")
@@ -104,7 +107,11 @@ def _validate(task: str, root: Path, questions: int, seed: int) -> dict:
 
 def main(argv):
     del argv
-    tasks = parse_tasks(_TASKS.value)
+    try:
+        tasks = parse_tasks(_TASKS.value)
+        check_output_dir(_OUTPUT_DIR.value, "--output_dir")
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     out = Path(_OUTPUT_DIR.value)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"cpu": _cpu(), "python": platform.python_version(), "seed": _SEED.value,
@@ -115,9 +122,8 @@ def main(argv):
     for t, r in speed.items():
         print(f"{t:<6} {r['stories_per_s']:>10,.0f} {r['questions_per_s']:>12,.0f} "
               f"{r['stories_per_wall_s']:>15,.0f}")
-    (out / "babi_generator_speed.json").write_text(
-        json.dumps({"meta": {**meta, "stories_timed": _STORIES.value}, "tasks": speed},
-                   indent=1))
+    write_text(out / "babi_generator_speed.json", json.dumps(
+        {"meta": {**meta, "stories_timed": _STORIES.value}, "tasks": speed}, indent=1))
     if _SKIP_VALIDATION.value:
         return
     root = Path(_BABI_ROOT.value)
@@ -139,9 +145,8 @@ def main(argv):
               f"{r.get('answer_tv_distance', float('nan')):>6.3f} "
               f"{ovl.get('story_overlap', float('nan')):>9.4f} "
               f"{ovl.get('window3_overlap', float('nan')):>9.4f}")
-    (out / "babi_generator_validation.json").write_text(
-        json.dumps({"meta": {**meta, "questions_per_task": _QUESTIONS.value}, "tasks": report},
-                   indent=1))
+    write_text(out / "babi_generator_validation.json", json.dumps(
+        {"meta": {**meta, "questions_per_task": _QUESTIONS.value}, "tasks": report}, indent=1))
     print(f"\nwrote {out / 'babi_generator_speed.json'} and "
           f"{out / 'babi_generator_validation.json'}")
 

@@ -44,6 +44,7 @@ from babilong_tfds.dataset import StoryPool, generate_split
 from babilong_tfds.haystack import Haystack, load_books_from_dir
 from babilong_tfds.tasks import LENGTHS, parse_lengths, parse_tasks
 from babilong_tfds.tokenizer import get_tokenizer
+from launch.outputs import check_output_file
 from rmt_jax.files import write_text
 
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", "../shared/data", "Folder with babi/, haystack/.")
@@ -137,6 +138,10 @@ def main(argv):
     lengths = parse_lengths(_LENGTHS.value)
     if bool(_OFFICIAL_PYTHON.value) != bool(_OFFICIAL_REPO.value):
         sys.exit("error: --official_python and --official_repo go together")
+    try:
+        check_output_file(_OUT.value)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     legacy = _LEGACY.value
     recipe: Recipe = LEGACY_RECIPE if legacy else Recipe()
     tokenizer = get_tokenizer("sentencepiece" if legacy else "gpt2", search_dirs=[manual])

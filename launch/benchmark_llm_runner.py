@@ -30,6 +30,7 @@ from pathlib import Path
 from absl import app, flags
 
 from babilong_tfds import llm_eval, prompts
+from launch.outputs import check_output_file
 from rmt_jax.files import atomic_write
 
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", "../shared/data",
@@ -97,6 +98,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
+        check_output_file(_OUT.value)
         official = prompts.load_prompts(manual_dir=_MANUAL_DIR.value)
         levels = [int(c) for c in _CONCURRENCY.value]
     except ValueError as e:

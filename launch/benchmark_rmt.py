@@ -47,6 +47,7 @@ from absl import app, flags
 from flax import nnx
 
 from launch import trace_summary
+from launch.outputs import check_output_file
 from rmt_jax import RMT, count_params, get_config, loss_fn, scan_segments, stream_infer
 from rmt_jax.files import atomic_write
 
@@ -279,6 +280,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     check_flags()
     try:
+        if FLAGS.out:
+            check_output_file(FLAGS.out, json_list=True)
         cfg = build_config()
     except ValueError as e:
         sys.exit(f"error: {e}")

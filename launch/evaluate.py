@@ -17,10 +17,12 @@ Bad arguments and a missing checkpoint stop before anything is written.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
 
+from launch.outputs import check_output_dir
 from rmt_jax import checkpointing, evaluate_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.",
@@ -58,6 +60,7 @@ def main(argv):
     if _DATA.value and not flags.FLAGS["source"].present:
         source = "published"
     try:
+        check_output_dir(_OUT_DIR.value or os.path.join(_WORKDIR.value, "eval"), "--out_dir")
         results = evaluate_lib.evaluate_checkpoint(
             _WORKDIR.value,
             tasks=_TASKS.value,

@@ -2,6 +2,8 @@
 large splits without TensorFlow, damaged caches, bad folders, leftovers of interrupted builds."""
 
 import importlib.util
+import os
+import subprocess
 import sys
 
 import pytest
@@ -10,6 +12,7 @@ import tensorflow_datasets as tfds
 from babilong_tfds.babilong import babilong_dataset_builder as builder_lib
 from babilong_tfds.build import BuildOptions, build
 
+from .conftest import REPO
 from .test_builder import split_records
 
 
@@ -55,3 +58,65 @@ def test_many_shards_hold_the_records_of_one_in_order(tmp_path, manual_dir, monk
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# -- where results go, checked before the compute ------------------------------------------
+def test_output_checks_name_the_flag_and_leave_nothing(tmp_path):
+    from launch.outputs import check_output_dir, check_output_file
+
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match=r"--out=.* is a folder: name a file"):
+        check_output_file(tmp_path)
+    with pytest.raises(ValueError, match=r"file.txt is a file, not a folder"):
+        check_output_file(a_file / "sub" / "out.json")
+    with pytest.raises(ValueError, match=r"--out_dir=.*file.txt is a file, not a folder"):
+        check_output_dir(a_file, "--out_dir")
+    with pytest.raises(ValueError, match=r"holds no JSON list .* appended"):
+        check_output_file(a_file, json_list=True)
+    (tmp_path / "list.json").write_text("[]")
+    check_output_file(tmp_path / "list.json", json_list=True)
+    check_output_file(tmp_path / "new" / "deeper" / "out.json")
+    check_output_dir(tmp_path / "new_dir", "--out_dir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "list.json"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in read-only folders")
+def test_a_read_only_output_folder_is_refused(tmp_path):
+    from launch.outputs import check_output_file
+
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    try:
+        with pytest.raises(ValueError, match=r"cannot write in .*ro .*fix its permissions"):
+            check_output_file(tmp_path / "ro" / "out.json")
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+
+
+def test_entry_points_refuse_a_bad_output_before_computing(tmp_path, shared_data):
+    """Each entry point stops at once with an `error:` line naming its output flag: nothing
+    printed before it, the bad path untouched. (They used to find it after the work.)"""
+    a_file = tmp_path / "not_a_folder"
+    a_file.write_text("x")
+    not_a_list = tmp_path / "records.json"
+    not_a_list.write_text('{"a": 1}')
+    runs = {
+        "benchmark_babilong": [f"--manual_dir={shared_data}", f"--out={tmp_path}"],
+        "benchmark_llm_runner": [f"--manual_dir={shared_data}", f"--out={a_file}/x.json"],
+        "benchmark_rmt": ["--preset=tiny", f"--out={not_a_list}"],
+        "benchmark_babi_generator": [f"--output_dir={a_file}"],
+        "evaluate": [f"--workdir={tmp_path / 'work'}", f"--out_dir={a_file}"],
+    }
+    flag = {"benchmark_babi_generator": "--output_dir", "evaluate": "--out_dir"}
+    procs = {name: subprocess.Popen([sys.executable, "-m", f"launch.{name}", *args], cwd=REPO,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, args in runs.items()}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        last = err.strip().splitlines()[-1] if err.strip() else ""
+        assert proc.returncode != 0 and last.startswith("error: "), (name, err[-2000:])
+        assert flag.get(name, "--out") + "=" in last, (name, last)
+        assert out == "", (name, out)
+    assert a_file.read_text() == "x" and not_a_list.read_text() == '{"a": 1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_folder", "records.json"]
