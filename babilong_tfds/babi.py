@@ -11,10 +11,12 @@ inside `.tar.gz` archives laid out like the official one (`tasks_1-20_v1-2/en-10
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import re
 import tarfile
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -166,11 +168,26 @@ class BabiFile:
     def read_text(self) -> str:
         if self.member is None:
             return self.path.read_text(encoding="utf-8")
-        with tarfile.open(self.path, "r:*") as tar:
+        with _reading_archive(self.path), tarfile.open(self.path, "r:*") as tar:
             f = tar.extractfile(self.member)
             if f is None:
                 raise BabiFileNotFound(f"{self.name} is not a regular file")
             return io.TextIOWrapper(f, encoding="utf-8").read()
+
+
+@contextlib.contextmanager
+def _reading_archive(path: Path):
+    """A truncated or corrupt archive (which every read under its folder opens) becomes an
+    error that names it."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise BabiFormatError(
+            f"bAbI archive {path} is damaged ({type(e).__name__}: {e}): replace it (the "
+            "official tasks_1-20_v1-2.tar.gz) or remove it from the bAbI folder"
+        ) from None
 
 
 def find_babi_files(root: str | Path, task: str, split: str) -> list[BabiFile]:
@@ -187,10 +204,12 @@ def find_babi_files(root: str | Path, task: str, split: str) -> list[BabiFile]:
         if path.is_file() and path.name == wanted:
             found.append((_variant_rank(str(path.relative_to(root))), str(path), BabiFile(path)))
         elif path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
-            with tarfile.open(path, "r:*") as tar:
-                for member in tar.getnames():
-                    if Path(member).name == wanted:
-                        found.append((_variant_rank(member), member, BabiFile(path, member)))
+            with _reading_archive(path):
+                with tarfile.open(path, "r:*") as tar:
+                    names = tar.getnames()
+            for member in names:
+                if Path(member).name == wanted:
+                    found.append((_variant_rank(member), member, BabiFile(path, member)))
     found.sort(key=lambda item: (item[0], item[1]))
     return [f for _, _, f in found]
 

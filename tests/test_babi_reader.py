@@ -74,3 +74,16 @@ def test_reads_member_of_a_tar_archive(tmp_path):
     src.unlink()
     (sample,) = babi.load_babi("qa1", "test", tmp_path)
     assert sample.answer == "office" and "tasks.tar.gz!" in sample.origin
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.999])
+def test_a_damaged_archive_beside_a_plain_file_is_named(babi_root, tmp_path, keep):
+    """A truncated tar.gz in the bAbI folder broke every read with a bare EOFError or
+    ReadError; the error names the archive and what to do."""
+    plain = tmp_path / "en-10k" / babi.file_name("qa1", "test")
+    plain.parent.mkdir()
+    plain.write_text((babi_root / "v1.1" / "en" / babi.file_name("qa1", "test")).read_text())
+    archive = (babi_root / "tasks_1-20_v1-2-en-10k.tar.gz").read_bytes()
+    (tmp_path / "tasks.tar.gz").write_bytes(archive[: int(len(archive) * keep)])
+    with pytest.raises(ValueError, match=r"tasks\.tar\.gz is damaged .*replace it .* or remove"):
+        babi.load_babi("qa1", "test", tmp_path)
