@@ -135,8 +135,10 @@ class StoryPool:
         babi_source: str = "files",
         babi_root: str | Path | None = None,
         seed: int = 0,
+        synonyms: bool = False,
     ):
         self.task = check_task(task)
+        self.synonyms = synonyms  # generated stories: also our verbs, not only bAbI's
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
         self.split = split
@@ -218,7 +220,8 @@ class StoryPool:
         # Train and test draw from disjoint simulator seeds.
         sim_seed = self.seed * len(SPLITS) + SPLITS.index(self.split)
         for _ in range(MAX_GENERATED_TRIES):
-            story = generate_story(self.task, sim_seed, int(rng.integers(1 << 62)))
+            story = generate_story(self.task, sim_seed, int(rng.integers(1 << 62)),
+                                   synonyms=self.synonyms)
             sample = story[int(rng.integers(len(story)))]
             if composer.fits(sample, length):
                 return sample
@@ -303,6 +306,7 @@ class BabilongSource:
         babi_root: str | Path | None = None,
         num_records: int = (1 << 31) - 1,
         with_text: bool = False,
+        synonyms: bool = False,
     ):
         if not tasks or not lengths:
             raise ValueError("BabilongSource needs at least one task and one length")
@@ -320,6 +324,7 @@ class BabilongSource:
         self.babi_root = babi_root
         self.num_records = int(num_records)
         self.with_text = with_text
+        self.synonyms = synonyms  # 'generated': our verbs too (babilong_tfds.babi_generator)
 
     @functools.cached_property
     def _pools(self) -> dict[str, StoryPool]:
@@ -330,6 +335,7 @@ class BabilongSource:
                 babi_source=self.babi_source,
                 babi_root=self.babi_root,
                 seed=self.seed,
+                synonyms=self.synonyms,
             )
             for t in self.tasks
         }

@@ -171,3 +171,28 @@ def test_no_story_copied_from_originals(task):
     result = overlap(_generated(task), _originals(task))
     assert result["story_overlap"] <= _STORY_OVERLAP.get(task, 0.0)
     assert result["window3_overlap"] <= _WINDOW_OVERLAP.get(task, 0.02)
+
+
+def _pattern(fact: str) -> str:
+    """A statement with its names, places and objects replaced by X: its wording."""
+    nouns = {*vocab.HOUSE_ACTORS, *vocab.GIVING_ACTORS, *vocab.TOWN_ACTORS, *vocab.ROOMS,
+             *vocab.TOWN, *vocab.OBJECTS}
+    return " ".join("X" if w.strip(".") in nouns else w for w in fact.split())
+
+
+@pytest.mark.parametrize("task", ["qa1", "qa2", "qa3", "qa5", "qa11", "qa13"])
+def test_default_wording_is_the_files_own_and_synonyms_are_an_option(task):
+    files = {_pattern(f) for s in _originals(task) for f in s.facts}
+    default = {_pattern(f) for s in _generated(task)[:300] for f in s.facts}
+    assert default <= files, sorted(default - files)[:5]
+    with_synonyms = generate_samples(task, seed=7, num_samples=300, synonyms=True)
+    assert all(s.origin.startswith(f"generated+synonyms:{task}:7:") for s in with_synonyms)
+    extra = {_pattern(f) for s in with_synonyms for f in s.facts} - files
+    ours = {*vocab.SYNONYM_WORDING.move, *vocab.SYNONYM_WORDING.pick,
+            *vocab.SYNONYM_WORDING.drop, *vocab.SYNONYM_WORDING.give,
+            *vocab.SYNONYM_WORDING.follow_ups} - {
+        *vocab.BABI_WORDING.move, *vocab.BABI_WORDING.pick, *vocab.BABI_WORDING.drop,
+        *vocab.BABI_WORDING.give, *vocab.BABI_WORDING.follow_ups}
+    assert extra and all(any(w in p for w in ours) for p in extra), sorted(extra)[:5]
+    with pytest.raises(ValueError, match="synonyms must be True or False"):
+        GeneratedBabi(task, 0, synonyms="yes")

@@ -11,6 +11,9 @@ Contract:
 - Answers fall in `tasks.LABELS[task]` (qa8: comma-separated lists or 'nothing'; qa19:
   'n,w'), with the default parameters (a longer qa19 path gives longer direction lists).
 - Bad input raises ValueError naming the problem and the valid range.
+- Wording: the statements use the verbs and sentence openers of the bAbI files
+  (`vocab.BABI_WORDING`); `synonyms=True` adds a few of our own (`vocab.SYNONYM_WORDING`:
+  'walked', 'collected', 'Later', ...) and marks the origin 'generated+synonyms:...'.
 
 The worlds: `actors` (people moving and handling objects: qa1-3, qa5-13), `relations`
 (places and sizes: qa4, qa17-19) and `logic` (time, deduction, induction, motives: qa14-16,
@@ -75,9 +78,9 @@ def _check_params(task: str, params: dict) -> dict[str, int]:
     return out
 
 
-def _entries(task: str, rng: random.Random, p: dict[str, int]):
+def _entries(task: str, rng: random.Random, p: dict[str, int], words: vocab.Wording):
     if task in actors.TASKS:
-        return actors.story(task, rng, p["num_actors"], p["num_questions"])
+        return actors.story(task, rng, p["num_actors"], p["num_questions"], words)
     if task == "qa4":
         return relations.two_arg_story(rng, p["num_questions"])
     if task == "qa14":
@@ -98,12 +101,15 @@ def _entries(task: str, rng: random.Random, p: dict[str, int]):
 class GeneratedBabi:
     """An unlimited, reproducible source of one task's stories: `.story(index)`."""
 
-    def __init__(self, task: str, seed: int, **params: int | None):
+    def __init__(self, task: str, seed: int, *, synonyms: bool = False, **params: int | None):
         self.task = check_task(task)
         self.seed = _check_int("seed", seed, 0)
         self.params = _check_params(task, params)
+        if not isinstance(synonyms, bool):
+            raise ValueError(f"synonyms must be True or False, got {synonyms!r}")
+        self.words = vocab.wording(synonyms)
         self._task_no = TASKS.index(task) + 1
-        self._origin = f"generated:{task}:{self.seed}:"
+        self._origin = f"generated{'+synonyms' if synonyms else ''}:{task}:{self.seed}:"
         # The story's RNG seed: (seed, task number, index) packed into disjoint bits.
         self._base = (self.seed * 32 + self._task_no) << 64
 
@@ -117,7 +123,7 @@ class GeneratedBabi:
         origin = self._origin + str(index)
         facts: list[str] = []
         out = []
-        for e in _entries(task, random.Random(self._base | index), self.params):
+        for e in _entries(task, random.Random(self._base | index), self.params, self.words):
             if type(e) is str:
                 facts.append(e)
             else:
@@ -143,13 +149,14 @@ class GeneratedBabi:
             index += 1
 
 
-def generate_story(task: str, seed: int, index: int, **params: int | None) -> list[BabiSample]:
+def generate_story(task: str, seed: int, index: int, *, synonyms: bool = False,
+                   **params: int | None) -> list[BabiSample]:
     """The samples of story `index` of `task` under `seed` (see the module contract)."""
-    return GeneratedBabi(task, seed, **params).story(index)
+    return GeneratedBabi(task, seed, synonyms=synonyms, **params).story(index)
 
 
-def generate_samples(task: str, seed: int, num_samples: int, start: int = 0,
-                     **params: int | None) -> list[BabiSample]:
+def generate_samples(task: str, seed: int, num_samples: int, start: int = 0, *,
+                     synonyms: bool = False, **params: int | None) -> list[BabiSample]:
     """`num_samples` samples from the stories `start`, `start + 1`, ... (the last story
     may be cut short)."""
-    return GeneratedBabi(task, seed, **params).samples(num_samples, start)
+    return GeneratedBabi(task, seed, synonyms=synonyms, **params).samples(num_samples, start)

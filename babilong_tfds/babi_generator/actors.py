@@ -9,8 +9,9 @@ statements and, when the world can answer one, a question, until it has
 `num_questions` questions. Recent events are asked about more often than old ones, as in
 the original files (their question-to-support distances are short).
 
-`story(task, rng, num_actors, num_questions)` returns the story as a list of entries:
-a statement (str) or a question `(question, answer, supporting indices)`.
+`story(task, rng, num_actors, num_questions, words)` returns the story as a list of
+entries: a statement (str) or a question `(question, answer, supporting indices)`; `words`
+(a `vocab.Wording`, default bAbI's own) says which verbs the statements use.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import random
 from babilong_tfds.babi_generator import vocab
 
 Entry = str | tuple[str, str, tuple[int, ...]]
-_MOVE_VERBS = vocab.MOVE_VERBS
-_N_VERBS = len(_MOVE_VERBS)
 Question = tuple[str, str, tuple[int, ...]]
 
 
@@ -38,8 +37,11 @@ class _World:
         there_drop: float = 0.2,
         there_pick: float = 1.0,
         one_hand: float = 0.0,
+        words: vocab.Wording = vocab.BABI_WORDING,
     ):
         self.rng = rng
+        self.words = words
+        self.move_verbs, self.n_verbs = words.move, len(words.move)
         self.one_hand = one_hand  # chance that only empty-handed actors pick things up
         self.actors = list(actors)
         self.places = places
@@ -87,7 +89,7 @@ class _World:
             while place == here:
                 place = places[int(rand() * n)]
         facts = self.facts
-        facts.append(f"{actor} {_MOVE_VERBS[int(rand() * _N_VERBS)]} to the {place}.")
+        facts.append(f"{actor} {self.move_verbs[int(rand() * self.n_verbs)]} to the {place}.")
         i = len(facts) - 1
         loc[actor] = place
         self.last_move[actor] = i
@@ -111,7 +113,7 @@ class _World:
             return False
         actor, obj = rng.choice(options)
         there = " there" if rng.random() < self.there_pick else ""
-        i = self.say(f"{actor} {rng.choice(vocab.PICK_VERBS)} the {obj}{there}.")
+        i = self.say(f"{actor} {rng.choice(self.words.pick)} the {obj}{there}.")
         place = self.loc[actor]
         self.holder[obj] = actor
         self.held[actor].append(obj)
@@ -133,7 +135,7 @@ class _World:
             return False
         actor, obj = rng.choice(options)
         there = " there" if rng.random() < self.there_drop else ""
-        i = self.say(f"{actor} {rng.choice(vocab.DROP_VERBS)} the {obj}{there}.")
+        i = self.say(f"{actor} {rng.choice(self.words.drop)} the {obj}{there}.")
         del self.holder[obj]
         self.held[actor].remove(obj)
         self.dropped_at[obj] = self.loc[actor]
@@ -154,7 +156,7 @@ class _World:
         if not options:
             return False
         giver, obj, taker = rng.choice(options)
-        i = self.say(f"{giver} {rng.choice(vocab.GIVE_VERBS)} the {obj} to {taker}.")
+        i = self.say(f"{giver} {rng.choice(self.words.give)} the {obj} to {taker}.")
         self.holder[obj] = taker
         self.held[giver].remove(obj)
         self.held[taker].append(obj)
@@ -310,7 +312,8 @@ def _choose(w: _World, task: _Task, cands: list[Question]) -> Question | None:
 
 
 def _run(
-    task: _Task, rng: random.Random, num_actors: int, num_questions: int, step=None
+    task: _Task, rng: random.Random, num_actors: int, num_questions: int, step=None,
+    words: vocab.Wording = vocab.BABI_WORDING,
 ) -> list[Entry]:
     w = _World(
         rng,
@@ -320,6 +323,7 @@ def _run(
         there_drop=task.there_drop,
         there_pick=task.there_pick,
         one_hand=task.one_hand,
+        words=words,
     )
     if step is None:
         moves_only = not (task.pick or task.drop or task.give)
@@ -417,8 +421,8 @@ def _coref_step(w: _World) -> None:
     here = w.loc[actor]
     place = rng.choice([p for p in w.places if p != here])
     i = w.say(
-        f"{rng.choice(vocab.FOLLOW_UPS)} {vocab.PRONOUN[actor]} "
-        f"{rng.choice(vocab.MOVE_VERBS)} to the {place}."
+        f"{rng.choice(w.words.follow_ups)} {vocab.PRONOUN[actor]} "
+        f"{rng.choice(w.words.move)} to the {place}."
     )
     w.loc[actor] = place
     w.pair[actor] = (first, i)
@@ -433,13 +437,13 @@ def _together(w: _World, follow_up: bool) -> None:
     rng = w.rng
     a, b = rng.sample(w.actors, 2)
     place = rng.choice(w.places)
-    i = w.say(f"{a} and {b} {rng.choice(vocab.MOVE_VERBS)} to the {place}.")
+    i = w.say(f"{a} and {b} {rng.choice(w.words.move)} to the {place}.")
     w.loc[a] = w.loc[b] = place
     w.last_move[a] = w.last_move[b] = i
     if follow_up:
         place2 = rng.choice([p for p in w.places if p != place])
         j = w.say(
-            f"{rng.choice(vocab.FOLLOW_UPS)} they {rng.choice(vocab.MOVE_VERBS)} to the {place2}."
+            f"{rng.choice(w.words.follow_ups)} they {rng.choice(w.words.move)} to the {place2}."
         )
         w.loc[a] = w.loc[b] = place2
         pair = w.pair
@@ -474,15 +478,13 @@ _STEPS = {
 }
 
 
-def _run_pairs(task: _Task, rng: random.Random, num_actors: int, num_questions: int) -> list[Entry]:
-    """qa13: each round is one 'A and B went ...' with its 'Then they ...'."""
-    return _run(task, rng, num_actors, num_questions, step=lambda w: _together(w, True))
-
-
-def story(task: str, rng: random.Random, num_actors: int, num_questions: int) -> list[Entry]:
-    if task == "qa13":
-        return _run_pairs(TASKS[task], rng, num_actors, num_questions)
-    return _run(TASKS[task], rng, num_actors, num_questions, step=_STEPS.get(task))
+def story(task: str, rng: random.Random, num_actors: int, num_questions: int,
+          words: vocab.Wording = vocab.BABI_WORDING) -> list[Entry]:
+    if task == "qa13":  # each round is one 'A and B went ...' with its 'Then they ...'
+        step = lambda w: _together(w, True)  # noqa: E731
+    else:
+        step = _STEPS.get(task)
+    return _run(TASKS[task], rng, num_actors, num_questions, step=step, words=words)
 
 
 MAX_ACTORS = {t: len(spec.actors) for t, spec in TASKS.items()}

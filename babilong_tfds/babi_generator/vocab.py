@@ -1,12 +1,16 @@
 """The words of the generated bAbI worlds: who, where, what, and how it is said.
 
 The names, places, objects and answer words are those of the original tasks (the
-answers must fall in `tasks.LABELS`). The verb lists hold the originals' verbs and a few
-of our own with the same sentence structure ('walked to the kitchen'), so that the
-generated stories are not copies of the original sentences.
+answers must fall in `tasks.LABELS`). The wording of the actor tasks is a `Wording`:
+`BABI_WORDING` (the default) uses exactly the verbs and sentence openers of the bAbI
+en-10k files (qa1..qa13, counted in their train files); `SYNONYM_WORDING` adds a few of our
+own with the same sentence structure ('walked to the kitchen'), for stories whose text
+differs from the files' (the generator's `synonyms=True`).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 ROOMS = ("bathroom", "bedroom", "garden", "hallway", "kitchen", "office")
 # qa10 and qa14 live in a town rather than a house.
@@ -19,21 +23,46 @@ TOWN_ACTORS = ("Fred", "Julie", "Mary", "Bill")  # qa10, qa14
 MOTIVATED_ACTORS = ("Sumit", "Yann", "Jason", "Antoine")  # qa20
 PRONOUN = {"Mary": "she", "Sandra": "she", "John": "he", "Daniel": "he"}
 
-MOVE_VERBS = (
-    "went",
-    "went back",
-    "journeyed",
-    "travelled",
-    "moved",  # the originals
-    "walked",
-    "ran",
-    "headed",  # ours
+
+
+@dataclasses.dataclass(frozen=True)
+class Wording:
+    """How the actor tasks say things."""
+
+    move: tuple[str, ...]        # 'Mary went to the kitchen.'
+    pick: tuple[str, ...]        # 'Mary got the apple.'
+    drop: tuple[str, ...]        # 'Mary dropped the apple.'
+    give: tuple[str, ...]        # 'Mary gave the apple to Fred.'
+    follow_ups: tuple[str, ...]  # open a sentence continuing the previous one (qa11, qa13)
+
+
+BABI_WORDING = Wording(
+    move=("went", "went back", "journeyed", "travelled", "moved"),
+    pick=("got", "grabbed", "took", "picked up"),
+    drop=("dropped", "discarded", "left", "put down"),
+    give=("gave", "handed", "passed"),
+    follow_ups=("Then", "After that", "Afterwards", "Following that"),
 )
-PICK_VERBS = ("got", "grabbed", "took", "picked up", "collected")
-DROP_VERBS = ("dropped", "discarded", "left", "put down", "set down")
-GIVE_VERBS = ("gave", "handed", "passed", "brought")
-# Words that open a sentence continuing the previous one (qa11, qa13).
-FOLLOW_UPS = ("Then", "After that", "Afterwards", "Following that", "Later")
+# bAbI's words and ours, never in the files
+SYNONYM_WORDING = Wording(
+    move=(*BABI_WORDING.move, "walked", "ran", "headed"),
+    pick=(*BABI_WORDING.pick, "collected"),
+    drop=(*BABI_WORDING.drop, "set down"),
+    give=(*BABI_WORDING.give, "brought"),
+    follow_ups=(*BABI_WORDING.follow_ups, "Later"),
+)
+
+
+def wording(synonyms: bool) -> Wording:
+    return SYNONYM_WORDING if synonyms else BABI_WORDING
+
+
+# Every verb either wording may use (to recognise a statement's kind).
+MOVE_VERBS = SYNONYM_WORDING.move
+PICK_VERBS = SYNONYM_WORDING.pick
+DROP_VERBS = SYNONYM_WORDING.drop
+GIVE_VERBS = SYNONYM_WORDING.give
+FOLLOW_UPS = SYNONYM_WORDING.follow_ups
 
 TIMES = ("yesterday", "this morning", "this afternoon", "this evening")  # qa14, in order
 
