@@ -88,6 +88,9 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.model.scan_unroll = 1  # segments per iteration of the scan loop (1: no unrolling)
     config.model.bptt_segments = 0  # back-propagate through the last k segments; 0 = all
     config.model.attention_impl = ""  # '' lets JAX choose; 'cudnn' on NVIDIA GPUs
+    # 'in_context': question and answer end the last context segment (the official fine-tuning);
+    # 'separate': an extra answer segment reads them after the context (rmt_jax.answer)
+    config.model.answer_mode = "separate"
     # A Hugging Face GPT-2 checkpoint for the backbone (folder or hub name, rmt_jax.pretrained):
     # checked at every start, loaded on a fresh one only; '' = random initialisation.
     config.model.init_from = ""
@@ -95,6 +98,7 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.tasks = ",".join(tasks)  # tasks mixed in every batch
     config.data.babi_source = "generated"  # 'generated' (fresh stories) or 'files'
+    config.data.babi_synonyms = False  # generated stories: also verbs bAbI never uses
     config.data.babi_dir = "../shared/data/babi"  # bAbI files (for 'files' and evaluation)
     config.data.haystack_dir = "../shared/data/haystack"  # books for the background
     # How samples are made: the project's legacy options, named (babilong_tfds.compose.Recipe;

@@ -1,6 +1,13 @@
 """Recurrent Memory Transformer (RMT) and RMT with self-retrieval (RMT-R) in Flax NNX."""
 
-from rmt_jax.answer import answer_logits, generate_answer, loss_fn
+from rmt_jax.answer import (
+    answer_logits,
+    generate_answer,
+    generate_in_context,
+    greedy_answer,
+    in_context_layout,
+    loss_fn,
+)
 from rmt_jax.config import PRESETS, ModelConfig, get_config
 from rmt_jax.model import RMT, count_params
 from rmt_jax.recurrence import (
@@ -11,10 +18,11 @@ from rmt_jax.recurrence import (
     segment_step,
     split_segments,
 )
-from rmt_jax.streaming import stream_infer
+from rmt_jax.streaming import stream_in_context, stream_infer
 
 __all__ = [
     "PRESETS", "RMT", "MemoryState", "ModelConfig", "answer_logits", "count_params",
-    "generate_answer", "get_config", "initial_state", "loop_segments", "loss_fn",
-    "scan_segments", "segment_step", "split_segments", "stream_infer",
+    "generate_answer", "generate_in_context", "get_config", "greedy_answer", "in_context_layout",
+    "initial_state", "loop_segments", "loss_fn", "scan_segments", "segment_step",
+    "split_segments", "stream_in_context", "stream_infer",
 ]

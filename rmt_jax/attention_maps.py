@@ -7,11 +7,13 @@ For one BABILong sample (notebooks/attention_maps.ipynb is the thin driver):
     looks. `segment_attention` returns those rows over [read memory; tokens], averaged over
     heads, with the positions of the bAbI fact tokens in the segment (from the record's
     `fact_offsets` and the facts' token counts);
-  * reading: the answer segment is [read memory; question; answer]. The core does not
-    return its attention, so `answer_attention` runs the same computation as
-    `RMT.answer_hidden` (`model.transformer` on `[read; embed(query)]`) with the weights
-    returned: rows are the question and generated answer tokens, the first R columns the
-    read memory.
+  * reading: the segment that answers is [read memory; question; answer] in the 'separate'
+    answer mode, and [read memory; last context tokens; question; answer] in 'in_context'
+    (the last segment of `rmt_jax.answer.in_context_layout`; the segments before it are the
+    writing ones). The core does not return its attention, so `answer_attention` runs the
+    same computation as `RMT.answer_hidden` (`model.transformer` on `[read; embed(tokens)]`)
+    with the weights returned: rows are the question and generated answer tokens, the first
+    R columns the read memory, then the last context tokens (if any), question and answer.
 
 Maps come from the layers in `config.attention_map_layers`; `with_attention_maps` sets them
 on a restored model (the parameters do not change). Layer default: the last.
@@ -30,9 +32,9 @@ from flax import nnx
 
 from babilong_tfds.dataset import BabilongSource
 from rmt_jax import input_pipeline
-from rmt_jax.answer import generate_answer
+from rmt_jax.answer import generate_answer, generate_in_context, in_context_layout
 from rmt_jax.model import RMT
-from rmt_jax.recurrence import scan_segments
+from rmt_jax.recurrence import initial_state, scan_segments
 
 
 @dataclasses.dataclass
@@ -65,12 +67,14 @@ class SegmentAttention:
 
 @dataclasses.dataclass
 class AnswerAttention:
-    """The answer segment's attention (head mean) over [read memory; question; answer]."""
+    """The answering segment's attention (head mean) over [read memory; context tail;
+    question; answer] (no context tail in the 'separate' mode)."""
 
-    tokens: np.ndarray     # [Q] query ids: question then generated answer
-    question_length: int   # the first ones are the question
+    tokens: np.ndarray     # [C + Q] ids: last context tokens (C), question, generated answer
+    question_length: int   # question tokens
     read_tokens: int       # R: columns [0, R) are the read memory
-    weights: np.ndarray    # [Q, R + Q] attention of each query token
+    weights: np.ndarray    # [Q, R + C + Q] attention of each question and answer token
+    context_tokens: int = 0  # C: last context tokens sharing the segment ('in_context')
 
     def memory_share(self) -> np.ndarray:
         """[Q] attention mass of each query token on the read memory."""
@@ -134,20 +138,31 @@ def _layer_key(model: RMT, layer: int | None) -> tuple[int, str]:
 def segment_attention(model: RMT, example: dict, facts: list[tuple[int, int, int]], *,
                       layer: int | None = None):
     """Write-memory attention of every non-empty segment -> (list of SegmentAttention,
-    final MemoryState). `example` is one `encode_example` output (pads at the end)."""
+    final MemoryState). `example` is one `encode_example` output (pads at the end). In the
+    'in_context' mode these are the segments before the last of the example's layout with
+    `config.data.max_answer_len` empty answer slots (pass `answer_slots` in the example,
+    as `run_sample` does; facts are in context tokens either way)."""
     layer, key = _layer_key(model, layer)
     cfg = model.config
     context = np.asarray(example["context"])
     mask = np.asarray(example["context_mask"], bool)
+    if cfg.answer_mode == "in_context":
+        tokens, real = _layout(model, example, int(example["answer_slots"]))
+        context, mask = tokens[0, :-cfg.segment_len], real[0, :-cfg.segment_len]
+        shift = int(np.argmax(real[0]))  # the front padding
+        facts = [(i, a + shift, b + shift) for i, a, b in facts]
+        if context.size == 0:  # the whole sample fits the last segment
+            return [], initial_state(model, 1, capacity=1)
     state, maps = scan_segments(model, context[None], mask[None], return_attention=True)
     weights = np.asarray(maps[key][:, 0].mean(axis=1))  # [S, h, t, t] -> [S, t, t]
     r, n, seg_len = cfg.read_tokens, cfg.mem_tokens, cfg.segment_len
     out = []
     for s in range(weights.shape[0]):
-        start = s * seg_len
-        length = int(mask[start:start + seg_len].sum())
+        length = int(mask[s * seg_len:(s + 1) * seg_len].sum())
         if length == 0:
             continue
+        # real tokens are contiguous: the first segment of a front-padded row ends in them
+        start = s * seg_len + int(np.argmax(mask[s * seg_len:(s + 1) * seg_len]))
         spans = [(i, max(a, start) - start, min(b, start + length) - start)
                  for i, a, b in facts if a < start + length and b > start]
         rows = weights[s, r + length:r + length + n, : r + length]  # [N, R + len]
@@ -155,17 +170,29 @@ def segment_attention(model: RMT, example: dict, facts: list[tuple[int, int, int
     return out, state
 
 
+def _layout(model: RMT, example: dict, slots: int):
+    """One example in the 'in_context' layout with `slots` empty answer slots -> [1, S*L]
+    tokens and mask (numpy)."""
+    return in_context_layout(
+        np.asarray(example["context"])[None], np.asarray(example["context_mask"], bool)[None],
+        np.asarray(example["question"])[None], np.asarray(example["question_length"])[None],
+        np.zeros((1, slots), np.int32), model.config.segment_len, xp=np)
+
+
 def answer_attention(model: RMT, state, question: np.ndarray, answer: np.ndarray, *,
-                     layer: int | None = None) -> AnswerAttention:
-    """Attention of the answer segment [read; question; answer] (as in `answer_hidden`)."""
+                     layer: int | None = None,
+                     context_tail: np.ndarray | None = None) -> AnswerAttention:
+    """Attention of the answering segment [read; context tail; question; answer] (as in
+    `answer_hidden`); context_tail: the last context tokens sharing it ('in_context')."""
     layer, key = _layer_key(model, layer)
-    query = np.concatenate([np.asarray(question), np.asarray(answer)]).astype(np.int32)
+    tail = np.zeros(0, np.int32) if context_tail is None else np.asarray(context_tail)
+    tokens = np.concatenate([tail, np.asarray(question), np.asarray(answer)]).astype(np.int32)
     read = model.read_memory(state.memory, state.buffer, state.buffer_valid)  # [1, R, d]
-    x = jnp.concatenate([read, model.embed(jnp.asarray(query)[None])], axis=1)
+    x = jnp.concatenate([read, model.embed(jnp.asarray(tokens)[None])], axis=1)
     _, maps = model.transformer(x, return_attention=True)
     weights = np.asarray(maps[key][0].mean(axis=0))  # [h, t, t] -> [t, t]
     r = read.shape[1]
-    return AnswerAttention(query, len(question), r, weights[r:, :])
+    return AnswerAttention(tokens, len(question), r, weights[r + len(tail):, :], len(tail))
 
 
 def run_sample(model: RMT, config, composer, tokenizer, *, task: str = "qa1",
@@ -177,16 +204,30 @@ def run_sample(model: RMT, config, composer, tokenizer, *, task: str = "qa1",
     record = sample_record(composer, task, length, index=index, source=source,
                            babi_root=babi_root)
     example = input_pipeline.encode_example(record, tokenizer, config)
+    slots = config.data.max_answer_len
+    example["answer_slots"] = slots
     segments, state = segment_attention(model, example, fact_positions(record, tokenizer),
                                         layer=layer)
     qlen = int(example["question_length"])
     question = np.asarray(example["question"][:qlen])
-    ids = np.asarray(generate_answer(model, state, question[None],
-                                     max_new_tokens=config.data.max_answer_len))[0]
+    tail = None
+    if model.config.answer_mode == "in_context":
+        tokens, real = _layout(model, example, slots)
+        seg_len = model.config.segment_len
+        last = tokens[:, -seg_len:][real[:, -seg_len:]][None]  # [1, real tokens]
+        tail = last[0, : last.shape[1] - slots - qlen]
+        padded = np.pad(last, ((0, 0), (0, seg_len - last.shape[1])))
+        ids = np.asarray(generate_in_context(model, state, padded,
+                                             np.array([last.shape[1]], np.int32),
+                                             max_new_tokens=slots))[0]
+    else:
+        ids = np.asarray(generate_answer(model, state, question[None],
+                                         max_new_tokens=slots))[0]
     prediction = input_pipeline.decode_answer(ids, tokenizer)
     stop = [i for i, t in enumerate(ids.tolist()) if t in (tokenizer.eos_id, tokenizer.pad_id)]
     answer_ids = ids[: stop[0] + 1] if stop else ids  # up to and with the end of answer
-    answer = answer_attention(model, state, question, answer_ids, layer=layer)
+    answer = answer_attention(model, state, question, answer_ids, layer=layer,
+                              context_tail=tail)
     return AttentionReport(record, prediction, layer, segments, answer)
 
 
@@ -232,22 +273,27 @@ def plot_write_attention(report: AttentionReport, *, max_segments: int = 6):
 
 
 def plot_read_attention(report: AttentionReport, tokenizer):
-    """The answer segment: each question/answer token's attention over [read memory; query],
-    and its total attention on the read memory."""
+    """The answering segment: each question/answer token's attention over [read memory;
+    context tail ('in_context'); question; answer], and its total attention on the memory."""
     import matplotlib.pyplot as plt
 
     ans = report.answer
-    labels = _pieces(tokenizer, ans.tokens)
+    columns_text = _pieces(tokenizer, ans.tokens)
+    labels = columns_text[ans.context_tokens:]
     fig, (ax_map, ax_bar) = plt.subplots(
         1, 2, figsize=(12, 1.5 + 0.28 * len(labels)), layout="constrained",
         gridspec_kw={"width_ratios": [3, 1]})
     image = ax_map.imshow(ans.weights, aspect="auto", cmap="viridis", interpolation="nearest")
     ax_map.axvline(ans.read_tokens - 0.5, color="white", linewidth=1.5)
+    if ans.context_tokens:
+        ax_map.axvline(ans.read_tokens + ans.context_tokens - 0.5, color="white", linewidth=1,
+                       linestyle=":")
     ax_map.axhline(ans.question_length - 0.5, color="white", linewidth=1, linestyle="--")
     ax_map.set_yticks(range(len(labels)), labels, fontsize=7)
-    columns = [f"m{i}" for i in range(ans.read_tokens)] + labels
+    columns = [f"m{i}" for i in range(ans.read_tokens)] + columns_text
     ax_map.set_xticks(range(len(columns)), columns, fontsize=6, rotation=90)
-    ax_map.set_xlabel("key position: read memory | question | answer")
+    ax_map.set_xlabel("key position: read memory | " + ("last context tokens | "
+                      if ans.context_tokens else "") + "question | answer")
     ax_map.set_title(f"reading memory to answer, layer {report.layer}: "
                      f"target {report.record['target']!r}, output {report.prediction!r}",
                      fontsize=9, loc="left")

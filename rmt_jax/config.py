@@ -23,6 +23,9 @@ REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable", "everythi
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16,
           "bf16": jnp.bfloat16}
 ATTENTION_IMPLS = (None, "xla", "cudnn")
+# Where the question and answer go (rmt_jax.answer): 'in_context' appends them to the context
+# (the official BABILong fine-tuning), 'separate' reads them in an extra answer segment.
+ANSWER_MODES = ("in_context", "separate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +47,7 @@ class ModelConfig:
     bptt_segments: int | None = None  # back-propagate through the last k segments; None = all
     attention_map_layers: tuple[int, ...] = ()  # layers whose attention weights are returned
     attention_impl: str | None = None  # jax.nn.dot_product_attention implementation; 'cudnn' on GPU
+    answer_mode: str = "separate"    # 'in_context' (question in the last segment) | 'separate'
 
     def __post_init__(self):
         for name in ("layers", "d_model", "heads", "vocab_size", "segment_len", "max_positions"):
@@ -77,6 +81,9 @@ class ModelConfig:
         if bad:
             raise ValueError(f"attention_map_layers {bad} out of range: "
                              f"layers are 0..{self.layers - 1}")
+        if self.answer_mode not in ANSWER_MODES:
+            raise ValueError(f"unknown answer_mode {self.answer_mode!r}: expected one of "
+                             f"{ANSWER_MODES}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of "
                              f"{ATTENTION_IMPLS} (None lets JAX choose; 'cudnn' needs a GPU)")

@@ -51,12 +51,11 @@ from babilong_tfds import metric, published
 from babilong_tfds.dataset import generate_split
 from babilong_tfds.tasks import LENGTHS, check_length, parse_lengths, parse_tasks
 from rmt_jax import input_pipeline
-from rmt_jax.answer import generate_answer
+from rmt_jax.answer import generate_answer, generate_in_context, greedy_answer
 from rmt_jax.checkpointing import parse_step
 from rmt_jax.files import atomic_write, prepare_workdir, run_path
 from rmt_jax.model import RMT
-from rmt_jax.recurrence import scan_segments
-from rmt_jax.streaming import stream_infer
+from rmt_jax.streaming import stream_in_context, stream_infer
 
 SOURCES = ("files", "generated", "tfds", "published")
 DEFAULT_TFDS_NAME = "babilong/{task}_{length}"
@@ -182,16 +181,20 @@ def encode_records(records: Sequence[dict], tokenizer, config) -> list[dict]:
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
 def _scan_and_generate(graphdef, params, context, context_mask, question, question_length, *,
                        max_new_tokens: int):
-    model = nnx.merge(graphdef, params)
-    state, _ = scan_segments(model, context, context_mask)
-    return generate_answer(model, state, question, max_new_tokens=max_new_tokens,
-                           question_lengths=question_length)
+    return greedy_answer(nnx.merge(graphdef, params), context, context_mask, question,
+                         question_length, max_new_tokens=max_new_tokens)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
 def _generate(graphdef, params, state, question, question_length, *, max_new_tokens: int):
     return generate_answer(nnx.merge(graphdef, params), state, question,
                            max_new_tokens=max_new_tokens, question_lengths=question_length)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
+def _generate_in_context(graphdef, params, state, last, lengths, *, max_new_tokens: int):
+    return generate_in_context(nnx.merge(graphdef, params), state, last, lengths,
+                               max_new_tokens=max_new_tokens)
 
 
 def answer_batch(model: RMT, batch: dict, *, max_new_tokens: int) -> np.ndarray:
@@ -208,10 +211,17 @@ def answer_streaming(model: RMT, batch: dict, *, max_new_tokens: int,
     """Greedy answer ids [B, max_new_tokens] for a collated batch, its context streamed in
     chunks of segments (`stream_infer` with the batch's mask: shorter rows end in padding,
     whose empty segments leave their memory as it is)."""
+    graphdef, params = nnx.split(model)
+    if model.config.answer_mode == "in_context":  # only the last segment holds the question
+        state, last, lengths = stream_in_context(
+            model, np.asarray(batch["context"]), np.asarray(batch["question"]),
+            np.asarray(batch["question_length"]), answer_slots=max_new_tokens,
+            mask=np.asarray(batch["context_mask"], bool), chunk_segments=chunk_segments)
+        return np.asarray(_generate_in_context(graphdef, params, state, last, lengths,
+                                               max_new_tokens=max_new_tokens))
     state = stream_infer(model, np.asarray(batch["context"]),
                          mask=np.asarray(batch["context_mask"], bool),
                          chunk_segments=chunk_segments)
-    graphdef, params = nnx.split(model)
     ids = _generate(graphdef, params, state, batch["question"], batch["question_length"],
                     max_new_tokens=max_new_tokens)
     return np.asarray(ids)

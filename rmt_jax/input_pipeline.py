@@ -91,6 +91,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelCon
         scan_unroll=m.get("scan_unroll", 1),  # absent from configs saved before it existed
         bptt_segments=m.bptt_segments or None,
         attention_impl=m.attention_impl or None,
+        answer_mode=m.get("answer_mode", "separate"),  # configs saved before it: 'separate'
     )
 
 
@@ -198,6 +199,8 @@ class TrainData:
             babi_source=data.babi_source,
             babi_root=data.babi_dir,
             num_records=STREAM_RECORDS,
+            # configs saved before the option were trained with the synonyms
+            synonyms=data.get("babi_synonyms", True),
         )
 
     def dataset(self, stage: int) -> grain.IterDataset:

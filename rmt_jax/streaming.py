@@ -9,6 +9,11 @@ otherwise doubled as needed (so the chunk function recompiles O(log chunks) time
 The last chunk is padded with masked tokens to the full chunk shape: padded segments are
 empty and leave the memory unchanged, so the result equals one `scan_segments` over the
 whole input.
+
+In the 'in_context' answer mode the question shares the last segment with the last context
+tokens: `stream_in_context` lays the rows out as `rmt_jax.answer.in_context_layout` does (on
+the host), streams every segment but the last, and returns that last segment for
+`rmt_jax.answer.generate_in_context`. The result equals `greedy_answer` over one scan.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rmt_jax.answer import in_context_layout
 from rmt_jax.model import RMT
-from rmt_jax.recurrence import MemoryState, initial_state, scan_segments
+from rmt_jax.recurrence import MemoryState, initial_state, scan_segments, split_segments
 
 
 def grow_buffer(state: MemoryState, capacity: int) -> MemoryState:
@@ -128,3 +134,29 @@ def stream_infer(model: RMT, tokens, *, mask=None, chunk_segments: int = 64,
     if state is None:
         raise ValueError("empty input: stream at least one token")
     return state
+
+
+def stream_in_context(model: RMT, context, question, question_length, *, answer_slots: int,
+                      mask=None, chunk_segments: int = 64):
+    """Streams a batch in the 'in_context' layout -> (state, last [B, L], lengths [B]).
+
+    context [B, T] (numpy; mask as in `stream_infer`), question [B, Qq] with question_length
+    [B] real tokens, answer_slots: the answer tokens to be generated (max_new_tokens). Only
+    the last segment holds the question: every segment before it is streamed chunk by chunk.
+    """
+    rows = _as_rows(context)
+    question = _as_rows(question)
+    if question.shape[0] != rows.shape[0]:
+        raise ValueError(f"question rows {question.shape[0]} != context rows {rows.shape[0]}")
+    slots = np.zeros((rows.shape[0], answer_slots), np.int32)
+    tokens, real = in_context_layout(rows, None if mask is None else _as_rows(mask), question,
+                                     np.asarray(question_length), slots,
+                                     model.config.segment_len, xp=np)
+    seg_len = model.config.segment_len
+    if tokens.shape[1] > seg_len:
+        state = stream_infer(model, tokens[:, :-seg_len], mask=real[:, :-seg_len],
+                             chunk_segments=chunk_segments)
+    else:
+        state = initial_state(model, rows.shape[0], capacity=1)
+    last, lengths = split_segments(tokens[:, -seg_len:], real[:, -seg_len:], seg_len)
+    return state, last[0], lengths[0]

@@ -62,16 +62,16 @@ from jax.sharding import PartitionSpec as P
 from babilong_tfds import metric
 from babilong_tfds.tasks import TASKS
 from rmt_jax import checkpointing, files, input_pipeline, pretrained
-from rmt_jax.answer import generate_answer, loss_fn
+from rmt_jax.answer import greedy_answer, loss_fn
 from rmt_jax.config import ModelConfig
 from rmt_jax.curriculum import Curriculum, CurriculumState, advance, stage_context
 from rmt_jax.model import RMT
-from rmt_jax.recurrence import scan_segments
 from rmt_jax.synthetic_data import SyntheticData
 
 METRICS_FILE = "metrics.jsonl"
 # The step's model inputs; the other batch fields are for scoring answers.
-MODEL_INPUTS = ("context", "context_mask", "query", "loss_mask", "answer")  # loss_fn reads these
+MODEL_INPUTS = ("context", "context_mask", "query", "loss_mask", "answer", "question",
+                "question_length")  # loss_fn reads these
 # Parameters split over the 'model' axis: (parent, name) or (name,) -> spec of each dim.
 MODEL_AXIS_RULES: dict[tuple[str, ...], tuple[str | None, ...]] = {
     ("attn", "qkv"): (None, None, "model", None),   # [d, 3, heads, hd]: heads
@@ -210,10 +210,9 @@ def make_answer_fn(graphdef: nnx.GraphDef, max_new_tokens: int) -> Callable:
     """(params, batch) -> greedy answer tokens [B, max_new_tokens] after the context."""
 
     def answer(params, batch):
-        model = nnx.merge(graphdef, params)
-        state, _ = scan_segments(model, batch["context"], batch["context_mask"])
-        return generate_answer(model, state, batch["question"], max_new_tokens=max_new_tokens,
-                               question_lengths=batch["question_length"])
+        return greedy_answer(nnx.merge(graphdef, params), batch["context"],
+                             batch["context_mask"], batch["question"], batch["question_length"],
+                             max_new_tokens=max_new_tokens)
 
     return answer
 

@@ -54,8 +54,16 @@ def test_notebook_runs_on_a_tiny_checkpoint(small_haystack_dir, babi_root, tmp_p
     assert "step 3" in text and "question:" in text and "fact 0 in segment" in text
 
 
-def test_attention_maps_mark_the_facts_and_match_evaluation(small_haystack_dir, babi_root):
+def example_question(record, tokenizer, config) -> np.ndarray:
+    example = input_pipeline.encode_example(record, tokenizer, config)
+    return example["question"][: int(example["question_length"])]
+
+
+@pytest.mark.parametrize("answer_mode", ["in_context", "separate"])
+def test_attention_maps_mark_the_facts_and_match_evaluation(small_haystack_dir, babi_root,
+                                                            answer_mode):
     config = tiny_config(small_haystack_dir, babi_root)
+    config.model.answer_mode = answer_mode
     tokenizer = input_pipeline.make_tokenizer(config)
     composer = input_pipeline.make_composer(config)
     model = tiny_model(config, tokenizer, scale=5.0)
@@ -76,16 +84,25 @@ def test_attention_maps_mark_the_facts_and_match_evaluation(small_haystack_dir, 
         record["facts"])
     assert len({s.index for s in report.segments if s.fact_spans}) > 1
 
-    # the answer segment: rows are softmax rows over [read memory; query so far]
+    # the answering segment: rows (question, answer) are softmax rows over [read memory;
+    # context tail ('in_context'); question and answer so far]
     answer = report.answer
-    assert answer.weights.shape == (len(answer.tokens), cfg.read_tokens + len(answer.tokens))
+    assert cfg.answer_mode == answer_mode
+    assert (answer.context_tokens > 0) == (answer_mode == "in_context")
+    assert answer.weights.shape == (len(answer.tokens) - answer.context_tokens,
+                                    cfg.read_tokens + len(answer.tokens))
+    question = example_question(record, tokenizer, config)
+    np.testing.assert_array_equal(
+        answer.tokens[answer.context_tokens:answer.context_tokens + answer.question_length],
+        question)
     np.testing.assert_allclose(answer.weights.sum(-1), 1.0, rtol=1e-5)
     assert (answer.memory_share() > 0).all()
 
     # the notebook's model answers as the evaluation does (same parameters, same sample)
     example = input_pipeline.encode_example(record, tokenizer, config)
-    ids = evaluate_lib.answer_batch(model, input_pipeline.collate([example]),
-                                    max_new_tokens=config.data.max_answer_len)
-    assert input_pipeline.decode_answer(ids[0], tokenizer) == report.prediction
+    for streaming in (False, True):
+        ids = evaluate_lib.predict(model, [example], max_new_tokens=config.data.max_answer_len,
+                                   batch_size=1, streaming=streaming, chunk_segments=2)
+        assert input_pipeline.decode_answer(ids[0], tokenizer) == report.prediction
     with pytest.raises(ValueError, match="with_attention_maps"):
         attention_maps.run_sample(model, config, composer, tokenizer, task="qa1", length="0k")
