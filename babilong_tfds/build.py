@@ -17,26 +17,30 @@ renamed once complete.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
-import tempfile
+import re
+import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from babilong_tfds.babilong import BabilongConfig, Builder
 from babilong_tfds.babilong.babilong_dataset_builder import (
     DEFAULT_TEST_SAMPLES,
     config_description,
 )
-from babilong_tfds.compose import Recipe
-from babilong_tfds.haystack import DEFAULT_SPLITTER, check_splitter
+from babilong_tfds.compose import Composer, Recipe
+from babilong_tfds.dataset import StoryPool
+from babilong_tfds.haystack import DEFAULT_SPLITTER, Haystack, check_splitter, load_books_from_dir
 from babilong_tfds.published import write_hf_dir
-from babilong_tfds.tasks import parse_lengths, parse_tasks
-from babilong_tfds.tokenizer import DEFAULT_TOKENIZER, tokenizer_kind
+from babilong_tfds.tasks import check_length, parse_lengths, parse_tasks
+from babilong_tfds.tokenizer import DEFAULT_TOKENIZER, find_gpt2_dir, get_tokenizer, tokenizer_kind
 
 FIELDS_FIRST = ("input", "question", "target")
 
@@ -155,10 +159,52 @@ def _jsonable(value):
     return value
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+# An export writing `{name}` owns `.{name}.{pid}.{8 hex}.tmp` while it runs. Earlier versions
+# named it `.{name}.{8 of [a-z0-9_]}.tmp` (tempfile.mkstemp), without a pid.
+LEGACY_TMP_AGE_S = 3600
+
+
+def remove_stale_tmp(path: Path) -> list[Path]:
+    """Removes the temporary files that killed exports of `path` left: those named with the
+    pid of a process that is gone, and unnamed (earlier) ones untouched for an hour (a
+    running export writes to its file continuously)."""
+    if not path.parent.is_dir():
+        return []
+    name = re.escape(path.name)
+    with_pid = re.compile(rf"\.{name}\.(\d+)\.[0-9a-f]{{8}}\.tmp")
+    legacy = re.compile(rf"\.{name}\.[a-z0-9_]{{8}}\.tmp")
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = with_pid.fullmatch(tmp.name)
+        if match:
+            stale = not _pid_alive(int(match.group(1)))
+        else:
+            stale = bool(legacy.fullmatch(tmp.name)) and (
+                time.time() - tmp.stat().st_mtime > LEGACY_TMP_AGE_S)
+        if stale and tmp.is_file():
+            logging.warning("removing %s, left by an interrupted export", tmp)
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def export_jsonl(source, path: Path) -> int:
-    """Writes every record of a data source to `path` atomically; returns the count."""
+    """Writes every record of a data source to `path` atomically (removing what killed
+    exports of it left); returns the count."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_tmp(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for i in range(len(source)):
@@ -170,6 +216,94 @@ def export_jsonl(source, path: Path) -> int:
         if os.path.exists(tmp):
             os.remove(tmp)
     return len(source)
+
+
+def check_data_dir(data_dir: str | os.PathLike) -> None:
+    """A local data dir is a folder (or can be made) that this process can write in."""
+    text = os.fspath(data_dir)
+    if "://" in text:
+        return  # remote: TFDS reports its own errors
+    path = Path(text).absolute()
+    base = path
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ValueError(f"data dir {text}: {base} is a file, not a folder: pick another "
+                         "--data_dir")
+    probe = base / f".write_probe.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"data dir {text}: cannot write in {base} ({type(e).__name__}: "
+                         f"{e.strerror}): pick a folder you can write, or fix its "
+                         "permissions") from None
+
+
+def check_manual_dir(manual_dir: str | os.PathLike, lengths: Sequence[str],
+                     options: BuildOptions) -> None:
+    """A manual dir holds what the build reads from it: babi/ (unless the stories are
+    generated) and haystack/ (above 0k). Without them the builder would go to the network."""
+    manual = Path(manual_dir)
+    if not manual.is_dir():
+        raise FileNotFoundError(
+            f"manual dir {manual_dir} does not exist: it should hold babi/ and haystack/"
+        )
+    missing = []
+    if options.babi_source == "files" and not (manual / "babi").is_dir():
+        missing.append("babi/ (the bAbI task files, e.g. tasks_1-20_v1-2/en-10k/"
+                       "qa1_single-supporting-fact_test.txt, or the official "
+                       "tasks_1-20_v1-2.tar.gz)")
+    if any(check_length(n, options.length_table) for n in lengths) and not (
+            manual / "haystack").is_dir():
+        missing.append("haystack/ (book text, .txt or .txt.gz)")
+    if missing:
+        raise FileNotFoundError(
+            f"manual dir {manual} has no {' and no '.join(missing)}: add them there, or build "
+            "without --manual_dir to download them"
+        )
+
+
+def check_haystack_size(manual_dir: str | os.PathLike, tasks: Sequence[str],
+                        lengths: Sequence[str], options: BuildOptions) -> None:
+    """Without `allow_reuse`, every length fits the manual dir's haystack: checked for all
+    lengths before the first is built (the builder finds it only when it reaches that
+    length). A length fails when even the sample with the most fact tokens needs more
+    background than the books hold; so does the builder, at its first sample.
+
+    Generated stories count as factless (their facts are made per sample): a haystack within
+    a story's facts of the budget is refused for them. Skipped where the builder would
+    download something (GPT-2 files, books)."""
+    long = [n for n in lengths if check_length(n, options.length_table)]
+    manual = Path(manual_dir)
+    if options.allow_reuse or not long or not (manual / "haystack").is_dir():
+        return
+    if options.tokenizer == DEFAULT_TOKENIZER and find_gpt2_dir([manual]) is None:
+        return
+    tokenizer = get_tokenizer(options.tokenizer, search_dirs=[manual])
+    haystack = Haystack.build(load_books_from_dir(manual / "haystack"), tokenizer,
+                              splitter=options.splitter)
+    recipe = Recipe(lengths=options.length_table, story_filter=options.story_filter,
+                    fill=options.fill)
+    composer = Composer(haystack, tokenizer, recipe=recipe)
+    for length in long:
+        budget = composer.context_budget(length)
+        if budget <= haystack.num_tokens:
+            continue
+        most_facts = 0
+        if options.babi_source == "files":
+            for task in tasks:
+                for split in splits_of(options):
+                    pool = StoryPool(task, split, babi_root=manual / "babi", seed=options.seed)
+                    most_facts = max([most_facts, *(composer.fact_token_count(s)
+                                                    for s in pool.eligible(composer, length))])
+        if budget - most_facts > haystack.num_tokens:
+            raise ValueError(
+                f"length {length} needs at least {budget - most_facts:,} tokens of book text "
+                f"a sample, and the haystack of {manual / 'haystack'} holds "
+                f"{haystack.num_tokens:,}: add books, or allow reuse of books explicitly "
+                "(--allow_reuse); nothing was built"
+            )
 
 
 @dataclasses.dataclass
@@ -216,10 +350,10 @@ def build(
     made by a Beam pipeline, byte for byte as without."""
     task_list = parse_tasks(tasks)
     length_list = parse_lengths(lengths)
-    if manual_dir is not None and not Path(manual_dir).is_dir():
-        raise FileNotFoundError(
-            f"manual dir {manual_dir} does not exist: it should hold babi/ and haystack/"
-        )
+    check_data_dir(data_dir)
+    if manual_dir is not None:
+        check_manual_dir(manual_dir, length_list, options)
+        check_haystack_size(manual_dir, task_list, length_list, options)
     download_config = tfds.download.DownloadConfig(
         manual_dir=os.fspath(manual_dir) if manual_dir is not None else None,
         **_beam_download_options(beam_options),

@@ -5,6 +5,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import tensorflow_datasets as tfds
@@ -120,3 +121,109 @@ def test_entry_points_refuse_a_bad_output_before_computing(tmp_path, shared_data
         assert out == "", (name, out)
     assert a_file.read_text() == "x" and not_a_list.read_text() == '{"a": 1}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_folder", "records.json"]
+
+
+# -- inputs checked before the first dataset is built --------------------------------------
+def test_manual_dir_without_babi_is_an_error_not_a_download(tmp_path, small_haystack_dir,
+                                                           gpt2_dir, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the build went to the network")
+
+    monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", no_network)
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", no_network)
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    (manual / "haystack").symlink_to(small_haystack_dir)
+    (manual / "gpt2_tokenizer").symlink_to(gpt2_dir)
+    with pytest.raises(FileNotFoundError, match=r"manual dir .*manual has no babi/ \(the bAbI"):
+        build("qa1", "1k", data_dir=tmp_path / "d", manual_dir=manual,
+              options=BuildOptions(num_samples=2))
+    (manual / "haystack").unlink()
+    (manual / "babi").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"has no haystack/ \(book text"):
+        build("qa1", "0k,1k", data_dir=tmp_path / "d", manual_dir=manual,
+              options=BuildOptions(num_samples=2))
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_length_too_long_for_the_haystack_fails_before_the_shorter_ones(tmp_path,
+                                                                          manual_dir):
+    with pytest.raises(ValueError, match=r"length 10M needs at least .* holds .*--allow_reuse"):
+        build("qa1", "0k,1k,10M", data_dir=tmp_path / "d", manual_dir=manual_dir,
+              options=BuildOptions(num_samples=2))
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_data_dir_that_is_a_file_is_an_error_line(tmp_path, manual_dir):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match=r"data dir .*file is a file, not a folder"):
+        build("qa1", "0k", data_dir=a_file / "sub", manual_dir=manual_dir)
+    done = subprocess.run([sys.executable, "-m", "launch.build_babilong", f"--data_dir={a_file}",
+                           f"--manual_dir={manual_dir}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode != 0 and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1].startswith("error: data dir "), done.stderr
+    assert a_file.read_text() == "x"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in read-only folders")
+def test_a_read_only_data_dir_is_an_error(tmp_path, manual_dir):
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    try:
+        with pytest.raises(ValueError, match=r"cannot write in .*fix its permissions"):
+            build("qa1", "0k", data_dir=tmp_path / "ro" / "d", manual_dir=manual_dir)
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+
+
+# -- leftovers of interrupted builds --------------------------------------------------------
+def _dead_pid() -> int:
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    return done.pid
+
+
+def test_leftovers_of_killed_builds_are_removed_and_only_those(tmp_path, manual_dir):
+    """A killed build leaves TFDS's `incomplete.XXXXXX_2.0.0` folder and the export's
+    `.0k.jsonl.*.tmp`; the next run of the same build removes them. It keeps what may belong
+    to a running process: another version's folder, a temporary file of a live pid, an
+    unnamed one written within the hour."""
+    options = BuildOptions(num_samples=2)
+    config_dir = tmp_path / "d" / "babilong" / options.config("qa1", "0k").name
+    ours = config_dir / "incomplete.AB12CD_2.0.0"
+    ours.mkdir(parents=True)
+    (ours / "babilong-test.array_record-00000-of-00001").write_bytes(b"x" * 1000)
+    kept = [config_dir / "incomplete.AB12CD_1.0.0", config_dir / "incomplete.notours"]
+    for path in kept:
+        path.mkdir()
+    out = tmp_path / "jsonl" / "qa1"
+    out.mkdir(parents=True)
+    dead = out / f".0k.jsonl.{_dead_pid()}.0123abcd.tmp"
+    live = out / f".0k.jsonl.{os.getpid()}.0123abcd.tmp"
+    old_unnamed = out / ".0k.jsonl.k2j_9x0a.tmp"
+    new_unnamed = out / ".0k.jsonl.zz81_q2b.tmp"
+    other_file = out / ".0k.jsonl.x.tmp"
+    for path in (dead, live, old_unnamed, new_unnamed, other_file):
+        path.write_text("partial")
+    os.utime(old_unnamed, (time.time() - 7200, time.time() - 7200))
+    build("qa1", "0k", data_dir=tmp_path / "d", manual_dir=manual_dir,
+          jsonl_dir=tmp_path / "jsonl", options=options)
+    assert sorted(p.name for p in config_dir.iterdir()) == sorted(
+        ["2.0.0", *(p.name for p in kept)])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["0k.jsonl", live.name, new_unnamed.name, other_file.name])
+
+
+def test_one_build_of_a_config_at_a_time(tmp_path, manual_dir):
+    options = BuildOptions(num_samples=2)
+    config_dir = tmp_path / "d" / "babilong" / options.config("qa1", "0k").name
+    with builder_lib.build_lock(config_dir):
+        with pytest.raises(ValueError, match=rf"another process \(pid {os.getpid()}\) is "
+                                             r"building into .*another data_dir"):
+            build("qa1", "0k", data_dir=tmp_path / "d", manual_dir=manual_dir, options=options)
+        assert not (config_dir / "2.0.0").exists()
+    assert not (config_dir / builder_lib.LOCK_NAME).exists()
+    build("qa1", "0k", data_dir=tmp_path / "d", manual_dir=manual_dir, options=options)
+    assert sorted(p.name for p in config_dir.iterdir()) == ["2.0.0"]

@@ -34,9 +34,14 @@ split and the GPT-2 files (Hugging Face hub) are downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import importlib.util
+import os
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +178,19 @@ class Builder(tfds.core.ShardBasedBuilder):
         # writes that. A prepared dataset keeps the format it was written in.
         if file_format is None and not self.is_prepared():
             self.info.set_file_format("array_record", override=True)
+
+    def download_and_prepare(self, **kwargs):
+        """TFDS's, by one process at a time per config and data dir (a lock file in the
+        config's folder, held while building); a build first removes the `incomplete.*`
+        folders that killed builds of this config left. Every build of the config through
+        this builder holds the lock, so such a folder found while holding it belongs to a
+        process that is gone. A remote data dir (gs://) is built without either."""
+        config_dir = os.fspath(self.data_dir).rstrip("/").rsplit("/", 1)[0]
+        if "://" in config_dir:
+            return super().download_and_prepare(**kwargs)
+        with build_lock(Path(config_dir)):
+            remove_incomplete_dirs(Path(config_dir), str(self.version))
+            return super().download_and_prepare(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -355,6 +373,55 @@ def shard_ranges(count: int, length_tokens: int, records_per_sample: int = 1
     per_sample = max(length_tokens, MIN_SAMPLE_TOKENS) * records_per_sample
     size = max(1, SHARD_TOKENS // per_sample)
     return [(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+LOCK_NAME = ".build.lock"
+
+
+@contextlib.contextmanager
+def build_lock(config_dir: Path):
+    """Holds an exclusive lock on `config_dir/.build.lock` (which holds the holder's pid);
+    a ValueError when another process holds it. The file is removed on release."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    path = config_dir / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ValueError(
+                f"another process (pid {holder}) is building into {config_dir}: wait for it "
+                "to finish, or build into another data_dir"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the file was released and removed meanwhile: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.unlink(path)  # before unlocking: a waiting opener sees a new inode and retries
+        os.close(fd)
+
+
+def remove_incomplete_dirs(config_dir: Path, version: str) -> list[Path]:
+    """Removes TFDS's temporary folders of `version` (`incomplete.XXXXXX_{version}`, six
+    upper-case letters or digits) in `config_dir`; call it holding `build_lock`."""
+    pattern = re.compile(rf"incomplete\.[A-Z0-9]{{6}}_{re.escape(version)}")
+    removed = []
+    for path in sorted(config_dir.iterdir()):
+        if path.is_dir() and not path.is_symlink() and pattern.fullmatch(path.name):
+            logging.warning("removing %s, left by an interrupted build of this config", path)
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
 
 
 class SortedFeaturesWriter(writer_lib.ExampleWriter):
