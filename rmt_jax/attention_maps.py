@@ -89,6 +89,12 @@ class AttentionReport:
     segments: list[SegmentAttention]
     answer: AnswerAttention
 
+    def fact_segment(self, fact: int) -> int | None:
+        """The first writing segment holding (part of) fact `fact`; None when the fact lies
+        in the answering segment alone ('in_context': the last segment writes no memory)."""
+        return next((s.index for s in self.segments
+                     if any(i == fact for i, _, _ in s.fact_spans)), None)
+
 
 def with_attention_maps(model: RMT, layers: tuple[int, ...] | None = None) -> RMT:
     """The same parameters in a model whose config returns attention maps of `layers`
