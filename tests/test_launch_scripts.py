@@ -1,5 +1,6 @@
 """The shell launchers parse and print their usage; the GPU results script runs on a CPU."""
 
+import os
 import subprocess
 
 import pytest
@@ -70,3 +71,57 @@ def test_top_level_layout_of_the_design_card():
         assert (REPO / name).is_file(), name
     assert "setup()" in (REPO / "setup.py").read_text()
     assert '"setuptools>=77"' in (REPO / "pyproject.toml").read_text()
+
+
+def _tpu_dry_run(*args, env=None):
+    return subprocess.run(["bash", str(REPO / "launch/tpu_vm.sh"), *args],
+                          env=dict(os.environ, DRY_RUN="1", **(env or {})),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_tpu_vm_job_is_detached_reads_gcs_data_and_says_how_to_watch_and_stop():
+    done = _tpu_dry_run("rmt-v4", "us-central2-b", "v4-32", "configs/rmt_babilong.py:tiny,qa1",
+                        "gs://bucket/run", "--config.train.steps=5")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    commands = [line for line in out.splitlines() if line.startswith("+ gcloud")]
+    # The data goes to GCS once from here; no worker gets it by scp.
+    assert any("storage rsync --recursive" in c and "gs://bucket/run/data/babi" in c
+               for c in commands)
+    assert not any("scp" in c and "--recurse" in c for c in commands)
+    assert 'gcloud storage rsync --recursive gs://bucket/run/data "$HOME/shared_data"' in out
+    # Detached in its own session; its log under the workdir, per worker.
+    assert 'setsid nohup bash "$JOB/run.sh" >"$LOG"' in out
+    assert "REMOTE_LOG=gs://bucket/run/logs/worker-$WORKER.log" in out
+    assert "launch/tpu_vm.sh watch rmt-v4 us-central2-b" in out
+    assert "launch/tpu_vm.sh stop rmt-v4 us-central2-b" in out
+    assert commands[-1].endswith("--worker=all --command=bash\\ \\$HOME/rmt_job/start.sh")
+    stop = _tpu_dry_run("stop", "rmt-v4", "us-central2-b")
+    assert stop.returncode == 0 and "--worker=all" in stop.stdout
+    assert "kill\\ -TERM\\ --\\ -\\$\\(cat\\ \\$HOME/rmt_job/pid\\)" in stop.stdout
+    watch = _tpu_dry_run("watch", "rmt-v4", "us-central2-b", "2")
+    assert "--worker=2" in watch.stdout and "tail" in watch.stdout
+
+
+def test_tpu_vm_run_script_passes_the_flags_through(tmp_path):
+    """The worker's run.sh, run here with a stand-in python that prints its arguments."""
+    done = _tpu_dry_run("n", "z", "v4-8", "configs/rmt_babilong.py:tiny,qa1", "gs://b/w/",
+                        "--config.train.steps=5", "--config.name=a b", "--x=$HOME")
+    run_sh = done.stdout.split("# which starts run.sh:\n", 1)[1].split("\n+ gcloud", 1)[0]
+    (tmp_path / "rmt").mkdir()
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "activate").write_text('python() { printf "%s\\n" "$@"; }\n')
+    (tmp_path / "run.sh").write_text(run_sh)
+    out = subprocess.run(["bash", str(tmp_path / "run.sh")],
+                         env=dict(os.environ, HOME=str(tmp_path)), capture_output=True,
+                         text=True, timeout=60).stdout.splitlines()
+    assert out == ["-m", "launch.train", "--multihost",
+                   "--config=configs/rmt_babilong.py:tiny,qa1", "--workdir=gs://b/w",
+                   f"--config.data.babi_dir={tmp_path}/shared_data/babi",
+                   f"--config.data.haystack_dir={tmp_path}/shared_data/haystack",
+                   "--config.train.steps=5", "--config.name=a b", "--x=$HOME", "exit status 0"]
+
+
+def test_tpu_vm_refuses_a_local_workdir():
+    done = _tpu_dry_run("n", "z", "v4-8", "configs/rmt_babilong.py:tiny,qa1", "/tmp/local")
+    assert done.returncode == 2 and done.stderr.startswith("error: WORKDIR must be a gs://")
