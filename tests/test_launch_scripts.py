@@ -73,10 +73,19 @@ def test_top_level_layout_of_the_design_card():
     assert '"setuptools>=77"' in (REPO / "pyproject.toml").read_text()
 
 
-def _tpu_dry_run(*args, env=None):
-    return subprocess.run(["bash", str(REPO / "launch/tpu_vm.sh"), *args],
-                          env=dict(os.environ, DRY_RUN="1", **(env or {})),
-                          capture_output=True, text=True, timeout=60)
+def _tpu_dry_run(*args):
+    """launch/tpu_vm.sh with DRY_RUN=1, and a gcloud on PATH that fails if called: a dry
+    run never reaches the real one (nor a cloud project)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as bin_dir:
+        fake = os.path.join(bin_dir, "gcloud")
+        with open(fake, "w") as f:
+            f.write("#!/bin/sh\necho 'a dry run called gcloud' >&2\nexit 97\n")
+        os.chmod(fake, 0o755)
+        env = dict(os.environ, DRY_RUN="1", PATH=f"{bin_dir}:{os.environ['PATH']}")
+        return subprocess.run(["bash", str(REPO / "launch/tpu_vm.sh"), *args], env=env,
+                              capture_output=True, text=True, timeout=60)
 
 
 def test_tpu_vm_job_is_detached_reads_gcs_data_and_says_how_to_watch_and_stop():
