@@ -218,24 +218,27 @@ def export_jsonl(source, path: Path) -> int:
     return len(source)
 
 
-def check_data_dir(data_dir: str | os.PathLike) -> None:
-    """A local data dir is a folder (or can be made) that this process can write in."""
-    text = os.fspath(data_dir)
+def check_output_dir(path: str | os.PathLike, flag: str = "--data_dir") -> None:
+    """A local output folder is a folder (or can be made) that this process can write in:
+    checked before building, so that a bad --data_dir or --jsonl_dir wastes no build."""
+    text = os.fspath(path)
     if "://" in text:
         return  # remote: TFDS reports its own errors
-    path = Path(text).absolute()
-    base = path
+    what = f"{flag}={text}"
+    target = Path(text).absolute()
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{what} is a file, not a folder: pick another {flag}")
+    base = target
     while not base.exists() and base != base.parent:
         base = base.parent
     if not base.is_dir():
-        raise ValueError(f"data dir {text}: {base} is a file, not a folder: pick another "
-                         "--data_dir")
+        raise ValueError(f"{what}: {base} is a file, not a folder: pick another {flag}")
     probe = base / f".write_probe.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(probe)
     except OSError as e:
-        raise ValueError(f"data dir {text}: cannot write in {base} ({type(e).__name__}: "
+        raise ValueError(f"{what}: cannot write in {base} ({type(e).__name__}: "
                          f"{e.strerror}): pick a folder you can write, or fix its "
                          "permissions") from None
 
@@ -350,7 +353,9 @@ def build(
     made by a Beam pipeline, byte for byte as without."""
     task_list = parse_tasks(tasks)
     length_list = parse_lengths(lengths)
-    check_data_dir(data_dir)
+    check_output_dir(data_dir, "--data_dir")
+    if jsonl_dir is not None:
+        check_output_dir(jsonl_dir, "--jsonl_dir")
     if manual_dir is not None:
         check_manual_dir(manual_dir, length_list, options)
         check_haystack_size(manual_dir, task_list, length_list, options)

@@ -157,13 +157,16 @@ def test_a_length_too_long_for_the_haystack_fails_before_the_shorter_ones(tmp_pa
 def test_a_data_dir_that_is_a_file_is_an_error_line(tmp_path, manual_dir):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    with pytest.raises(ValueError, match=r"data dir .*file is a file, not a folder"):
+    with pytest.raises(ValueError, match=r"--data_dir=.*file is a file, not a folder"):
         build("qa1", "0k", data_dir=a_file / "sub", manual_dir=manual_dir)
+    with pytest.raises(ValueError, match=r"--jsonl_dir=.*file is a file, not a folder"):
+        build("qa1", "0k", data_dir=tmp_path / "d", jsonl_dir=a_file, manual_dir=manual_dir)
+    assert not (tmp_path / "d").exists()
     done = subprocess.run([sys.executable, "-m", "launch.build_babilong", f"--data_dir={a_file}",
                            f"--manual_dir={manual_dir}"], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode != 0 and done.stdout == ""
-    assert done.stderr.strip().splitlines()[-1].startswith("error: data dir "), done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --data_dir="), done.stderr
     assert a_file.read_text() == "x"
 
 
