@@ -19,6 +19,14 @@ hub. `--legacy` (or the single options) makes the project's samples before versi
 
     python -m launch.build_babilong --tasks=qa1 --lengths=1k --legacy \
         --manual_dir=../shared/data --data_dir=/tmp/babilong
+
+Every length builds without TensorFlow, 10M included (records are written shard by shard;
+the 35 offline books need `--allow_reuse` there). Before the first dataset is built, the
+folders (a --data_dir or --jsonl_dir that is a file or unwritable), the manual dir (babi/,
+and haystack/ above 0k: nothing is downloaded for a manual dir) and the haystack's size at
+every length are checked: each problem is an `error:` line. A killed build's leftovers
+(TFDS's `incomplete.*` folder, a `.{length}.jsonl.{pid}.*.tmp` file) are removed by the next
+run of the same build; one process builds a config into a data dir at a time.
 """
 
 from __future__ import annotations
