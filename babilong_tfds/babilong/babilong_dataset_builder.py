@@ -186,7 +186,7 @@ class Builder(tfds.core.ShardBasedBuilder):
         this builder holds the lock, so such a folder found while holding it belongs to a
         process that is gone. A remote data dir (gs://) is built without either."""
         config_dir = os.fspath(self.data_dir).rstrip("/").rsplit("/", 1)[0]
-        if "://" in config_dir:
+        if "://" in config_dir or self.is_prepared():  # remote, or nothing to write
             return super().download_and_prepare(**kwargs)
         with build_lock(Path(config_dir)):
             remove_incomplete_dirs(Path(config_dir), str(self.version))
