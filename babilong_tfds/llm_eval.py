@@ -448,28 +448,16 @@ def evaluate(
                     outputs = [r["output"] for r in read_predictions(files.csv)]
                 targets = [s["target"] for s in samples]
                 questions = [s["question"] for s in samples]
-                scores = metric.score_batch(targets, outputs, questions, task)
-                results.setdefault(task, {})[length] = {
-                    "accuracy": scores["label_accuracy"],
-                    "exact_match": scores["exact_match"],
-                    "count": int(scores["count"]),
-                }
-                examples.setdefault(task, {})[length] = [
-                    {"question": q, "target": t, "output": o,
-                     "correct": metric.label_score(t, o, q, task)}
-                    for q, t, o in list(zip(questions, targets, outputs, strict=True))[
-                        :EXAMPLES_PER_CELL]]
+                cell, cell_examples = metric.score_cell(targets, outputs, questions, task,
+                                                        num_examples=EXAMPLES_PER_CELL)
+                results.setdefault(task, {})[length] = cell
+                examples.setdefault(task, {})[length] = cell_examples
                 seconds.setdefault(task, {})[length] = round(time.perf_counter() - start, 3)
     finally:
         if own_client:
             client.close()
     out: dict = {"results": results}
-    means = {}
-    for length in length_list:
-        scores = {t: results[t][length]["accuracy"] for t in metric.LEADERBOARD_TASKS
-                  if length in results.get(t, {})}
-        if len(scores) == len(metric.LEADERBOARD_TASKS):
-            means[length] = metric.leaderboard_score(scores)
+    means = metric.leaderboard_means(results, length_list)
     if means:
         out["mean_qa1_qa5"] = means
     out["examples"] = examples

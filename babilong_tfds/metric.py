@@ -108,9 +108,36 @@ def score_batch(
     return {"label_accuracy": label / n, "exact_match": exact / n, "count": float(n)}
 
 
+def score_cell(
+    targets: Sequence[str], outputs: Sequence[str], questions: Sequence[str], task: str,
+    *, num_examples: int = 3,
+) -> tuple[dict, list[dict]]:
+    """One (task, length) cell of a results table: ({'accuracy', 'exact_match', 'count'},
+    the first `num_examples` rows as {'question', 'target', 'output', 'correct'})."""
+    scores = score_batch(targets, outputs, questions, task)
+    cell = {"accuracy": scores["label_accuracy"], "exact_match": scores["exact_match"],
+            "count": int(scores["count"])}
+    examples = [{"question": q, "target": t, "output": o, "correct": label_score(t, o, q, task)}
+                for q, t, o in list(zip(questions, targets, outputs, strict=True))[:num_examples]]
+    return cell, examples
+
+
 def leaderboard_score(task_scores: Mapping[str, float]) -> float:
     """The BABILong leaderboard number: the mean score over qa1..qa5."""
     missing = [t for t in LEADERBOARD_TASKS if t not in task_scores]
     if missing:
         raise ValueError(f"leaderboard score needs {', '.join(missing)} too")
     return sum(task_scores[t] for t in LEADERBOARD_TASKS) / len(LEADERBOARD_TASKS)
+
+
+def leaderboard_means(results: Mapping[str, Mapping[str, Mapping[str, float]]],
+                      lengths: Sequence[str]) -> dict[str, float]:
+    """{length: mean accuracy over qa1..qa5} of a results table {task: {length: cell}}, for
+    the lengths where all five were run."""
+    means = {}
+    for length in lengths:
+        scores = {t: results[t][length]["accuracy"] for t in LEADERBOARD_TASKS
+                  if length in results.get(t, {})}
+        if len(scores) == len(LEADERBOARD_TASKS):
+            means[length] = leaderboard_score(scores)
+    return means

@@ -346,25 +346,17 @@ def evaluate_model(
                 questions += [_text(r["question"]) for r in group]
                 del encoded, group  # this batch's contexts go before the next one is made
             outputs = [input_pipeline.decode_answer(i, tokenizer) for i in ids]
-            scores = metric.score_batch(targets, outputs, questions, task)
-            results.setdefault(task, {})[length] = {
-                "accuracy": scores["label_accuracy"],
-                "exact_match": scores["exact_match"],
-                "count": int(scores["count"]),
-            }
-            examples.setdefault(task, {})[length] = [
-                {"question": q, "target": t, "output": o,
-                 "correct": metric.label_score(t, o, q, task)}
-                for q, t, o in list(zip(questions, targets, outputs, strict=True))[
-                    :EXAMPLES_PER_CELL]
-            ]
+            cell, cell_examples = metric.score_cell(targets, outputs, questions, task,
+                                                    num_examples=EXAMPLES_PER_CELL)
+            results.setdefault(task, {})[length] = cell
+            examples.setdefault(task, {})[length] = cell_examples
             seconds.setdefault(task, {})[length] = round(time.perf_counter() - start, 3)
             logging.info("%s %s: accuracy %.3f, exact match %.3f over %d samples (%.1f s)",
                          task, length, results[task][length]["accuracy"],
                          results[task][length]["exact_match"], len(targets),
                          seconds[task][length])
     out = {"results": results}
-    mean = leaderboard_means(results, length_list)
+    mean = metric.leaderboard_means(results, length_list)
     if mean:
         out["mean_qa1_qa5"] = mean
     out["examples"] = examples
@@ -375,17 +367,6 @@ def evaluate_model(
     if source == "published":
         out["meta"]["data"] = data
     return out
-
-
-def leaderboard_means(results: dict, lengths: Sequence[str]) -> dict[str, float]:
-    """{length: mean accuracy over qa1..qa5} for the lengths where all five were run."""
-    means = {}
-    for length in lengths:
-        scores = {t: results[t][length]["accuracy"] for t in metric.LEADERBOARD_TASKS
-                  if length in results.get(t, {})}
-        if len(scores) == len(metric.LEADERBOARD_TASKS):
-            means[length] = metric.leaderboard_score(scores)
-    return means
 
 
 # -- writing ------------------------------------------------------------------------------

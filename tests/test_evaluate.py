@@ -239,7 +239,7 @@ def fake_results(lengths=("0k", "4k")):
     results = {t: {n: {"accuracy": acc[t][n], "exact_match": acc[t][n] / 2, "count": 10}
                    for n in lengths} for t in tasks}
     return {"results": results,
-            "mean_qa1_qa5": evaluate_lib.leaderboard_means(results, lengths),
+            "mean_qa1_qa5": metric.leaderboard_means(results, lengths),
             "meta": {"lengths": list(lengths)}}
 
 
@@ -247,7 +247,7 @@ def test_leaderboard_mean_table_and_grid(tmp_path):
     results = fake_results()
     assert results["mean_qa1_qa5"] == pytest.approx({"0k": 0.3, "4k": 0.35})
     partial = {t: v for t, v in results["results"].items() if t != "qa5"}
-    assert evaluate_lib.leaderboard_means(partial, ["0k"]) == {}
+    assert metric.leaderboard_means(partial, ["0k"]) == {}
     grid, rows, cols = evaluate_lib.accuracy_grid(results)
     assert rows == ["qa1", "qa2", "qa3", "qa4", "qa5", "qa1-5"] and cols == ["0k", "4k"]
     np.testing.assert_allclose(grid[:, 1], [15, 25, 35, 45, 55, 35])

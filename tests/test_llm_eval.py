@@ -395,7 +395,8 @@ def test_entry_point_with_the_official_prompts(server, data_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     rows = llm_eval.read_predictions(tmp_path / "org/stand-in" / f"qa1_0k_{RUN}.csv")
     assert [r["output"] for r in rows] == ["I do not know."] * 6
-    assert server.posts()[0]["body"]["prompt"].endswith("Question: Where is Mary?")
+    # Requests run in parallel, so their order is not fixed: look for the first sample's.
+    assert any(p["body"]["prompt"].endswith("Question: Where is Mary?") for p in server.posts())
 
 
 def test_an_interrupt_keeps_the_answers_and_writes_no_csv(server, data_dir, tmp_path):
