@@ -32,13 +32,14 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 from absl import logging
+
+from babilong_tfds.files import atomic_write
 
 SPLITTERS = ("punkt", "blingfire")
 DEFAULT_SPLITTER = "punkt"
@@ -387,24 +388,22 @@ class Haystack:
 
     def _save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-        os.close(fd)
         # Sentences hold line breaks: stored as one text and the end of each sentence in it.
         text_ends = np.cumsum([len(x) for x in self.sentences], dtype=np.int64)
-        try:
-            np.savez(
-                tmp,
-                book_ids=np.asarray(self.book_ids, dtype=object).astype(str),
-                text=np.frombuffer("".join(self.sentences).encode("utf-8"), np.uint8),
-                text_ends=text_ends,
-                tokenizer_name=np.asarray(self.tokenizer_name),
-                splitter=np.asarray(self.splitter),
-                **{name: getattr(self, name) for name in self._ARRAYS},
-            )
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez adds no '.npz' to its name
+                np.savez(
+                    f,
+                    book_ids=np.asarray(self.book_ids, dtype=object).astype(str),
+                    text=np.frombuffer("".join(self.sentences).encode("utf-8"), np.uint8),
+                    text_ends=text_ends,
+                    tokenizer_name=np.asarray(self.tokenizer_name),
+                    splitter=np.asarray(self.splitter),
+                    **{name: getattr(self, name) for name in self._ARRAYS},
+                )
+
+        atomic_write(path, write)
 
     @classmethod
     def _load(cls, path: Path) -> Haystack:

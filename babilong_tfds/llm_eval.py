@@ -41,13 +41,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from babilong_tfds import metric, published, retrieval
+from babilong_tfds.files import write_text
 from babilong_tfds.prompts import OfficialPrompts, PromptConfig
 from babilong_tfds.tasks import parse_lengths, parse_tasks
 
@@ -256,18 +256,6 @@ class CellFiles:
         stem = f"{task}_{length}_{run_name}"
         return cls(folder / f"{stem}.csv", folder / f"{stem}.json",
                    folder / f".{stem}.answers.jsonl")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def predictions_csv(samples: Sequence[dict], outputs: Sequence[str]) -> str:
@@ -498,7 +486,8 @@ def _cell_outputs(client, prompts, config, task, samples, files, *, retrieve, to
                    "prompts_file": {"source": prompts.source, "sha256": prompts.sha256}}
     if retrieve != "none":
         cell_config["retrieval"] = {"method": retrieve, "top_k": top_k}
-    _atomic_write_text(files.config, json.dumps(cell_config, indent=4))
-    _atomic_write_text(files.csv, predictions_csv(samples, outputs))
+    files.config.parent.mkdir(parents=True, exist_ok=True)
+    write_text(files.config, json.dumps(cell_config, indent=4))
+    write_text(files.csv, predictions_csv(samples, outputs))
     files.journal.unlink(missing_ok=True)
     return outputs

@@ -30,11 +30,11 @@ import dataclasses
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from babilong_tfds.files import atomic_write
 from babilong_tfds.tasks import TASK_NAMES, check_task
 
 # The official file this project's prompts are checked against.
@@ -199,14 +199,7 @@ def load_prompts(
         raise ValueError(f"downloaded {PINNED_URL} has sha256 {sha}, not the pinned "
                          f"{PINNED_SHA256}: nothing was kept")
     cached.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=".prompts.", suffix=".py")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, cached)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(cached, lambda tmp: Path(tmp).write_bytes(data))
     return prompts_from_source(data.decode("utf-8"), source=PINNED_URL)
 
 
