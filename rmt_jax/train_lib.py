@@ -9,10 +9,10 @@ The train state is a plain pytree, updated by a pure jitted function:
 
   {'params': nnx.State, 'opt_state': optax state, 'step': int32 [], 'rng': uint32 key data}
 
-Sharding: the batch is split over 'data'; on 'model' the attention heads (qkv out dims,
-out-projection in dims), the MLP's 4d hidden dim and the vocabulary of the tied embedding
-are split where divisible (Megatron style); everything else, and the optimizer's scalars,
-is replicated. Optimizer moments take the sharding of their parameter.
+Sharding (rmt_jax.sharding): the batch is split over 'data'; on 'model' the attention
+heads, the MLP's 4d hidden dim and the vocabulary of the tied embedding are split where
+divisible (Megatron style); everything else is replicated. Optimizer moments take the
+sharding of their parameter.
 
 Weight decay (0.01 in the papers) applies to the weight matrices only: not to biases,
 LayerNorm scales and offsets, nor the learned initial memory.
@@ -61,7 +61,7 @@ from jax.sharding import PartitionSpec as P
 
 from babilong_tfds import metric
 from babilong_tfds.tasks import TASKS
-from rmt_jax import checkpointing, files, input_pipeline, pretrained
+from rmt_jax import checkpointing, files, input_pipeline, pretrained, sharding
 from rmt_jax.answer import greedy_answer, loss_fn
 from rmt_jax.config import ModelConfig
 from rmt_jax.curriculum import Curriculum, CurriculumState, advance, stage_context
@@ -72,74 +72,6 @@ METRICS_FILE = "metrics.jsonl"
 # The step's model inputs; the other batch fields are for scoring answers.
 MODEL_INPUTS = ("context", "context_mask", "query", "loss_mask", "answer", "question",
                 "question_length")  # loss_fn reads these
-# Parameters split over the 'model' axis: (parent, name) or (name,) -> spec of each dim.
-MODEL_AXIS_RULES: dict[tuple[str, ...], tuple[str | None, ...]] = {
-    ("attn", "qkv"): (None, None, "model", None),   # [d, 3, heads, hd]: heads
-    ("attn", "qkv_bias"): (None, "model", None),     # [3, heads, hd]
-    ("attn", "out"): ("model", None, None),          # [heads, hd, d]: heads (input side)
-    ("mlp", "fc"): (None, "model"),                  # [d, 4d]
-    ("mlp", "fc_bias"): ("model",),                  # [4d]
-    ("mlp", "proj"): ("model", None),                # [4d, d]
-    ("wte",): ("model", None),                       # [vocab, d]
-}
-
-
-# -- mesh and sharding ----------------------------------------------------------------------
-def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-    """A ('data', 'model') mesh of config.mesh sizes (-1: the devices the other axis leaves)."""
-    devices = jax.devices()
-    data, model = int(config.mesh.data), int(config.mesh.model)
-    if model == -1 and data == -1:
-        raise ValueError("config.mesh.data and config.mesh.model are both -1: fix one of them")
-    if model == -1:
-        model = len(devices) // data
-    if data == -1:
-        data = len(devices) // model
-    if data < 1 or model < 1 or data * model > len(devices):
-        raise ValueError(f"mesh data={config.mesh.data} x model={config.mesh.model} does not "
-                         f"fit {len(devices)} devices: pick sizes whose product divides it")
-    if data * model < len(devices):
-        logging.warning("mesh %dx%d uses %d of %d devices", data, model, data * model,
-                        len(devices))
-    return jax.make_mesh((data, model), ("data", "model"),
-                         axis_types=(jax.sharding.AxisType.Auto,) * 2,
-                         devices=devices[: data * model])
-
-
-def _path_names(path) -> tuple[str, ...]:
-    names = []
-    for k in path:
-        name = getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
-        if isinstance(name, str) and name != "value":
-            names.append(name)
-    return tuple(names)
-
-
-def partition_spec(path, shape: tuple[int, ...], model_size: int) -> P:
-    """The PartitionSpec of a parameter (or an optimizer moment) at `path`."""
-    names = _path_names(path)
-    spec = MODEL_AXIS_RULES.get(names[-2:]) or MODEL_AXIS_RULES.get(names[-1:])
-    if model_size == 1 or spec is None or len(spec) != len(shape):
-        return P()
-    if any(axis is not None and dim % model_size for axis, dim in zip(spec, shape, strict=True)):
-        return P()  # not divisible: replicate
-    return P(*spec)
-
-
-def state_shardings(abstract_state, mesh: jax.sharding.Mesh):
-    """NamedShardings for every leaf of the train state."""
-    model_size = mesh.shape["model"]
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: NamedSharding(mesh, partition_spec(path, x.shape, model_size)),
-        abstract_state)
-
-
-def global_batch(batch: dict, sharding: NamedSharding) -> dict:
-    """Per-process numpy batches -> global arrays split over 'data'."""
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            for k, v in batch.items()}
-
-
 # -- model and optimizer --------------------------------------------------------------------
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     o, steps = config.optim, config.train.num_steps
@@ -160,7 +92,7 @@ def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
 def decay_mask(params):
     """True on the weight matrices that AdamW decays (not biases, LayerNorms, memory)."""
     def decays(path, x):
-        name = _path_names(path)[-1]
+        name = sharding.path_names(path)[-1]
         return x.ndim >= 2 and name != "memory" and not name.endswith("bias")
 
     return jax.tree_util.tree_map_with_path(decays, params)
@@ -279,16 +211,16 @@ class AheadOfTime:
         return program(first, batch)
 
 
-def stage_batch(batch: dict, context_len: int, sharding: NamedSharding) -> dict:
-    """Shape structs of the global arrays `global_batch(batch, sharding)` would make from this
-    process's numpy `batch`, with the context resized to `context_len` tokens."""
+def stage_batch(batch: dict, context_len: int, batch_sharding: NamedSharding) -> dict:
+    """Shape structs of the global arrays `sharding.global_batch(batch, batch_sharding)` would
+    make from this process's numpy `batch`, with the context resized to `context_len` tokens."""
     rows = len(batch["context"]) * jax.process_count()
     structs = {}
     for k, v in batch.items():
         v = np.asarray(v)
         shape = (rows, context_len) if k in ("context", "context_mask") else (rows, *v.shape[1:])
         structs[k] = jax.ShapeDtypeStruct(shape, jax.dtypes.canonicalize_dtype(v.dtype),
-                                          sharding=sharding)
+                                          sharding=batch_sharding)
     return structs
 
 
@@ -489,7 +421,7 @@ def evaluate(config, params, graphdef, *, composer, tokenizer, batch_sharding,
     sums: dict[str, float] = {}
     for _ in range(batches):
         batch = next(iterator)
-        device_batch = global_batch(batch, batch_sharding)
+        device_batch = sharding.global_batch(batch, batch_sharding)
         scores = jax.device_get(eval_step(params, {k: device_batch[k] for k in MODEL_INPUTS}))
         predicted = multihost_utils.global_array_to_host_local_array(
             answer_fn(params, device_batch), batch_sharding.mesh, P("data"))
@@ -512,7 +444,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     workdir = files.prepare_workdir(workdir, create=False)  # made once the config is checked
 
     # ---------------------------------------------------------------- mesh
-    mesh = make_mesh(config)
+    mesh = sharding.make_mesh(config)
     data_size = mesh.shape["data"]
     if config.train.batch_size % data_size:
         raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the "
@@ -557,7 +489,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # ---------------------------------------------------------------- shard
     init = lambda: create_train_state(model_config, tx, config.train.seed)  # noqa: E731
     abstract_state = jax.eval_shape(init)
-    state_sharding = state_shardings(abstract_state, mesh)
+    state_sharding = sharding.state_shardings(abstract_state, mesh)
     abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                                     sharding=s),
                                   abstract_state, state_sharding)
@@ -653,7 +585,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         while step < config.train.num_steps:
             # ---------------------------------------------------------- one step
             batch = next(iterator)
-            device_batch = global_batch({k: batch[k] for k in MODEL_INPUTS}, batch_sharding)
+            device_batch = sharding.global_batch({k: batch[k] for k in MODEL_INPUTS},
+                                                 batch_sharding)
             state, metrics = train_step(state, device_batch)
             if prepared_for != cstate.stage:
                 prepare_next(cstate.stage, batch)
@@ -694,7 +627,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 rows = min(config.train.answer_rows, len(batch["answer"]))
                 if rows and not preempted:
                     predicted = multihost_utils.global_array_to_host_local_array(
-                        answer_fn(state["params"], global_batch(batch, batch_sharding)),
+                        answer_fn(state["params"], sharding.global_batch(batch, batch_sharding)),
                         mesh, P("data"))
                     scores = answer_metrics(np.asarray(predicted)[:rows], batch, tokenizer)
                     scalars.update({f"train/{k}": v for k, v in scores.items()})

@@ -373,14 +373,14 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 import jax
 import numpy as np
 from flax import nnx
-from rmt_jax import pretrained, train_lib
+from rmt_jax import pretrained, sharding
 from rmt_jax.model import RMT
 from tests.test_pretrained import CFG
 
 ckpt = pretrained.open_checked(sys.argv[1], CFG)
 mesh = jax.make_mesh((2, 2), ("data", "model"))
 init = lambda: nnx.state(RMT(CFG, rngs=nnx.Rngs(0)), nnx.Param)
-params = jax.jit(init, out_shardings=train_lib.state_shardings(jax.eval_shape(init), mesh))()
+params = jax.jit(init, out_shardings=sharding.state_shardings(jax.eval_shape(init), mesh))()
 split = 0
 for a, b, c in zip(jax.tree.leaves(pretrained.load_params(ckpt, params, CFG)),
                    jax.tree.leaves(params),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import rmt_babilong
-from rmt_jax import checkpointing, train_lib
+from rmt_jax import checkpointing, sharding, train_lib
 from rmt_jax.synthetic_data import SyntheticData
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def test_partition_specs_split_heads_mlp_and_vocab():
     from jax.tree_util import DictKey
 
     def spec(names, shape, model=2):
-        return train_lib.partition_spec([DictKey(n) for n in names], shape, model)
+        return sharding.partition_spec([DictKey(n) for n in names], shape, model)
 
     assert spec(["blocks", 0, "attn", "qkv"], (32, 3, 2, 16)) == P(None, None, "model", None)
     assert spec(["blocks", 0, "attn", "out"], (2, 16, 32)) == P("model", None, None)
@@ -253,3 +253,25 @@ def test_data_and_model_parallel_losses_match_one_device(tmp_path):
     assert len(reference) == 4 and np.isfinite(reference).all()
     for mesh in ("8x1", "4x2"):
         np.testing.assert_allclose(losses[mesh], reference, rtol=1e-5, err_msg=mesh)
+
+
+def test_every_parameter_has_a_sharding_rule_and_an_unknown_one_is_an_error():
+    from flax import nnx
+    from jax.tree_util import DictKey
+
+    from rmt_jax.config import get_config
+    from rmt_jax.model import RMT
+
+    for retrieval in (False, True):
+        model = RMT(get_config("test", retrieval=retrieval), rngs=nnx.Rngs(0))
+        # Every parameter of the model is named in one of the two tables: none raises.
+        sharding.state_shardings(nnx.state(model, nnx.Param),
+                                 jax.make_mesh((1, 1), ("data", "model")))
+        for path, x in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param)):
+            sharding.partition_spec(path, x.shape, 2)
+    with pytest.raises(ValueError, match="blocks/attn/renamed .* no sharding rule"):
+        sharding.partition_spec([DictKey(n) for n in ("blocks", 0, "attn", "renamed")],
+                                (32, 32), 2)
+    # One device on 'model': nothing is split, so an unknown name is no error.
+    unsplit = sharding.partition_spec([DictKey("renamed")], (32, 32), 1)
+    assert unsplit == jax.sharding.PartitionSpec()
