@@ -37,6 +37,7 @@ from babilong_tfds.babilong.babilong_dataset_builder import (
 )
 from babilong_tfds.compose import Composer, Recipe
 from babilong_tfds.dataset import StoryPool
+from babilong_tfds.files import check_folder_writable
 from babilong_tfds.haystack import DEFAULT_SPLITTER, Haystack, check_splitter, load_books_from_dir
 from babilong_tfds.published import write_hf_dir
 from babilong_tfds.tasks import check_length, parse_lengths, parse_tasks
@@ -224,23 +225,7 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--data_dir") -> None:
     text = os.fspath(path)
     if "://" in text:
         return  # remote: TFDS reports its own errors
-    what = f"{flag}={text}"
-    target = Path(text).absolute()
-    if target.exists() and not target.is_dir():
-        raise ValueError(f"{what} is a file, not a folder: pick another {flag}")
-    base = target
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    if not base.is_dir():
-        raise ValueError(f"{what}: {base} is a file, not a folder: pick another {flag}")
-    probe = base / f".write_probe.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        os.unlink(probe)
-    except OSError as e:
-        raise ValueError(f"{what}: cannot write in {base} ({type(e).__name__}: "
-                         f"{e.strerror}): pick a folder you can write, or fix its "
-                         "permissions") from None
+    check_folder_writable(Path(text).absolute(), f"{flag}={text}")
 
 
 def check_manual_dir(manual_dir: str | os.PathLike, lengths: Sequence[str],

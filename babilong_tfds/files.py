@@ -106,3 +106,27 @@ def _atomic_write_remote(path, write: Callable[[str], object]) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     """`atomic_write` of a UTF-8 text."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_folder_writable(folder: Path, what: str) -> None:
+    """`folder` (to be made if absent) can hold new files: checked before any work, so that a
+    bad output path wastes none. Raises a ValueError that starts with `what` (the flag)."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{what}: {folder} is a file, not a folder: pick another path")
+    base = _nearest_existing(folder)
+    if not base.is_dir():
+        raise ValueError(f"{what}: {base} is a file, not a folder: pick another path")
+    probe = base / f".write_probe.{uuid.uuid4().hex}.tmp"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as error:
+        raise ValueError(f"{what}: cannot write in {base} ({type(error).__name__}: "
+                         f"{error.strerror}): pick a folder you can write, or fix its "
+                         "permissions") from None

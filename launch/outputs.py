@@ -13,33 +13,9 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 
-from rmt_jax.files import check_backend, is_remote, run_path
-
-
-def _nearest_existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _check_folder(folder: Path, what: str) -> None:
-    """`folder` (to be made if absent) can hold new files."""
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{what}: {folder} is a file, not a folder: pick another path")
-    base = _nearest_existing(folder)
-    if not base.is_dir():
-        raise ValueError(f"{what}: {base} is a file, not a folder: pick another path")
-    probe = base / f".write_probe.{uuid.uuid4().hex}.tmp"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        os.unlink(probe)
-    except OSError as error:
-        raise ValueError(f"{what}: cannot write in {base} ({type(error).__name__}: "
-                         f"{error.strerror}): pick a folder you can write, or fix its "
-                         "permissions") from None
+from babilong_tfds.files import check_backend, check_folder_writable, is_remote, run_path
 
 
 def check_output_dir(path: str | os.PathLike, flag: str) -> None:
@@ -48,7 +24,7 @@ def check_output_dir(path: str | os.PathLike, flag: str) -> None:
     if is_remote(text):
         check_backend(run_path(text))
         return
-    _check_folder(Path(text).absolute(), f"{flag}={text}")
+    check_folder_writable(Path(text).absolute(), f"{flag}={text}")
 
 
 def check_output_file(path: str | os.PathLike, flag: str = "--out", *,
@@ -64,7 +40,7 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out", *,
     file = Path(text).absolute()
     if file.is_dir():
         raise ValueError(f"{what} is a folder: name a file, e.g. {file / 'results.json'}")
-    _check_folder(file.parent, what)
+    check_folder_writable(file.parent, what)
     if json_list and file.exists():
         try:
             records = json.loads(file.read_text(encoding="utf-8"))
