@@ -42,6 +42,7 @@ import importlib.util
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -336,22 +337,8 @@ class Builder(tfds.core.ShardBasedBuilder):
                                  for bounds in ranges]
                 continue
             splits[split] = [
-                functools.partial(
-                    generate_split,
-                    composer,
-                    cfg.task,
-                    cfg.length,
-                    split,
-                    count,
-                    seed=cfg.seed,
-                    babi_source=cfg.babi_source,
-                    window=cfg.window,
-                    depths=cfg.depths or None,
-                    pool=pool,
-                    start=start,
-                    stop=stop,
-                )
-                for start, stop in ranges
+                functools.partial(config_records, cfg, composer, pool, split, count, bounds)
+                for bounds in ranges
             ]
         return splits
 
@@ -479,21 +466,18 @@ def records_in_range(bounds: tuple[int, int], recipe: SplitRecipe):
         )
         _WORKER_STATE[key] = (composer, pool)
     composer, pool = _WORKER_STATE[key]
+    # recipe.count is the split's size: which question record i asks depends on it.
+    yield from config_records(cfg, composer, pool, recipe.split, recipe.count, bounds)
+
+
+def config_records(cfg: BabilongConfig, composer: Composer, pool: StoryPool, split: str,
+                   count: int, bounds: tuple[int, int]) -> Iterator[tuple[int, dict]]:
+    """Records bounds[0]..bounds[1]-1 of a split of `count` made with `cfg`'s options: one
+    shard, the same in a single process and in a Beam worker."""
     start, stop = bounds
-    yield from generate_split(
-        composer,
-        cfg.task,
-        cfg.length,
-        recipe.split,
-        recipe.count,  # the split's size: which question record i asks depends on it
-        seed=cfg.seed,
-        babi_source=cfg.babi_source,
-        window=cfg.window,
-        depths=cfg.depths or None,
-        pool=pool,
-        start=start,
-        stop=stop,
-    )
+    return generate_split(composer, cfg.task, cfg.length, split, count, seed=cfg.seed,
+                          babi_source=cfg.babi_source, window=cfg.window,
+                          depths=cfg.depths or None, pool=pool, start=start, stop=stop)
 
 
 def _library_version(splitter: str) -> str:
