@@ -91,6 +91,8 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     # 'in_context': question and answer end the last context segment (the official fine-tuning);
     # 'separate': an extra answer segment reads them after the context (rmt_jax.answer)
     config.model.answer_mode = "in_context"
+    # 'learned' (GPT-2's embeddings) | 'alibi' (a recency bias in attention) | 'rope'
+    config.model.positions = "learned"
     # A Hugging Face GPT-2 checkpoint for the backbone (folder or hub name, rmt_jax.pretrained):
     # checked at every start, loaded on a fresh one only; '' = random initialisation.
     config.model.init_from = ""

@@ -26,6 +26,11 @@ ATTENTION_IMPLS = (None, "xla", "cudnn")
 # Where the question and answer go (rmt_jax.answer): 'in_context' appends them to the context
 # (the official BABILong fine-tuning), 'separate' reads them in an extra answer segment.
 ANSWER_MODES = ("in_context", "separate")
+# How a segment's tokens know their positions (rmt_jax.model): 'learned' adds GPT-2's learned
+# position embeddings; 'alibi' adds a per-head linear recency bias to the attention logits
+# (Press et al. 2022); 'rope' rotates queries and keys (Su et al. 2021). Positions restart
+# at 0 in every segment in all three.
+POSITIONS = ("learned", "alibi", "rope")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +53,7 @@ class ModelConfig:
     attention_map_layers: tuple[int, ...] = ()  # layers whose attention weights are returned
     attention_impl: str | None = None  # jax.nn.dot_product_attention implementation; 'cudnn' on GPU
     answer_mode: str = "separate"    # 'in_context' (question in the last segment) | 'separate'
+    positions: str = "learned"       # 'learned' (GPT-2) | 'alibi' | 'rope'
 
     def __post_init__(self):
         for name in ("layers", "d_model", "heads", "vocab_size", "segment_len", "max_positions"):
@@ -84,6 +90,12 @@ class ModelConfig:
         if self.answer_mode not in ANSWER_MODES:
             raise ValueError(f"unknown answer_mode {self.answer_mode!r}: expected one of "
                              f"{ANSWER_MODES}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"unknown positions {self.positions!r}: expected one of "
+                             f"{POSITIONS}")
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ValueError(f"positions='rope' needs an even head_dim, got {self.head_dim} "
+                             f"(d_model={self.d_model}, heads={self.heads}): change heads")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of "
                              f"{ATTENTION_IMPLS} (None lets JAX choose; 'cudnn' needs a GPU)")

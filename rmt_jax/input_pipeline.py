@@ -92,6 +92,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelCon
         bptt_segments=m.bptt_segments or None,
         attention_impl=m.attention_impl or None,
         answer_mode=m.get("answer_mode", "separate"),  # configs saved before it: 'separate'
+        positions=m.get("positions", "learned"),  # configs saved before it: learned
     )
 
 

@@ -1,6 +1,7 @@
 """The RMT / RMT-R model: a GPT-2-like pre-LN decoder that reads segments through a memory.
 
-Backbone: learned positions (restarting at 0 in every segment), pre-LN blocks with causal
+Backbone: positions restarting at 0 in every segment (`config.positions`: GPT-2's learned
+embeddings by default, or an ALiBi recency bias, or rotary queries and keys), pre-LN blocks with causal
 self-attention through `jax.nn.dot_product_attention` and a GELU MLP of width 4d, a final
 LayerNorm, and an LM head tied to the token embedding: GPT-2's computation, so GPT-2
 checkpoints load into it (`rmt_jax.pretrained`; `RMT.lm_logits` is then GPT-2's LM).
@@ -94,6 +95,29 @@ class Mlp(nnx.Module):
         return h @ self.proj[...].astype(dt) + self.proj_bias[...].astype(dt)
 
 
+def alibi_slopes(heads: int) -> jnp.ndarray:
+    """ALiBi's per-head slopes: the geometric sequence 2^(-8/h), 2^(-16/h), ... [h]."""
+    return 2.0 ** (-8.0 * jnp.arange(1, heads + 1, dtype=jnp.float32) / heads)
+
+
+def alibi_bias(heads: int, t: int) -> jax.Array:
+    """[1, h, t, t] float32: -slope_h * (i - j), the distance of key j behind query i (the
+    keys after a query are masked by causality anyway)."""
+    distance = (jnp.arange(t)[:, None] - jnp.arange(t)[None, :]).astype(jnp.float32)
+    return -alibi_slopes(heads)[None, :, None, None] * jnp.maximum(distance, 0.0)[None, None]
+
+
+def rotary(x: jax.Array, base: float = 10000.0) -> jax.Array:
+    """Rotary position embedding of x [b, t, h, hd] at positions 0..t-1 (the two halves of
+    each head are rotated as pairs)."""
+    t, hd = x.shape[1], x.shape[-1]
+    freq = base ** (-jnp.arange(0, hd // 2, dtype=jnp.float32) * 2.0 / hd)  # [hd/2]
+    angle = jnp.arange(t, dtype=jnp.float32)[:, None] * freq[None, :]  # [t, hd/2]
+    cos, sin = jnp.cos(angle)[None, :, None, :], jnp.sin(angle)[None, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).astype(x.dtype)
+
+
 class CausalSelfAttention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, out_std: float):
         d, h, hd, pd = cfg.d_model, cfg.heads, cfg.head_dim, cfg.params_dtype
@@ -103,6 +127,7 @@ class CausalSelfAttention(nnx.Module):
         self.out_bias = _zeros((d,), pd)
         self.dtype = cfg.compute_dtype
         self.implementation = cfg.attention_impl
+        self.positions = cfg.positions
 
     def __call__(self, x: jax.Array, return_weights: bool = False):
         """x [b, t, d] -> (y [b, t, d], weights [b, h, t, t] float32 or None)."""
@@ -111,19 +136,25 @@ class CausalSelfAttention(nnx.Module):
         qkv = jnp.einsum("btd,dkhe->btkhe", x, self.qkv[...].astype(dt))
         qkv = qkv + self.qkv_bias[...].astype(dt)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [b, t, h, hd]
+        if self.positions == "rope":
+            q, k = rotary(q), rotary(k)
+        t = x.shape[1]
+        bias = alibi_bias(q.shape[2], t) if self.positions == "alibi" else None
         weights = None
         if return_weights:
-            t = x.shape[1]
             # [b, t, h, hd] x [b, s, h, hd] -> [b, h, t, s]
             logits = jnp.einsum("bthe,bshe->bhts", q, k).astype(jnp.float32)
             logits = logits / math.sqrt(q.shape[-1])
+            if bias is not None:
+                logits = logits + bias
             causal = jnp.tril(jnp.ones((t, t), bool))
             weights = jax.nn.softmax(jnp.where(causal, logits, -jnp.inf), axis=-1)
             # [b, h, t, s] x [b, s, h, hd] -> [b, t, h, hd]
             y = jnp.einsum("bhts,bshe->bthe", weights.astype(dt), v)
         else:
-            y = jax.nn.dot_product_attention(q, k, v, is_causal=True,
-                                             implementation=self.implementation)
+            y = jax.nn.dot_product_attention(
+                q, k, v, bias=None if bias is None else bias.astype(dt), is_causal=True,
+                implementation=self.implementation)
         # [b, t, h, hd] -> [b, t, d]
         y = jnp.einsum("bthe,hed->btd", y, self.out[...].astype(dt)) + self.out_bias[...].astype(dt)
         return y, weights
@@ -208,7 +239,9 @@ class RMT(nnx.Module):
         self.config = cfg
         pd = cfg.params_dtype
         self.wte = _normal(rngs, (cfg.vocab_size, cfg.d_model), 0.02, pd)
-        self.wpe = _normal(rngs, (cfg.max_positions, cfg.d_model), 0.01, pd)
+        # GPT-2's learned positions; ALiBi and RoPE act inside the attention instead
+        self.wpe = (_normal(rngs, (cfg.max_positions, cfg.d_model), 0.01, pd)
+                    if cfg.positions == "learned" else None)
         self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.layers)])
         self.ln_f = LayerNorm(cfg)
         # The memory starts at the scale of the token embeddings.
@@ -227,7 +260,8 @@ class RMT(nnx.Module):
         layers in `config.attention_map_layers` when `return_attention`, else it is None.
         """
         cfg = self.config
-        x = x + self.wpe[: x.shape[1]].astype(cfg.compute_dtype)
+        if self.wpe is not None:
+            x = x + self.wpe[: x.shape[1]].astype(cfg.compute_dtype)
         x = dropout(x, cfg.dropout, _fold(key, cfg.layers))
         maps = {} if return_attention else None
         for i, block in enumerate(self.blocks):

@@ -203,6 +203,9 @@ def check_compatible(ckpt: Gpt2Checkpoint, cfg: ModelConfig) -> None:
         raise ValueError(f"{where} is a {model_type!r} checkpoint ({arch}), not GPT-2: our "
                          "backbone takes GPT-2 weights only (model_type 'gpt2' in config.json)")
     problems = []
+    if cfg.positions != "learned":
+        problems.append(f"positions: the model uses positions={cfg.positions!r}, GPT-2 learned "
+                        "position embeddings (set --config.model.positions=learned)")
     for ours, theirs in (("layers", "n_layer"), ("d_model", "n_embd"), ("heads", "n_head"),
                          ("vocab_size", "vocab_size")):
         if hf.get(theirs) != getattr(cfg, ours):

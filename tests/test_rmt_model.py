@@ -28,6 +28,8 @@ from tests.test_rmt_recurrence import jit, make_model, random_tokens
     (dict(retrieval=True, mem_tokens=20), r"needs 68 positions .* max_positions=64"),
     (dict(segment_len=100), r"needs 108 positions .* lower segment_len"),
     (dict(remat_policy="bogus"), "unknown remat_policy 'bogus'"),
+    (dict(positions="sinusoid"), "unknown positions 'sinusoid'"),
+    (dict(positions="rope", d_model=30, heads=2), "positions='rope' needs an even head_dim"),
     (dict(scan_unroll=0), "scan_unroll=0 must be >= 1"),
     (dict(dtype="float16"), "expected one of"),
     (dict(attention_map_layers=(5,)), r"attention_map_layers \[5\] out of range"),
@@ -182,3 +184,38 @@ def test_answer_window_gives_the_same_loss_and_gradients():
     np.testing.assert_allclose(aux_win["accuracy"], aux_full["accuracy"])
     for a, b in zip(jax.tree.leaves(g_win), jax.tree.leaves(g_full), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("positions", ["learned", "alibi", "rope"])
+def test_positions_are_causal_and_the_attention_map_path_agrees(positions):
+    cfg = get_config("test", positions=positions, attention_map_layers=(0, 1))
+    model = RMT(cfg, rngs=nnx.Rngs(0))
+    assert (model.wpe is None) == (positions != "learned")
+    tokens = jnp.asarray(random_tokens((2, 20), seed=1))
+    logits = model.lm_logits(tokens)
+    changed = model.lm_logits(tokens.at[:, 10].set(tokens[:, 10] % 60 + 1))
+    np.testing.assert_array_equal(logits[:, :10], changed[:, :10])  # nothing flows backwards
+    assert float(jnp.abs(logits[:, 10:] - changed[:, 10:]).max()) > 1e-3
+    fused, _ = model.transformer(model.embed(tokens))
+    explicit, maps = model.transformer(model.embed(tokens), return_attention=True)
+    np.testing.assert_allclose(fused, explicit, atol=1e-5)
+    assert maps["layer_0"].shape == (2, cfg.heads, 20, 20)
+
+
+def test_rope_and_alibi_see_relative_positions_only():
+    """Shifting a sequence right keeps each token's attention to the tokens before it: the
+    attention weights of the shifted tokens equal the originals' (not so for learned ones)."""
+    for positions, relative in (("rope", True), ("alibi", True), ("learned", False)):
+        cfg = get_config("test", positions=positions, attention_map_layers=(0,), layers=1)
+        model = RMT(cfg, rngs=nnx.Rngs(3))
+        x = model.embed(jnp.asarray(random_tokens((1, 12), seed=2)))
+        # the same 12 tokens after 5 others: the first layer's weights among the 12 tokens,
+        # renormalised, equal those without the 5 when only relative positions count
+        pre = model.embed(jnp.asarray(random_tokens((1, 5), seed=4)))
+        _, a = model.transformer(x, return_attention=True)
+        _, b = model.transformer(jnp.concatenate([pre, x], 1), return_attention=True)
+        wa = a["layer_0"][0, :, :, :]  # [h, 12, 12]
+        wb = b["layer_0"][0, :, 5:, 5:]
+        wb = wb / wb.sum(-1, keepdims=True)
+        close = np.allclose(wa, wb, atol=1e-5)
+        assert close == relative, positions
