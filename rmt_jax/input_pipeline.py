@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 
 import grain
 import ml_collections
@@ -34,7 +33,7 @@ from babilong_tfds.haystack import Haystack, load_books_from_dir
 from babilong_tfds.tasks import TASKS, parse_tasks
 from babilong_tfds.tokenizer import get_tokenizer
 from rmt_jax.config import ModelConfig
-from rmt_jax.curriculum import stage_context
+from rmt_jax.curriculum import Curriculum
 
 # Records of a training stream before it would wrap (never reached in practice).
 STREAM_RECORDS = (1 << 31) - 1
@@ -183,11 +182,11 @@ class TrainData:
         self.process_index = process_index
         self.process_count = process_count
         self.local_batch = batch // process_count
+        self.curriculum = Curriculum.from_config(config)
 
     def stage_lengths(self, stage: int) -> list[int]:
-        """Context sizes in tokens drawn within a stage: whole segment counts."""
-        c = self.config.curriculum
-        return stage_context(c.segments[stage], self.config.model.segment_len, c.mix_shorter)[1]
+        """Context sizes in tokens drawn within a stage."""
+        return list(self.curriculum.stage(stage).context_sizes)
 
     def source(self, stage: int) -> BabilongSource:
         data = self.config.data
@@ -205,9 +204,7 @@ class TrainData:
         )
 
     def dataset(self, stage: int) -> grain.IterDataset:
-        c = self.config.curriculum
-        segments = stage_context(c.segments[stage], self.config.model.segment_len,
-                                 c.mix_shorter)[0]
+        segments = self.curriculum.stage(stage).segments
         tokenizer = self.composer.tokenizer
         config = self.config
         ds = grain.MapDataset.source(self.source(stage))
@@ -223,111 +220,8 @@ class TrainData:
 
     def iterator(self, stage: int, state: dict | None = None):
         """A grain iterator of numpy batches; `state` from `.get_state()` resumes it."""
-        if not 0 <= stage < len(self.config.curriculum.segments):
-            raise ValueError(
-                f"curriculum stage {stage} out of range: the config has "
-                f"{len(self.config.curriculum.segments)} stages"
-            )
+        self.curriculum.stage(stage)  # a stage out of range raises, naming the count
         iterator = iter(self.dataset(stage))
         if state is not None:
             iterator.set_state(state)
         return iterator
-
-
-class StartedIterator:
-    """A data iterator whose first batch is made in a background thread from creation on.
-
-    Until that batch is taken, `get_state()` is the state before it, so a checkpoint in
-    between resumes with the same batches as an iterator that was never started early.
-    """
-
-    def __init__(self, iterator):
-        self.iterator = iterator
-        self._state = iterator.get_state()  # before the first batch
-        self._first = self._error = None
-        self._thread = threading.Thread(target=self._fetch, daemon=True)
-        self._thread.start()
-
-    def _fetch(self) -> None:
-        try:
-            self._first = next(self.iterator)
-        except BaseException as error:  # noqa: BLE001 - raised again in the caller's thread
-            self._error = error
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self._thread is None:
-            return next(self.iterator)
-        self._thread.join()
-        self._thread, self._state = None, None
-        if self._error is not None:
-            raise self._error
-        batch, self._first = self._first, None
-        return batch
-
-    def get_state(self) -> dict:
-        return self._state if self._thread is not None else self.iterator.get_state()
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-        _close(self.iterator)
-
-
-class StageIterators:
-    """The data iterator of the current curriculum stage, and the next stage's started early.
-
-    Starting a grain iterator costs seconds (its worker processes start and make their first
-    batches), which a stage change would otherwise spend with the accelerator idle. So when
-    a stage begins, the next stage's iterator is created and its first batch made in the
-    background (`StartedIterator`); the stage change takes it, and the old stage's iterator
-    is closed in the background. The batches are the same either way: an iterator's batches
-    depend on its stage and state alone. `data` is a `TrainData` or a `SyntheticData`.
-    """
-
-    def __init__(self, data, stage: int, state: dict | None = None):
-        self.data = data
-        self.stages = len(data.config.curriculum.segments)
-        self.current = data.iterator(stage, state)
-        self.upcoming: tuple[int, StartedIterator] | None = None
-        self.closing: threading.Thread | None = None  # closes the iterators left behind
-        self._prepare(stage + 1)
-
-    def _prepare(self, stage: int) -> None:
-        if stage < self.stages:
-            self.upcoming = (stage, StartedIterator(self.data.iterator(stage)))
-
-    def advance(self, stage: int):
-        """Switches to `stage` (normally the next one) and returns its iterator."""
-        old = [self.current]
-        if self.upcoming is not None and self.upcoming[0] == stage:
-            self.current = self.upcoming[1]
-        else:
-            old.append(self.upcoming[1] if self.upcoming else None)
-            self.current = self.data.iterator(stage)
-        self.upcoming = None
-        self._join_closing()
-        self.closing = threading.Thread(target=lambda: [_close(it) for it in old], daemon=True)
-        self.closing.start()
-        self._prepare(stage + 1)
-        return self.current
-
-    def _join_closing(self) -> None:
-        if self.closing is not None:
-            self.closing.join()
-            self.closing = None
-
-    def close(self) -> None:
-        self._join_closing()
-        _close(self.current)
-        _close(self.upcoming[1] if self.upcoming else None)
-        self.upcoming = None
-
-
-def _close(iterator) -> None:
-    """Stops an iterator's workers now rather than at garbage collection."""
-    close = getattr(iterator, "close", None)
-    if close is not None:
-        close()

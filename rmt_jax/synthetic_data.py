@@ -15,7 +15,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from rmt_jax.curriculum import stage_context
+from rmt_jax.curriculum import Curriculum
 
 PAD_ID, EOS_ID = 0, 1
 FIRST_TOKEN = 2  # random tokens are drawn from FIRST_TOKEN..vocab_size-1
@@ -52,19 +52,19 @@ class SyntheticData:
             raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by "
                              f"{process_count} processes")
         self.config = config
+        self.curriculum = Curriculum.from_config(config)
         self.process_index = process_index
         self.local_batch = config.train.batch_size // process_count
 
     def batch(self, stage: int, index: int) -> dict:
         cfg = self.config
         seg_len, vocab = cfg.model.segment_len, cfg.model.vocab_size
-        segments = stage_context(cfg.curriculum.segments[stage], seg_len,
-                                 cfg.curriculum.mix_shorter)[0]  # a fraction: one segment
+        segments = self.curriculum.stage(stage).segments  # a fraction: one segment
         max_q, max_a = cfg.data.max_question_len, cfg.data.max_answer_len
         b = self.local_batch
         rng = np.random.default_rng([cfg.data.seed, stage, index, self.process_index])
         context = rng.integers(FIRST_TOKEN, vocab, (b, segments * seg_len), dtype=np.int32)
-        counts = (rng.integers(1, segments + 1, b) if cfg.curriculum.mix_shorter
+        counts = (rng.integers(1, segments + 1, b) if self.curriculum.mix_shorter
                   else np.full(b, segments))
         context_mask = np.arange(segments * seg_len)[None, :] < (counts * seg_len)[:, None]
         context = np.where(context_mask, context, PAD_ID).astype(np.int32)
@@ -87,9 +87,7 @@ class SyntheticData:
                 "loss_mask": loss_mask, "task_id": np.zeros(b, np.int32)}
 
     def iterator(self, stage: int, state: dict | None = None) -> SyntheticIterator:
-        if not 0 <= stage < len(self.config.curriculum.segments):
-            raise ValueError(f"curriculum stage {stage} out of range: the config has "
-                             f"{len(self.config.curriculum.segments)} stages")
+        self.curriculum.stage(stage)  # a stage out of range raises, naming the count
         iterator = SyntheticIterator(self, stage)
         if state is not None:
             iterator.set_state(state)

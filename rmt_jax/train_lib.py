@@ -64,7 +64,7 @@ from babilong_tfds.tasks import TASKS
 from rmt_jax import checkpointing, files, input_pipeline, pretrained, sharding
 from rmt_jax.answer import greedy_answer, loss_fn
 from rmt_jax.config import ModelConfig
-from rmt_jax.curriculum import Curriculum, CurriculumState, advance, stage_context
+from rmt_jax.curriculum import Curriculum, CurriculumState, StageIterators, advance
 from rmt_jax.model import RMT
 from rmt_jax.synthetic_data import SyntheticData
 
@@ -416,7 +416,7 @@ def evaluate(config, params, graphdef, *, composer, tokenizer, batch_sharding,
     held_out.data.seed = config.data.seed + 7919
     data = SyntheticData(held_out, process_index=jax.process_index(),
                          process_count=jax.process_count())
-    iterator = data.iterator(len(config.curriculum.segments) - 1)
+    iterator = data.iterator(data.curriculum.num_stages - 1)
     batches = max(1, config.eval.num_samples // config.train.batch_size)
     sums: dict[str, float] = {}
     for _ in range(batches):
@@ -516,7 +516,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         logging.info("resumed from step %d (curriculum stage %d)", step, cstate.stage)
     best = checkpointer.best_meta()
     best_score = None if best is None else best["score"]
-    stages = input_pipeline.StageIterators(data, cstate.stage, data_state)
+    stages = StageIterators(data, cstate.stage, data_state)
     iterator = stages.current
 
     # ---------------------------------------------------------------- update step
@@ -570,10 +570,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     def prepare_next(stage: int, batch: dict) -> None:
         """Compiles the next stage's programs now, from this stage's (numpy) batch."""
-        if stage + 1 >= len(curriculum.segments):
+        if stage + 1 >= curriculum.num_stages:
             return
-        c = config.curriculum
-        pad = stage_context(c.segments[stage + 1], config.model.segment_len, c.mix_shorter)[0]
+        pad = curriculum.stage(stage + 1).segments
         structs = stage_batch(batch, pad * config.model.segment_len, batch_sharding)
         train_step.prepare(abstract_state, {k: structs[k] for k in MODEL_INPUTS})
         if config.train.answer_rows:
@@ -603,7 +602,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             if new_cstate.stage != cstate.stage:
                 logging.info("step %d: curriculum stage %d -> %d (%g segments)", step,
                              cstate.stage, new_cstate.stage,
-                             curriculum.segments[new_cstate.stage])
+                             curriculum.stage(new_cstate.stage).count)
                 iterator = stages.advance(new_cstate.stage)
             cstate = new_cstate
             preempted = stop.received or (jax.process_count() > 1
@@ -620,7 +619,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 scalars.update({
                     "train/learning_rate": float(schedule(step - 1)),
                     "train/stage": cstate.stage,
-                    "train/segments": curriculum.segments[cstate.stage],
+                    "train/segments": curriculum.stage(cstate.stage).count,
                     "train/steps_per_s": len(window) / elapsed,
                     "train/tokens_per_s": tokens / elapsed,
                 })

@@ -70,3 +70,21 @@ def test_fractional_stages_are_one_short_segment():
             Curriculum(segments=bad, stage_steps=1)
     with pytest.raises(ValueError, match="no token"):
         stage_context(0.001, 128, True)
+
+
+def test_the_curriculum_answers_the_shape_of_each_stage():
+    from configs import rmt_babilong
+
+    config = rmt_babilong.get_config("tiny,qa1").unlock()
+    config.curriculum.segments = (0.25, 1, 3)
+    c = Curriculum.from_config(config)
+    seg = config.model.segment_len
+    assert c.num_stages == 3 and c.segment_len == seg
+    assert [c.stage(i).segments for i in range(3)] == [1, 1, 3]
+    assert c.stage(0).context_sizes == (seg // 4,) and c.stage(0).count == 0.25
+    assert c.stage(2).context_sizes == (seg, 2 * seg, 3 * seg) and c.stage(2).index == 2
+    config.curriculum.mix_shorter = False
+    assert Curriculum.from_config(config).stage(2).context_sizes == (3 * seg,)
+    for bad in (-1, 3):
+        with pytest.raises(ValueError, match=f"stage {bad} out of range: the config has 3"):
+            c.stage(bad)

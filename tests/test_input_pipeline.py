@@ -5,6 +5,7 @@ import pytest
 
 from babilong_tfds.compose import Composer
 from configs.rmt_babilong import get_config
+from rmt_jax import curriculum
 from rmt_jax import input_pipeline as ip
 
 
@@ -150,9 +151,9 @@ def test_next_stage_iterator_starts_early_and_gives_the_same_batches(config, com
     monkeypatch.setattr(data, "iterator", tracked)
     fresh = {stage: make(stage) for stage in (2, 3)}
     expected = {stage: [next(it), next(it)] for stage, it in fresh.items()}
-    stages = ip.StageIterators(data, 1)
+    stages = curriculum.StageIterators(data, 1)
     stage, started = stages.upcoming
-    assert stage == 2 and isinstance(started, ip.StartedIterator)
+    assert stage == 2 and isinstance(started, curriculum.StartedIterator)
     started._thread.join()  # its first batch is made while stage 1 trains
     assert same(started._first, expected[2][0])
     # until that batch is taken, the state is the one before it: a checkpoint taken then
@@ -167,7 +168,7 @@ def test_next_stage_iterator_starts_early_and_gives_the_same_batches(config, com
     stages.closing.join()
     assert closed == [1, 2]  # the stages left behind (2: the iterator under the started one)
     # a jump past the prepared stage drops it and makes a fresh iterator
-    last = len(config.curriculum.segments) - 1
+    last = data.curriculum.num_stages - 1
     stages.advance(last)
     assert stages.upcoming is None  # nothing after the last stage
     stages.close()
@@ -190,4 +191,4 @@ def test_a_started_iterator_raises_its_errors_in_the_caller():
             return next(self.it)
 
     with pytest.raises(RuntimeError, match="no data"):
-        next(ip.StartedIterator(Source()))
+        next(curriculum.StartedIterator(Source()))
