@@ -17,7 +17,7 @@ import io
 import re
 import tarfile
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 from absl import logging
@@ -230,13 +230,3 @@ def load_babi(task: str, split: str, root: str | Path) -> list[BabiSample]:
     if _variant_rank(chosen.member or str(chosen.path)) > 1:
         logging.warning("bAbI %s %s: no en-10k copy found, using %s", task, split, chosen.name)
     return parse_babi(chosen.read_text().splitlines(), task, chosen.name)
-
-
-def story_text(sample: BabiSample) -> str:
-    """The facts joined as one paragraph (what a 0k sample's context is)."""
-    return " ".join(sample.facts)
-
-
-def samples_with_max_facts(samples: Sequence[BabiSample], max_facts: int) -> list[BabiSample]:
-    """Keeps the samples whose story has at most `max_facts` facts."""
-    return [s for s in samples if len(s.facts) <= max_facts]

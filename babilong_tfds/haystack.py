@@ -33,7 +33,7 @@ import json
 import os
 import re
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -445,11 +445,6 @@ class Background:
     cut: int = 0
     last_text: str | None = None
 
-    def sentence_indices(self) -> np.ndarray:
-        if not self.runs:
-            return np.zeros(0, np.int64)
-        return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in self.runs])
-
     @property
     def num_sentences(self) -> int:
         return sum(b - a for a, b in self.runs)
@@ -590,7 +585,3 @@ class HaystackSampler:
             pos += 1
         return runs, total
 
-
-def iter_sentence_texts(haystack: Haystack, runs: Iterable[tuple[int, int]]) -> Iterable[str]:
-    for a, b in runs:
-        yield from haystack.sentences[a:b]

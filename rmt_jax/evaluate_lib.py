@@ -158,11 +158,6 @@ def resolve_tfds_name(tfds_name: str, task: str, length: str,
                      f"--config={task}_{length} --data_dir={root}")
 
 
-def load_records(task: str, length: str, num_samples: int, **options) -> list[dict]:
-    """`iter_records` as a list (options as there)."""
-    return list(iter_records(task, length, num_samples, **options))
-
-
 def encode_records(records: Sequence[dict], tokenizer, config) -> list[dict]:
     """Encodes records to examples padded to the same number of segments (the cell's most)."""
     with_ids = []

@@ -1,9 +1,9 @@
 """The RMT / RMT-R model: a GPT-2-like pre-LN decoder that reads segments through a memory.
 
 Backbone: positions restarting at 0 in every segment (`config.positions`: GPT-2's learned
-embeddings by default, or an ALiBi recency bias, or rotary queries and keys), pre-LN blocks with causal
-self-attention through `jax.nn.dot_product_attention` and a GELU MLP of width 4d, a final
-LayerNorm, and an LM head tied to the token embedding: GPT-2's computation, so GPT-2
+embeddings by default, or an ALiBi recency bias, or rotary queries and keys), pre-LN blocks
+with causal self-attention through `jax.nn.dot_product_attention` and a GELU MLP of width
+4d, a final LayerNorm, and an LM head tied to the token embedding: GPT-2's computation, so GPT-2
 checkpoints load into it (`rmt_jax.pretrained`; `RMT.lm_logits` is then GPT-2's LM).
 
 One segment's input is `[read memory (R); tokens (L); write memory (N)]`, R = N for RMT and

@@ -71,8 +71,8 @@ def encode_outputs(texts, tokenizer, width=6):
 # -- scoring ------------------------------------------------------------------------------
 def test_scores_hand_made_outputs(setup, monkeypatch):
     config, tokenizer, composer = setup
-    records = evaluate_lib.load_records("qa1", "0k", 8, composer=composer,
-                                        babi_root=config.data.babi_dir)
+    records = list(evaluate_lib.iter_records("qa1", "0k", 8, composer=composer,
+                                        babi_root=config.data.babi_dir))
     targets = [r["target"] for r in records]
     other = [WRONG.get(t, "kitchen") for t in targets]
     # right | right in a sentence (label yes, exact no) | wrong | two labels | nothing
@@ -150,8 +150,8 @@ def test_oracle_and_constant_models_through_batches(setup, monkeypatch):
                             kitchen, (len(batch["context"]), 1)))
     results = evaluate_lib.evaluate_model(None, config, composer, tokenizer, tasks="qa1",
                                           lengths="0k", num_samples=12, batch_size=5)
-    records = evaluate_lib.load_records("qa1", "0k", 12, composer=composer,
-                                        babi_root=config.data.babi_dir)
+    records = list(evaluate_lib.iter_records("qa1", "0k", 12, composer=composer,
+                                        babi_root=config.data.babi_dir))
     share = np.mean([r["target"] == "kitchen" for r in records])
     assert 0 < share < 1
     assert results["results"]["qa1"]["0k"]["accuracy"] == pytest.approx(share)
@@ -162,10 +162,10 @@ def test_tfds_source_reads_the_materialized_split(setup, manual_dir, tmp_path, m
     config, tokenizer, composer = setup
     build("qa1", "0k", data_dir=tmp_path, manual_dir=manual_dir,
           options=BuildOptions(num_samples=4))
-    from_tfds = evaluate_lib.load_records("qa1", "0k", 3, source="tfds", data_dir=tmp_path,
-                                          tfds_name="babilong/{task}_{length}_test4")
-    on_the_fly = evaluate_lib.load_records("qa1", "0k", 3, composer=composer,
-                                           babi_root=config.data.babi_dir)
+    from_tfds = list(evaluate_lib.iter_records("qa1", "0k", 3, source="tfds", data_dir=tmp_path,
+                                          tfds_name="babilong/{task}_{length}_test4"))
+    on_the_fly = list(evaluate_lib.iter_records("qa1", "0k", 3, composer=composer,
+                                           babi_root=config.data.babi_dir))
     assert len(from_tfds) == 3
     for a, b in zip(from_tfds, on_the_fly, strict=True):
         assert [evaluate_lib._text(a[k]) for k in ("question", "target")] == [
@@ -217,8 +217,8 @@ def test_streaming_equals_batched(setup, stream_batch):
     by repetition) it must answer as the batched scan does."""
     config, tokenizer, composer = setup
     model = tiny_model(config, tokenizer, scale=5.0)
-    records = evaluate_lib.load_records("qa1", "1k", 4, composer=composer,
-                                        babi_root=config.data.babi_dir)
+    records = list(evaluate_lib.iter_records("qa1", "1k", 4, composer=composer,
+                                        babi_root=config.data.babi_dir))
     examples = evaluate_lib.encode_records(records, tokenizer, config)
     assert len({int(e["context_mask"].sum()) for e in examples}) > 1  # different lengths
     batched = np.stack(evaluate_lib.predict(model, examples, max_new_tokens=6, batch_size=4,
@@ -373,10 +373,10 @@ def test_published_source_reads_an_exported_folder(setup, exported, monkeypatch)
     """--data gives the records made on the fly, their text tokenized by the model's tokenizer,
     and the evaluation path as for the other sources."""
     config, tokenizer, composer = setup
-    from_data = evaluate_lib.load_records("qa1", "0k", 3, source="published",
-                                          data=str(exported))
-    on_the_fly = evaluate_lib.load_records("qa1", "0k", 3, composer=composer,
-                                           babi_root=config.data.babi_dir)
+    from_data = list(evaluate_lib.iter_records("qa1", "0k", 3, source="published",
+                                          data=str(exported)))
+    on_the_fly = list(evaluate_lib.iter_records("qa1", "0k", 3, composer=composer,
+                                           babi_root=config.data.babi_dir))
     assert len(from_data) == 3
     for a, b in zip(from_data, on_the_fly, strict=True):
         assert (a["question"], a["target"], a["task"]) == (b["question"], b["target"], "qa1")
@@ -422,7 +422,7 @@ def test_default_tfds_name_finds_what_the_build_wrote(manual_dir, tmp_path):
                       options=BuildOptions(num_samples=2))
     assert evaluate_lib.resolve_tfds_name(evaluate_lib.DEFAULT_TFDS_NAME, "qa1", "0k",
                                           tmp_path) == f"babilong/{result.config}"
-    records = evaluate_lib.load_records("qa1", "0k", 5, source="tfds", data_dir=tmp_path)
+    records = list(evaluate_lib.iter_records("qa1", "0k", 5, source="tfds", data_dir=tmp_path))
     assert [int(r["index"]) for r in records] == [0, 1]
     build("qa1", "0k", data_dir=tmp_path, manual_dir=manual_dir,
           options=BuildOptions(num_samples=2, seed=1))
@@ -440,4 +440,4 @@ def test_a_tfrecord_build_is_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "babilong" / "qa1_0k").mkdir(parents=True)
     monkeypatch.setattr(tfds, "data_source", tfrecord_source)
     with pytest.raises(ValueError, match="rebuild it in array_record"):
-        evaluate_lib.load_records("qa1", "0k", 2, source="tfds", data_dir=tmp_path)
+        list(evaluate_lib.iter_records("qa1", "0k", 2, source="tfds", data_dir=tmp_path))
