@@ -125,6 +125,17 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.curriculum.advance_accuracy = 0.0  # advance early once train accuracy passes it (0: off)
     config.curriculum.mix_shorter = True  # draw each sample's segment count from 1..stage's
     config.curriculum.accuracy_decay = 0.98  # EMA decay of the accuracy compared to that
+    # 'steps': the above; 'heldout': each stage trains until the exact match on a held-out set
+    # of generated stories at its lengths stops improving, then the next starts from its best
+    # state (rmt_jax.curriculum, rmt_jax.early_stopping); the fields below are for 'heldout'
+    config.curriculum.advance_on = "steps"
+    config.curriculum.eval_every = 200  # steps of a stage between held-out evaluations
+    config.curriculum.patience = 5  # evaluations without improvement that end a stage
+    config.curriculum.min_delta = 0.0  # an improvement beats the stage's best by more than this
+    config.curriculum.heldout_samples = 64  # samples in each stage's held-out set
+    config.curriculum.max_stage_steps = 5000  # most steps of a stage
+    # share of every batch drawn at the earlier stages' lengths (0: off; with mix_shorter=False)
+    config.curriculum.mixed_length_ratio = 0.0
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 5e-5 if retrieval else 1e-4  # peak learning rate

@@ -14,6 +14,23 @@ of the stage, started at 0 (so it is conservative early in a stage) and reset wh
 begins. It is part of the `CurriculumState`, which is saved with every checkpoint as JSON,
 so a resumed run takes exactly the decisions of an uninterrupted one.
 
+With `advance_on='heldout'` a stage instead trains until the exact match on a held-out set
+of the stage (rmt_jax.early_stopping) stops improving: every `eval_every` steps of the stage
+an evaluation either beats the stage's best score by more than `min_delta` or counts
+towards `patience`; after `patience` evaluations without improvement, or `max_stage_steps`
+steps, the stage ends, the best state of the stage is restored and the next stage starts
+from it (the last stage ending ends the run). This follows the official RMT BABILong
+fine-tuning (early stopping, each stage from the best checkpoint of the one before).
+`record_heldout` makes these decisions from a score; the best step, best score and
+evaluations without improvement are in the `CurriculumState` (and so in every checkpoint).
+
+`mixed_length_ratio` r > 0 makes round(r * batch) rows of every batch contexts of the
+earlier stages' lengths (`Stage.shorter_sizes`), the other rows the stage's own length. The
+official code's flag of that name draws a sample at the stage's longest length with
+probability r and otherwise uniformly among all the stage's lengths (its comment says "prob
+for shorter samples"); here the share is the shorter rows', exact in every batch, and
+`mix_shorter` (the official `vary_n_segments`) is the way to draw all lengths uniformly.
+
 `StageIterators` switches the data iterators at a stage change, the next stage's started
 early in the background (`StartedIterator`).
 """
@@ -25,6 +42,8 @@ import threading
 
 import ml_collections
 
+ADVANCE_ON = ("steps", "heldout")
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
@@ -34,6 +53,8 @@ class Stage:
     count: float                     # the configured segment count (a fraction: part of one)
     segments: int                    # segments a sample is padded to
     context_sizes: tuple[int, ...]   # context sizes in tokens drawn for a sample
+    shorter_sizes: tuple[int, ...] = ()  # earlier stages' sizes, for `shorter_rows` rows
+    shorter_rows: int = 0            # rows of a batch drawn at shorter_sizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +67,14 @@ class Curriculum:
     accuracy_decay: float = 0.98   # EMA decay of the running accuracy
     segment_len: int = 0           # context tokens per segment (needed by `stage`)
     mix_shorter: bool = True       # draw 1..count whole segments per sample, not just count
+    batch_size: int = 0            # rows of a batch (needed by `stage` for shorter_rows)
+    advance_on: str = "steps"      # 'steps' (stage_steps, advance_accuracy) | 'heldout'
+    eval_every: int = 0            # heldout: steps of a stage between held-out evaluations
+    patience: int = 0              # heldout: evaluations without improvement that end a stage
+    min_delta: float = 0.0         # heldout: an improvement beats the best by more than this
+    heldout_samples: int = 0       # heldout: samples of a stage's held-out set
+    max_stage_steps: int = 0       # heldout: most steps of a stage
+    mixed_length_ratio: float = 0.0  # share of each batch at the earlier stages' lengths
 
     def __post_init__(self):
         if not self.segments or any(not s > 0 or (s > 1 and s != int(s))
@@ -54,13 +83,33 @@ class Curriculum:
                              "counts >= 1, or fractions of one segment in (0, 1)")
         if self.stage_steps < 0:
             raise ValueError(f"curriculum.stage_steps={self.stage_steps} must be >= 0")
-        if self.stage_steps == 0 and self.advance_accuracy <= 0 and len(self.segments) > 1:
+        if self.advance_on not in ADVANCE_ON:
+            raise ValueError(f"curriculum.advance_on={self.advance_on!r}: expected one of "
+                             f"{', '.join(map(repr, ADVANCE_ON))}")
+        if self.advance_on == "heldout":
+            for name in ("eval_every", "patience", "heldout_samples", "max_stage_steps"):
+                if getattr(self, name) < 1:
+                    raise ValueError(f"curriculum.{name}={getattr(self, name)} must be >= 1 "
+                                     "with advance_on='heldout'")
+            if self.min_delta < 0:
+                raise ValueError(f"curriculum.min_delta={self.min_delta} must be >= 0")
+        elif (self.stage_steps == 0 and self.advance_accuracy <= 0
+              and len(self.segments) > 1):
             raise ValueError("curriculum.stage_steps=0 and advance_accuracy=0: the curriculum "
                              "would never leave stage 0; set one of them")
         if not 0.0 <= self.accuracy_decay < 1.0:
             raise ValueError(f"curriculum.accuracy_decay={self.accuracy_decay} must lie in [0, 1)")
         if self.segment_len < 0:
             raise ValueError(f"model.segment_len={self.segment_len} must be >= 1")
+        if not 0.0 <= self.mixed_length_ratio < 1.0:
+            raise ValueError(f"curriculum.mixed_length_ratio={self.mixed_length_ratio} must "
+                             "lie in [0, 1)")
+        if self.mixed_length_ratio > 0 and self.mix_shorter:
+            raise ValueError(f"curriculum.mixed_length_ratio={self.mixed_length_ratio} mixes "
+                             "the earlier stages' lengths into each batch, while "
+                             "curriculum.mix_shorter=True already draws every sample's "
+                             "segment count from 1..the stage's: set "
+                             "--config.curriculum.mix_shorter=False with it")
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> Curriculum:
@@ -70,7 +119,16 @@ class Curriculum:
                    advance_accuracy=float(c.advance_accuracy),
                    accuracy_decay=float(c.get("accuracy_decay", 0.98)),
                    segment_len=int(config.model.segment_len),
-                   mix_shorter=bool(c.mix_shorter))
+                   mix_shorter=bool(c.mix_shorter),
+                   batch_size=int(config.train.batch_size),
+                   # configs saved before these fields: today's step-based curriculum
+                   advance_on=str(c.get("advance_on", "steps")),
+                   eval_every=int(c.get("eval_every", 0)),
+                   patience=int(c.get("patience", 0)),
+                   min_delta=float(c.get("min_delta", 0.0)),
+                   heldout_samples=int(c.get("heldout_samples", 0)),
+                   max_stage_steps=int(c.get("max_stage_steps", 0)),
+                   mixed_length_ratio=float(c.get("mixed_length_ratio", 0.0)))
 
     @property
     def num_stages(self) -> int:
@@ -88,11 +146,18 @@ class Curriculum:
                              "Curriculum.from_config(config)")
         count = self.segments[index]
         padded, sizes = stage_context(count, self.segment_len, self.mix_shorter)
-        return Stage(index=index, count=count, segments=padded, context_sizes=tuple(sizes))
+        shorter, rows = (), 0
+        if self.mixed_length_ratio > 0 and index > 0:
+            shorter = tuple(sorted({max(stage_context(s, self.segment_len, False)[1])
+                                    for s in self.segments[:index]} - set(sizes)))
+            rows = round(self.mixed_length_ratio * self.batch_size) if shorter else 0
+        return Stage(index=index, count=count, segments=padded, context_sizes=tuple(sizes),
+                     shorter_sizes=shorter, shorter_rows=rows)
 
     def needs_accuracy(self, state: CurriculumState) -> bool:
         """Whether `advance` reads the step's accuracy (fetching it costs a device sync)."""
-        return self.advance_accuracy > 0 and state.stage < self.num_stages - 1
+        return (self.advance_on == "steps" and self.advance_accuracy > 0
+                and state.stage < self.num_stages - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,14 +165,25 @@ class CurriculumState:
     stage: int = 0            # index into Curriculum.segments
     stage_start: int = 0      # number of steps done when the stage began
     accuracy: float = 0.0     # running (EMA) train accuracy within the stage
+    # advance_on='heldout':
+    best_score: float | None = None  # the stage's best held-out exact match so far
+    best_step: int = -1       # the step of that evaluation (its state is saved apart)
+    stale: int = 0            # evaluations since then without improvement
+    evaluated: int = -1       # the step of the newest held-out evaluation
+    finished: bool = False    # the last stage has ended: training is over
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> CurriculumState:
+        best = d.get("best_score")  # absent in checkpoints from before advance_on
         return cls(stage=int(d["stage"]), stage_start=int(d["stage_start"]),
-                   accuracy=float(d["accuracy"]))
+                   accuracy=float(d["accuracy"]),
+                   best_score=None if best is None else float(best),
+                   best_step=int(d.get("best_step", -1)), stale=int(d.get("stale", 0)),
+                   evaluated=int(d.get("evaluated", -1)),
+                   finished=bool(d.get("finished", False)))
 
 
 def advance(curriculum: Curriculum, state: CurriculumState, *, step: int,
@@ -116,7 +192,7 @@ def advance(curriculum: Curriculum, state: CurriculumState, *, step: int,
 
     `accuracy` may be None when `curriculum.needs_accuracy(state)` is False.
     """
-    if state.stage >= curriculum.num_stages - 1:
+    if state.stage >= curriculum.num_stages - 1 or curriculum.advance_on != "steps":
         return state
     running = state.accuracy
     if curriculum.advance_accuracy > 0:
@@ -130,6 +206,57 @@ def advance(curriculum: Curriculum, state: CurriculumState, *, step: int,
     if by_steps or by_accuracy:
         return CurriculumState(stage=state.stage + 1, stage_start=step, accuracy=0.0)
     return dataclasses.replace(state, accuracy=running)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What a held-out evaluation decided (`record_heldout`)."""
+
+    improved: bool       # a new best: save the current state as the stage's best
+    restore_step: int    # restore the best state saved at this step now (-1: nothing to do)
+    stage_ended: bool    # the stage is over (patience or max_stage_steps)
+    best_score: float    # the stage's best score and its step, after this evaluation
+    best_step: int
+    stale: int           # evaluations without improvement, after this one
+
+
+def heldout_due(curriculum: Curriculum, state: CurriculumState, step: int, *,
+                last: bool = False) -> bool:
+    """Whether the state after `step` steps is to be evaluated on the held-out set: every
+    `eval_every` steps of a stage, at `max_stage_steps`, and at the end of training (`last`).
+    An evaluation that a preemption skipped is due again when the run resumes."""
+    if curriculum.advance_on != "heldout" or state.finished or state.evaluated == step:
+        return False
+    done = step - state.stage_start
+    return done > 0 and (done % curriculum.eval_every == 0
+                         or done >= curriculum.max_stage_steps or last)
+
+
+def record_heldout(curriculum: Curriculum, state: CurriculumState, *, step: int,
+                   score: float, last: bool = False) -> tuple[CurriculumState, Decision]:
+    """The state and decision after the held-out evaluation of the state after `step` steps.
+
+    A stage ends after `patience` evaluations without improvement or `max_stage_steps`
+    steps: its best state is restored and the next stage begins (the last stage: the run is
+    finished). At the end of training (`last`) the best state is restored too.
+    """
+    improved = state.best_score is None or score > state.best_score + curriculum.min_delta
+    state = dataclasses.replace(
+        state, evaluated=step, stale=0 if improved else state.stale + 1,
+        best_score=float(score) if improved else state.best_score,
+        best_step=step if improved else state.best_step)
+    ended = (state.stale >= curriculum.patience
+             or step - state.stage_start >= curriculum.max_stage_steps)
+    restore = state.best_step if (ended or last) and state.best_step != step else -1
+    decision = Decision(improved=improved, restore_step=restore, stage_ended=ended,
+                        best_score=state.best_score, best_step=state.best_step,
+                        stale=state.stale)
+    if ended:
+        if state.stage < curriculum.num_stages - 1:
+            state = CurriculumState(stage=state.stage + 1, stage_start=step, evaluated=step)
+        else:
+            state = dataclasses.replace(state, finished=True)
+    return state, decision
 
 
 def stage_at_step(curriculum: Curriculum, step: int) -> int:

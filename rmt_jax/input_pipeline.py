@@ -160,6 +160,26 @@ def decode_answer(ids, tokenizer) -> str:
     return tokenizer.decode(out).strip()
 
 
+class MixedLengths:
+    """Record i from `shorter` when its row in the global batch (i % batch) is among the
+    first `rows`, else from `own` (a grain data source; both streams share the seed, and
+    each index is read from one of them only).
+
+    A process reads records process_index, process_index + process_count, ... and batches
+    them, so global batch j is records j*batch .. (j+1)*batch - 1 over all processes:
+    exactly `rows` of its rows come from `shorter`."""
+
+    def __init__(self, own, shorter, *, rows: int, batch: int):
+        self.own, self.shorter, self.rows, self.batch = own, shorter, rows, batch
+
+    def __len__(self) -> int:
+        return len(self.own)
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        return (self.shorter if index % self.batch < self.rows else self.own)[index]
+
+
 class TrainData:
     """Training batches per curriculum stage, for one process of `process_count`."""
 
@@ -188,12 +208,22 @@ class TrainData:
         """Context sizes in tokens drawn within a stage."""
         return list(self.curriculum.stage(stage).context_sizes)
 
-    def source(self, stage: int) -> BabilongSource:
+    def source(self, stage: int) -> BabilongSource | MixedLengths:
+        """The stage's record stream; with `curriculum.mixed_length_ratio`, the first
+        `Stage.shorter_rows` rows of every global batch at the earlier stages' lengths."""
+        own = self._source(stage, self.stage_lengths(stage))
+        shape = self.curriculum.stage(stage)
+        if not shape.shorter_rows:
+            return own
+        return MixedLengths(own, self._source(stage, list(shape.shorter_sizes)),
+                            rows=shape.shorter_rows, batch=self.config.train.batch_size)
+
+    def _source(self, stage: int, lengths: list[int]) -> BabilongSource:
         data = self.config.data
         return BabilongSource(
             self.composer,
             self.tasks,
-            self.stage_lengths(stage),
+            lengths,
             seed=data.seed * 1000 + stage,
             split="train",
             babi_source=data.babi_source,

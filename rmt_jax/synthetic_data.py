@@ -2,7 +2,8 @@
 
 The task: copy the first context token. The context holds random tokens of
 `config.model.vocab_size`, whole segments of them (1..segments[stage] per sample with
-`curriculum.mix_shorter`); the question is random tokens; the answer is the first context
+`curriculum.mix_shorter`; `curriculum.mixed_length_ratio`: a share of the rows at the earlier
+stages' segment counts); the question is random tokens; the answer is the first context
 token then the end-of-answer token `EOS_ID`. Learning it needs the memory to carry one
 token over every segment, so the loss falls and long contexts are harder, as on BABILong.
 
@@ -54,6 +55,7 @@ class SyntheticData:
         self.config = config
         self.curriculum = Curriculum.from_config(config)
         self.process_index = process_index
+        self.process_count = process_count
         self.local_batch = config.train.batch_size // process_count
 
     def batch(self, stage: int, index: int) -> dict:
@@ -66,6 +68,11 @@ class SyntheticData:
         context = rng.integers(FIRST_TOKEN, vocab, (b, segments * seg_len), dtype=np.int32)
         counts = (rng.integers(1, segments + 1, b) if self.curriculum.mix_shorter
                   else np.full(b, segments))
+        shape = self.curriculum.stage(stage)
+        if shape.shorter_rows:  # mixed_length_ratio: these rows of the global batch
+            rows = np.arange(b) * self.process_count + self.process_index < shape.shorter_rows
+            shorter = np.array([max(1, size // seg_len) for size in shape.shorter_sizes])
+            counts = np.where(rows, rng.choice(shorter, b), counts)
         context_mask = np.arange(segments * seg_len)[None, :] < (counts * seg_len)[:, None]
         context = np.where(context_mask, context, PAD_ID).astype(np.int32)
         question_length = rng.integers(1, max_q + 1, b).astype(np.int32)

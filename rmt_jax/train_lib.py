@@ -27,6 +27,15 @@ Resuming: the run's config is checked against the workdir's before anything is w
 `allow_config_change`; parameter shapes never change). The workdir is an `etils.epath`
 path: `gs://...` stays remote (rmt_jax.files).
 
+Curriculum (rmt_jax.curriculum): stages advance on steps (or the running train accuracy), or
+with `curriculum.advance_on='heldout'` on a held-out set's exact match with early stopping
+(rmt_jax.early_stopping): the held-out evaluation of step s runs after the step and before
+its checkpoint; a stage's best state is saved apart (workdir/stage_best) and restored when
+the stage ends (also at the end of training), and the checkpoint of that step is saved then.
+An evaluation that a preemption skipped runs when the run resumes, before the next step.
+Held-out scores go to the metrics as heldout/*, stage changes as curriculum/* (the step of
+the change, the new stage, the best step restored).
+
 Preemption: SIGTERM saves a checkpoint of the current step first (synchronously, waiting for
 it), skips evaluation, and returns. A SIGTERM during an evaluation interrupts it (on one
 process; with several, the evaluation's collectives make every process finish it first).
@@ -61,10 +70,17 @@ from jax.sharding import PartitionSpec as P
 
 from babilong_tfds import metric
 from babilong_tfds.tasks import TASKS
-from rmt_jax import checkpointing, files, input_pipeline, pretrained, sharding
+from rmt_jax import checkpointing, early_stopping, files, input_pipeline, pretrained, sharding
 from rmt_jax.answer import greedy_answer, loss_fn
 from rmt_jax.config import ModelConfig
-from rmt_jax.curriculum import Curriculum, CurriculumState, StageIterators, advance
+from rmt_jax.curriculum import (
+    Curriculum,
+    CurriculumState,
+    StageIterators,
+    advance,
+    heldout_due,
+    record_heldout,
+)
 from rmt_jax.model import RMT
 from rmt_jax.synthetic_data import SyntheticData
 
@@ -374,6 +390,15 @@ def check_run_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"{name}={value} must be >= {low}: set --config.{name}")
 
 
+def schedule_count(state: dict) -> int:
+    """The optimizer's update count, which the learning-rate schedule reads: the step, less
+    the steps undone by restoring a curriculum stage's best state."""
+    counts = [s.count for s in jax.tree.leaves(
+        state["opt_state"], is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+        if isinstance(s, optax.ScaleByScheduleState)]
+    return int(jax.device_get(counts[0]))
+
+
 def _check_finite(pending: list[tuple[int, jax.Array]], last_saved: int | None) -> None:
     """Raises on the first non-finite loss among steps not yet checked; clears the list."""
     losses = jax.device_get([loss for _, loss in pending])
@@ -482,6 +507,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     else:
         composer = input_pipeline.make_composer(config)
         data = input_pipeline.TrainData(config, composer, **process)
+    heldout = None
+    if curriculum.advance_on == "heldout":
+        # A stage too short for any story stops the run here, before anything is written.
+        heldout = early_stopping.Heldout(config, curriculum, composer=composer,
+                                         tokenizer=tokenizer)
+        heldout.check()
     # Everything is validated: the workdir learns the config now.
     files.prepare_workdir(workdir)
     checkpointing.write_configs(workdir, config, model_config)
@@ -514,6 +545,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         cstate = CurriculumState.from_json(restored.meta["curriculum"])
         data_state = restored.meta["data"]
         logging.info("resumed from step %d (curriculum stage %d)", step, cstate.stage)
+    stage_best = (early_stopping.StageBest(workdir, async_save=config.train.async_checkpoint)
+                  if heldout is not None else None)
     best = checkpointer.best_meta()
     best_score = None if best is None else best["score"]
     stages = StageIterators(data, cstate.stage, data_state)
@@ -550,6 +583,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     def save(wait: bool) -> None:
         nonlocal last_saved
         _check_finite(pending, last_saved)
+        if step in checkpointer.latest.all_steps():  # saved before a held-out restore
+            checkpointer.latest.delete(step)
         checkpointer.save(step, state["params"],
                           {k: v for k, v in state.items() if k != "params"}, meta())
         last_saved = step
@@ -578,10 +613,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         if config.train.answer_rows:
             answer_fn.prepare(abstract_state["params"], structs)
 
+    def heldout_step(last: bool) -> bool:
+        """The held-out evaluation of the state after `step` steps, when due, and what it
+        decides (rmt_jax.curriculum.record_heldout): saves a new best, restores the best
+        state, begins the next stage. True when the state changed and must be saved.
+        Raises Preempted on SIGTERM (the evaluation is due again on resume)."""
+        nonlocal state, cstate, iterator
+        if heldout is None or not heldout_due(curriculum, cstate, step, last=last):
+            return False
+        _check_finite(pending, last_saved)
+        params = state["params"]
+        if jax.process_count() > 1:  # every process scores on a full copy, as evaluate does
+            params = jax.jit(lambda p: p, out_shardings=replicated)(params)
+        with stop.interruptible():
+            scores = heldout.score(nnx.merge(graphdef, params), cstate.stage)
+        new, decision = record_heldout(curriculum, cstate, step=step,
+                                       score=scores["exact_match"], last=last)
+        writer.write(step, {**{f"heldout/{k}": v for k, v in scores.items()},
+                            "heldout/stage": cstate.stage, "heldout/best": decision.best_score,
+                            "heldout/best_step": decision.best_step,
+                            "heldout/stale": decision.stale})
+        if decision.improved:
+            stage_best.save(step, state["params"],
+                            {k: v for k, v in state.items() if k != "params"},
+                            {"step": step, "stage": cstate.stage, "score": scores["exact_match"]})
+        if decision.restore_step >= 0:
+            params, train = stage_best.restore(
+                decision.restore_step, abstract_state["params"],
+                {k: v for k, v in abstract_state.items() if k != "params"})
+            # the step counter and dropout key run on; parameters and optimizer go back
+            state = {**state, "params": params, "opt_state": train["opt_state"]}
+            logging.info("step %d: restored the best state of curriculum stage %d (step %d)",
+                         step, cstate.stage, decision.restore_step)
+        if decision.stage_ended:
+            # a training curve marks the stage changes at these steps (-1: the run is over)
+            writer.write(step, {"curriculum/stage": -1 if new.finished else new.stage,
+                                "curriculum/best_step": decision.best_step})
+            if new.finished:
+                logging.info("step %d: the last curriculum stage has ended: training is over",
+                             step)
+            else:
+                logging.info("step %d: curriculum stage %d -> %d (%g segments)", step,
+                             cstate.stage, new.stage, curriculum.stage(new.stage).count)
+                iterator = stages.advance(new.stage)
+        cstate = new
+        return decision.restore_step >= 0 or decision.stage_ended
+
     prepared_for = None  # the stage whose successor is being compiled
 
     try:
-        while step < config.train.num_steps:
+        # An evaluation that a preemption skipped runs now, as it would have then.
+        try:
+            if heldout_step(last=step >= config.train.num_steps):
+                save(wait=False)
+        except Preempted:
+            pass  # stop.received: the loop does not start
+        while (step < config.train.num_steps and not cstate.finished
+               and not stop.received):
             # ---------------------------------------------------------- one step
             batch = next(iterator)
             device_batch = sharding.global_batch({k: batch[k] for k in MODEL_INPUTS},
@@ -605,9 +693,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                              curriculum.stage(new_cstate.stage).count)
                 iterator = stages.advance(new_cstate.stage)
             cstate = new_cstate
+            changed = False
+            if not stop.received:
+                try:
+                    changed = heldout_step(last=step == config.train.num_steps)
+                except Preempted:
+                    pass  # stop.received: saved below, evaluated again on resume
             preempted = stop.received or (jax.process_count() > 1
                                           and checkpointer.latest.reached_preemption(step))
-            last = step == config.train.num_steps or preempted
+            last = step == config.train.num_steps or preempted or cstate.finished
 
             # ---------------------------------------------------------- log
             if periodic(step, config.train.log_every, last=last):
@@ -617,7 +711,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                          for k, v in jax.device_get(jax.tree.map(lambda *x: x, *window)).items()}
                 scalars = {f"train/{k}": v for k, v in means.items()}
                 scalars.update({
-                    "train/learning_rate": float(schedule(step - 1)),
+                    "train/learning_rate": float(schedule(schedule_count(state) - 1)),
                     "train/stage": cstate.stage,
                     "train/segments": curriculum.stage(cstate.stage).count,
                     "train/steps_per_s": len(window) / elapsed,
@@ -637,7 +731,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             # Before evaluating: a preempted run (SIGTERM during the log too) saves first and
             # waits for it, then stops.
             preempted = preempted or stop.received
-            if periodic(step, config.train.checkpoint_every, last=last or preempted):
+            if periodic(step, config.train.checkpoint_every, last=last or changed):
                 save(wait=preempted)
                 window_start = time.perf_counter()
 
@@ -676,6 +770,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         stages.close()
         writer.close()
         checkpointer.close()
+        if stage_best is not None:
+            stage_best.close()
     if last_eval is not None and jax.process_index() == 0:
         from rmt_jax import evaluate_lib
 

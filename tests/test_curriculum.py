@@ -88,3 +88,95 @@ def test_the_curriculum_answers_the_shape_of_each_stage():
     for bad in (-1, 3):
         with pytest.raises(ValueError, match=f"stage {bad} out of range: the config has 3"):
             c.stage(bad)
+
+
+def heldout_curriculum(**overrides):
+    settings = dict(segments=(1, 2), stage_steps=0, advance_on="heldout", eval_every=2,
+                    patience=2, heldout_samples=4, max_stage_steps=100, segment_len=8)
+    return Curriculum(**{**settings, **overrides})
+
+
+def run_heldout(curriculum, scores, *, num_steps=100):
+    """Feeds `scores` to the evaluations due; returns the final state and the decisions."""
+    from rmt_jax.curriculum import heldout_due, record_heldout
+
+    state, decisions, scores = CurriculumState(), [], iter(scores)
+    for step in range(1, num_steps + 1):
+        last = step == num_steps
+        if heldout_due(curriculum, state, step, last=last):
+            score = next(scores, None)
+            if score is None:
+                break
+            state, decision = record_heldout(curriculum, state, step=step, score=score,
+                                             last=last)
+            decisions.append((step, decision))
+            assert not heldout_due(curriculum, state, step, last=last)  # once per step
+        if state.finished:
+            break
+    return state, decisions
+
+
+def test_heldout_stage_ends_when_exact_match_stops_improving_by_min_delta():
+    c = heldout_curriculum(min_delta=0.05)
+    state, decisions = run_heldout(c, [0.2, 0.5, 0.54, 0.5, 0.1, 0.3, 0.3])
+    assert [s for s, _ in decisions] == [2, 4, 6, 8, 10, 12, 14]
+    assert [d.improved for _, d in decisions] == [True, True, False, False, True, True, False]
+    ended = decisions[3][1]  # 0.54 is not 0.05 better than 0.5: two without improvement
+    assert ended.stage_ended and ended.restore_step == 4 and ended.best_score == 0.5
+    assert not any(d.stage_ended for _, d in decisions[:3])
+    # the next stage begins at step 8 with a fresh best; its evaluations count from there
+    assert decisions[4][1].best_step == 10 and decisions[5][1].best_step == 12
+    assert state == CurriculumState(stage=1, stage_start=8, best_score=0.3, best_step=12,
+                                    stale=1, evaluated=14)
+
+
+def test_heldout_last_stage_ending_finishes_and_max_stage_steps_caps_a_stage():
+    c = heldout_curriculum(eval_every=3, max_stage_steps=5)
+    state, decisions = run_heldout(c, [0.1, 0.2, 0.3, 0.4])
+    # due at 3 steps into a stage and at the cap (5): always improving, still ended
+    assert [s for s, _ in decisions] == [3, 5, 8, 10]
+    assert [d.stage_ended for _, d in decisions] == [False, True, False, True]
+    assert all(d.restore_step == -1 for _, d in decisions)  # the best is the current state
+    assert state.finished and state.stage == 1 and state.best_step == 10
+
+
+def test_heldout_end_of_training_restores_the_best_without_changing_stage():
+    c = heldout_curriculum(patience=5)
+    state, decisions = run_heldout(c, [0.5, 0.1, 0.2], num_steps=6)
+    step, last = decisions[-1]
+    assert step == 6 and last.restore_step == 2 and not last.stage_ended
+    assert state.stage == 0 and not state.finished and state.stale == 2
+
+
+def test_heldout_state_round_trips_and_old_checkpoints_read():
+    c = heldout_curriculum()
+    state, _ = run_heldout(c, [0.25, 0.125])
+    assert CurriculumState.from_json(json.loads(json.dumps(state.to_json()))) == state
+    old = {"stage": 1, "stage_start": 8, "accuracy": 0.5}  # saved before advance_on
+    assert CurriculumState.from_json(old) == CurriculumState(stage=1, stage_start=8,
+                                                             accuracy=0.5)
+    # the step-based decisions are not taken in heldout mode
+    assert advance(c, CurriculumState(), step=10**6) == CurriculumState()
+
+
+def test_heldout_and_mixing_settings_are_checked():
+    with pytest.raises(ValueError, match="advance_on='heldiut'"):
+        heldout_curriculum(advance_on="heldiut")
+    with pytest.raises(ValueError, match="curriculum.patience=0 must be >= 1"):
+        heldout_curriculum(patience=0)
+    with pytest.raises(ValueError, match="min_delta"):
+        heldout_curriculum(min_delta=-0.1)
+    with pytest.raises(ValueError, match="mix_shorter=False"):
+        Curriculum(segments=(1, 2), stage_steps=5, mixed_length_ratio=0.5)
+    with pytest.raises(ValueError, match=r"mixed_length_ratio=1.0 must lie in \[0, 1\)"):
+        Curriculum(segments=(1, 2), stage_steps=5, mixed_length_ratio=1.0, mix_shorter=False)
+
+
+def test_mixed_length_ratio_takes_rows_at_the_earlier_stages_lengths():
+    c = Curriculum(segments=(0.5, 1, 2, 4), stage_steps=5, segment_len=8, mix_shorter=False,
+                   batch_size=8, mixed_length_ratio=0.3)
+    assert c.stage(0).shorter_rows == 0 and c.stage(0).shorter_sizes == ()
+    assert c.stage(1).shorter_sizes == (4,) and c.stage(1).shorter_rows == 2  # round(2.4)
+    assert c.stage(3).shorter_sizes == (4, 8, 16) and c.stage(3).context_sizes == (32,)
+    off = Curriculum(segments=(1, 2), stage_steps=5, segment_len=8, batch_size=8)
+    assert off.stage(1).shorter_rows == 0

@@ -275,3 +275,157 @@ def test_every_parameter_has_a_sharding_rule_and_an_unknown_one_is_an_error():
     # One device on 'model': nothing is split, so an unknown name is no error.
     unsplit = sharding.partition_spec([DictKey("renamed")], (32, 32), 1)
     assert unsplit == jax.sharding.PartitionSpec()
+
+
+# -- the held-out curriculum (early stopping) -------------------------------------------------
+HELDOUT = {"train.num_steps": 14, "curriculum.segments": (1, 2),
+           "curriculum.advance_on": "heldout", "curriculum.eval_every": 2,
+           "curriculum.patience": 2, "curriculum.heldout_samples": 8,
+           "curriculum.max_stage_steps": 8, "train.checkpoint_every": 3, "train.log_every": 2,
+           "train.answer_rows": 0, "eval.every": 0, "model.dropout": 0.1}
+
+
+def param_leaves(model) -> list[np.ndarray]:
+    from flax import nnx
+
+    return [np.array(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+
+
+def curriculum_rows(workdir: Path) -> dict[int, dict]:
+    """The held-out and stage-change metrics by step (a step logged again after a resume:
+    the newest)."""
+    rows: dict[int, dict] = {}
+    for r in read_metrics(workdir):
+        keys = {k: v for k, v in r.items() if k.startswith(("heldout/", "curriculum/"))}
+        if keys:
+            rows.setdefault(r["step"], {}).update(keys)
+    return rows
+
+
+def test_heldout_curriculum_starts_each_stage_from_the_best_state(tmp_path, monkeypatch):
+    from rmt_jax import early_stopping
+
+    scores = {2: 0.5, 4: 0.9, 6: 0.2, 8: 0.3,  # stage 0: best at 4, two worse: ends at 8
+              10: 0.1, 12: 0.05, 14: 0.05}    # stage 1: best at 10, ends at 14: run over
+    evaluated, restored = {}, []
+    steps = iter(sorted(scores))
+
+    def scripted(self, model, stage):
+        step = next(steps)
+        evaluated[step] = param_leaves(model)
+        return {"exact_match": scores[step], "samples": 8.0}
+
+    restore = early_stopping.StageBest.restore
+
+    def recording(self, step, abstract_params, abstract_train):
+        params, train = restore(self, step, abstract_params, abstract_train)
+        restored.append((step, [np.array(x) for x in jax.tree.leaves(params)]))
+        return params, train
+
+    monkeypatch.setattr(early_stopping.Heldout, "score", scripted)
+    monkeypatch.setattr(early_stopping.StageBest, "restore", recording)
+    config = tiny_config({**HELDOUT, "train.num_steps": 20})
+    out = train_lib.train_and_evaluate(config, tmp_path)
+    assert out["step"] == 14  # the last stage ended early: training is over
+    assert [s for s, _ in restored] == [4, 10]
+    for step, params in restored:  # the best evaluation's parameters, not the newest
+        assert all(np.array_equal(a, b) for a, b in zip(params, evaluated[step], strict=True))
+        assert not all(np.array_equal(a, b)
+                       for a, b in zip(params, evaluated[step + 4], strict=True))
+    rows = curriculum_rows(tmp_path)
+    assert {s for s, r in rows.items() if "curriculum/stage" in r} == {8, 14}
+    assert rows[8]["curriculum/stage"] == 1 and rows[8]["curriculum/best_step"] == 4
+    assert rows[14]["curriculum/stage"] == -1 and rows[14]["heldout/best_step"] == 10
+    # the optimizer went back too: its schedule counts 4 + (10 - 8) updates at step 14
+    logged = {r["step"]: r for r in read_metrics(tmp_path) if "train/learning_rate" in r}
+    schedule = train_lib.make_schedule(config)
+    assert logged[14]["train/learning_rate"] == pytest.approx(float(schedule(6 - 1)))
+    model, _, step = checkpointing.restore_for_inference(tmp_path)
+    assert step == 14
+    assert all(np.array_equal(a, b) for a, b in zip(param_leaves(model), evaluated[10],
+                                                    strict=True))
+
+
+def test_heldout_curriculum_killed_mid_stage_resumes_with_the_same_decisions(tmp_path,
+                                                                             monkeypatch):
+    import signal
+
+    from rmt_jax import early_stopping
+
+    real = early_stopping.Heldout.score
+    calls = {"n": 0, "action": None}
+
+    def varied(self, model, stage):
+        """The real score, its exact match replaced by a function of the parameters, so that
+        every decision depends on them (the tiny model answers nothing right yet)."""
+        calls["n"] += 1
+        if calls["action"] and calls["n"] == calls["action"][0]:
+            calls["action"][1]()
+        out = real(self, model, stage)
+        out["exact_match"] = float(np.abs(np.asarray(model.wte[...])).mean() * 1e4 % 1.0)
+        return out
+
+    def sigterm():
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def crash():
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(early_stopping.Heldout, "score", varied)
+    config = tiny_config(HELDOUT)
+    train_lib.train_and_evaluate(config, tmp_path / "reference")
+    reference = curriculum_rows(tmp_path / "reference")
+    assert any("curriculum/stage" in r for r in reference.values())
+
+    workdir = tmp_path / "killed"
+    calls.update(n=0, action=(3, sigterm))  # SIGTERM during the evaluation of step 6
+    assert train_lib.train_and_evaluate(config, workdir)["step"] == 6
+    saved = checkpointing.Checkpointer(workdir)
+    assert saved.latest.all_steps()[-1] == 6
+    saved.close()
+    calls.update(n=0, action=(4, crash))  # then killed in the middle of a later evaluation
+    with pytest.raises(RuntimeError, match="killed"):
+        train_lib.train_and_evaluate(config, workdir)
+    calls.update(n=0, action=None)
+    assert train_lib.train_and_evaluate(config, workdir)["step"] == 14
+    assert curriculum_rows(workdir) == reference
+    final = [param_leaves(checkpointing.restore_for_inference(d)[0])
+             for d in (tmp_path / "reference", workdir)]
+    assert all(np.array_equal(a, b) for a, b in zip(*final, strict=True))
+
+
+def test_a_stage_without_room_for_a_story_stops_before_anything_is_written(tmp_path):
+    shared = REPO.parent / "shared" / "data"
+    if not (shared / "haystack").exists():
+        pytest.skip(f"offline data {shared} is absent (expected ../shared/data beside the repo)")
+    from configs import rmt_babilong
+
+    config = rmt_babilong.get_config("test,qa1").unlock()
+    config.data.haystack_dir = str(shared / "haystack")
+    config.data.babi_dir = str(shared / "babi")
+    config.curriculum.segments = (0.25, 1)  # 2 tokens: no qa1 story fits
+    config.curriculum.advance_on = "heldout"
+    with pytest.raises(ValueError, match=r"curriculum stage 0 \(0.25 segments, contexts of 2 "
+                                         r"tokens\) cannot hold a held-out set"):
+        train_lib.train_and_evaluate(config.lock(), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_mixed_length_ratio_rows_of_every_global_batch():
+    from rmt_jax.input_pipeline import MixedLengths
+
+    mixed = MixedLengths([("own", i) for i in range(40)], [("short", i) for i in range(40)],
+                         rows=3, batch=8)
+    for processes in (1, 2, 4):  # each process reads every processes-th record
+        local = 8 // processes
+        for batch in range(2):
+            rows = [mixed[(batch * local + t) * processes + p]
+                    for p in range(processes) for t in range(local)]
+            assert sum(kind == "short" for kind, _ in rows) == 3
+    config = tiny_config({"curriculum.segments": (1, 2, 4), "curriculum.mix_shorter": False,
+                          "curriculum.mixed_length_ratio": 0.5})
+    data = SyntheticData(config)
+    seg = config.model.segment_len
+    segments = data.batch(2, 0)["context_mask"].sum(-1) // seg
+    assert set(segments[:4]) <= {1, 2} and set(segments[4:]) == {4}
+    assert set(data.batch(0, 0)["context_mask"].sum(-1) // seg) == {1}
