@@ -21,6 +21,10 @@ tasks to train on (any of qa1..qa5, several allowed; default qa1), `retrieval` f
 
     python -m launch.train --config=configs/rmt_babilong.py:test,synthetic --workdir=/tmp/rmt_t
 
+The curriculum advances every `stage_steps` steps by default; `--config.curriculum.advance_on=
+heldout` trains each stage until a held-out set's exact match stops improving (early stopping,
+as the official RMT fine-tuning does) and starts the next stage from the best state.
+
 Any field can be overridden on the command line (`--config.optim.learning_rate=3e-4`); the
 config is locked, so a misspelt field is an error.
 """

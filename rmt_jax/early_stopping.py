@@ -63,11 +63,11 @@ class Heldout:
         self._sets: dict[int, list] = {}
         self._records: dict[int, list[dict]] = {}
 
-    def _source(self, stage: int) -> BabilongSource:
+    def _source(self, stage: int, sizes: list[int] | None = None) -> BabilongSource:
+        sizes = sizes or list(self.curriculum.stage(stage).context_sizes)
         return BabilongSource(
-            self.composer, parse_tasks(self.config.data.tasks),
-            list(self.curriculum.stage(stage).context_sizes), seed=heldout_seed(self.config,
-                                                                                stage),
+            self.composer, parse_tasks(self.config.data.tasks), sizes,
+            seed=heldout_seed(self.config, stage),
             split="test", babi_source="generated", num_records=self.curriculum.heldout_samples,
             synonyms=self.config.data.get("babi_synonyms", True))
 
@@ -83,12 +83,13 @@ class Heldout:
                 "use advance_on='steps'") from None
 
     def check(self) -> None:
-        """Makes one held-out sample of every stage: a ValueError naming the first stage whose
-        set cannot be made (before training starts)."""
+        """Makes one held-out sample of every stage at its shortest context size: a
+        ValueError naming the first stage whose set cannot be made (before training)."""
         if self.synthetic:
             return
         for stage in range(self.curriculum.num_stages):
-            self._record(self._source(stage), stage, 0)
+            shortest = min(self.curriculum.stage(stage).context_sizes)
+            self._record(self._source(stage, [shortest]), stage, 0)
 
     def examples(self, stage: int) -> list:
         """The stage's held-out set: encoded examples (BABILong) or numpy batches (synthetic),

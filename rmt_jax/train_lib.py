@@ -663,13 +663,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     try:
         # An evaluation that a preemption skipped runs now, as it would have then.
+        stopped = False
         try:
             if heldout_step(last=step >= config.train.num_steps):
                 save(wait=False)
         except Preempted:
-            pass  # stop.received: the loop does not start
-        while (step < config.train.num_steps and not cstate.finished
-               and not stop.received):
+            stopped = True  # the state is the checkpoint's: nothing to save
+        while step < config.train.num_steps and not cstate.finished and not stopped:
             # ---------------------------------------------------------- one step
             batch = next(iterator)
             device_batch = sharding.global_batch({k: batch[k] for k in MODEL_INPUTS},

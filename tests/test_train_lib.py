@@ -429,3 +429,37 @@ def test_mixed_length_ratio_rows_of_every_global_batch():
     segments = data.batch(2, 0)["context_mask"].sum(-1) // seg
     assert set(segments[:4]) <= {1, 2} and set(segments[4:]) == {4}
     assert set(data.batch(0, 0)["context_mask"].sum(-1) // seg) == {1}
+
+
+def test_heldout_set_is_generated_apart_from_training_and_scored_as_evaluation(
+        small_haystack_dir, babi_root):
+    from flax import nnx
+
+    from configs import rmt_babilong
+    from rmt_jax import early_stopping, input_pipeline
+    from rmt_jax.curriculum import Curriculum
+    from rmt_jax.model import RMT
+
+    config = rmt_babilong.get_config("test,qa1").unlock()
+    config.data.haystack_dir, config.data.babi_dir = str(small_haystack_dir), str(babi_root)
+    config.data.babi_source = "files"  # training on the en-10k train files
+    config.curriculum.segments, config.curriculum.mix_shorter = (16, 32), False
+    config.curriculum.advance_on, config.curriculum.heldout_samples = "heldout", 6
+    config = config.lock()
+    composer = input_pipeline.make_composer(config)
+    tokenizer = input_pipeline.make_tokenizer(config)
+    heldout = early_stopping.Heldout(config, Curriculum.from_config(config), composer=composer,
+                                     tokenizer=tokenizer)
+    heldout.check()
+    examples = heldout.examples(1)
+    assert heldout.examples(1) is examples and len(examples) == 6  # made once per stage
+    assert all(len(e["context"]) <= 32 * config.model.segment_len for e in examples)
+    records = [heldout._source(1)[i] for i in range(6)]
+    # stories of the simulator's test stream (odd seeds): never a bAbI file, never training's
+    assert all(r["origin"].startswith("generated:qa1:") for r in records)
+    assert all(int(r["origin"].split(":")[2]) % 2 == 1 for r in records)
+    training = input_pipeline.TrainData(config, composer).source(1)[0]
+    assert "_train.txt:" in training["origin"]  # en-10k train file
+    model = RMT(input_pipeline.model_config(config, tokenizer.vocab_size), rngs=nnx.Rngs(0))
+    scores = heldout.score(model, 1)
+    assert scores["samples"] == 6 and 0 <= scores["exact_match"] <= scores["accuracy"] <= 1
