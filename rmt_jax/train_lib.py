@@ -731,7 +731,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             # Before evaluating: a preempted run (SIGTERM during the log too) saves first and
             # waits for it, then stops.
             preempted = preempted or stop.received
-            if periodic(step, config.train.checkpoint_every, last=last or changed):
+            if periodic(step, config.train.checkpoint_every, last=last or preempted or changed):
                 save(wait=preempted)
                 window_start = time.perf_counter()
 
