@@ -14,6 +14,8 @@ CHANGES = {  # arm -> what it changes, against the arm named first
     "e_d_model_128": "c + d_model 128 (from 64)",
     "f_segment_len_64": "c + segments of 64 tokens (from 32)",
     "g_in_context_babi_words_seed1": "c with train.seed=1, data.seed=1 (a second run of c)",
+    "h_alibi": "c + ALiBi recency bias instead of learned positions (`model.positions=alibi`)",
+    "i_rope": "c + rotary positions instead of learned ones (`model.positions=rope`)",
 }
 
 
