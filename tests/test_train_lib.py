@@ -346,8 +346,26 @@ def test_heldout_curriculum_starts_each_stage_from_the_best_state(tmp_path, monk
                                                     strict=True))
 
 
-def test_heldout_curriculum_killed_mid_stage_resumes_with_the_same_decisions(tmp_path,
-                                                                             monkeypatch):
+@pytest.fixture
+def compilation_cache(tmp_path):
+    """JAX's persistent compilation cache in tmp_path for one test: the runs of a test that
+    trains several times compile each program once."""
+    from jax.experimental.compilation_cache import compilation_cache as cache
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    before = {name: getattr(jax.config, name) for name in names}
+    for name, value in zip(names, (str(tmp_path / "jax_cache"), 0.0, 0), strict=True):
+        jax.config.update(name, value)
+    cache.reset_cache()
+    yield
+    for name, value in before.items():
+        jax.config.update(name, value)
+    cache.reset_cache()
+
+
+def test_heldout_curriculum_killed_mid_stage_resumes_with_the_same_decisions(
+        tmp_path, monkeypatch, compilation_cache):
     import signal
 
     from rmt_jax import early_stopping
