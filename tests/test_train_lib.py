@@ -481,3 +481,49 @@ def test_heldout_set_is_generated_apart_from_training_and_scored_as_evaluation(
     model = RMT(input_pipeline.model_config(config, tokenizer.vocab_size), rngs=nnx.Rngs(0))
     scores = heldout.score(model, 1)
     assert scores["samples"] == 6 and 0 <= scores["exact_match"] <= scores["accuracy"] <= 1
+
+
+def test_heldout_curriculum_sigkill_at_random_steps_then_resume_is_bitwise_exact(tmp_path):
+    """launch.train killed (SIGKILL) in each stage, resumed: the same held-out decisions and
+    bitwise the same final parameters as an uninterrupted run."""
+    import signal
+    import time
+
+    flags = ["--config=configs/rmt_babilong.py:test,synthetic",
+             *(f"--config.{k}={v}" for k, v in {**HELDOUT, "train.checkpoint_every": 1,
+                                                 "train.keep_checkpoints": 2}.items())]
+    env = subprocess_env(tmp_path / "cache")
+
+    def launch(workdir: Path) -> subprocess.Popen:
+        log = (tmp_path / f"{workdir.name}.log").open("a")
+        return subprocess.Popen([sys.executable, "-m", "launch.train", *flags,
+                                 f"--workdir={workdir}"], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=log)
+
+    def newest(workdir: Path) -> int:
+        folder = workdir / checkpointing.LATEST_DIR
+        steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] \
+            if folder.exists() else []
+        return max(steps, default=0)
+
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    assert launch(reference).wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()
+    rng = np.random.default_rng()
+    kills = []
+    for target in (int(rng.integers(2, 7)), int(rng.integers(9, 13)), None):
+        proc = launch(resumed)
+        while proc.poll() is None:
+            if target is not None and newest(resumed) >= target:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills.append(newest(resumed))
+                break
+            time.sleep(0.01)
+        else:
+            assert proc.returncode == 0, (tmp_path / "resumed.log").read_text()[-3000:]
+            break
+    assert kills, "the run finished before any kill: make it longer"
+    assert curriculum_rows(resumed) == curriculum_rows(reference), f"kills at {kills}"
+    final = [param_leaves(checkpointing.restore_for_inference(d)[0])
+             for d in (reference, resumed)]
+    assert all(np.array_equal(a, b) for a, b in zip(*final, strict=True)), f"kills at {kills}"
