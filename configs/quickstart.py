@@ -23,7 +23,7 @@ VARIANTS = ("",)
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg  # one variant
-    config = rmt_babilong.get_config("tiny,qa1")
+    config = rmt_babilong.get_config("quick,qa1")
     config.model.answer_mode = "in_context"  # question and answer end the last segment
     config.data.babi_synonyms = False  # stories in the bAbI files' own wording
     config.curriculum.segments = (1, 2, 4, 8)  # up to 256 context tokens

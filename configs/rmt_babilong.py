@@ -15,11 +15,12 @@ checkpoint folder (`config.json` + `model.safetensors` or `pytorch_model.bin`) o
 A checkpoint of another shape, vocabulary or architecture stops with an `error:` line before
 anything is compiled or written.
 
-The argument is a comma-separated list: one size (`test`, `tiny`, `small`, `gpt2_small`), the
+The argument is a comma-separated list: one size (a name in `rmt_jax.config.PRESETS`, the
+project's one table of sizes: `smoke`, `quick`, `tiny`, `small`, `gpt2_small`, ...), the
 tasks to train on (any of qa1..qa5, several allowed; default qa1), `retrieval` for RMT-R, and
 `synthetic` for random-token batches of the same shapes (tests and throughput, no data needed):
 
-    python -m launch.train --config=configs/rmt_babilong.py:test,synthetic --workdir=/tmp/rmt_t
+    python -m launch.train --config=configs/rmt_babilong.py:smoke,synthetic --workdir=/tmp/rmt_t
 
 The curriculum advances every `stage_steps` steps by default; `--config.curriculum.advance_on=
 heldout` trains each stage until a held-out set's exact match stops improving (early stopping,
@@ -33,17 +34,16 @@ from __future__ import annotations
 
 import ml_collections
 
-SIZES = {
-    # name: (layers, d_model, heads, segment_len, mem_tokens)
-    "test": (1, 32, 2, 8, 2),
-    "tiny": (2, 64, 2, 32, 4),
-    "small": (4, 256, 4, 128, 8),
-    "gpt2_small": (12, 768, 12, 512, 16),
-}
+from rmt_jax.config import PRESETS
+
+# The model sizes: the project's one table (rmt_jax.config.PRESETS). `smoke` trains in
+# seconds (tests), `quick` is the CPU quickstart's model.
+SIZES = tuple(PRESETS)
 TASK_CHOICES = ("qa1", "qa2", "qa3", "qa4", "qa5")
 # Every variant that tests/test_configs.py loads and builds.
 VARIANTS = (
-    "test,synthetic", "test,synthetic,retrieval", "tiny,qa1", "tiny,qa1,retrieval",
+    "smoke,synthetic", "smoke,synthetic,retrieval", "quick,qa1", "quick,qa1,retrieval",
+    "tiny,qa1",
     *(f"small,{t}" for t in TASK_CHOICES), *(f"small,{t},retrieval" for t in TASK_CHOICES),
     "small,qa1,qa2,qa3,qa4,qa5", "gpt2_small,qa1", "gpt2_small,qa1,retrieval",
 )
@@ -71,18 +71,18 @@ def parse_arg(arg: str) -> tuple[str, tuple[str, ...], bool, bool]:
 
 def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     size, tasks, retrieval, synthetic = parse_arg(arg)
-    layers, d_model, heads, segment_len, mem_tokens = SIZES[size]
+    preset = PRESETS[size]
     config = ml_collections.ConfigDict()
 
     config.model = ml_collections.ConfigDict()
-    config.model.layers = layers  # transformer blocks
-    config.model.d_model = d_model  # residual width
-    config.model.heads = heads  # attention heads (divide d_model)
+    config.model.layers = preset.layers  # transformer blocks
+    config.model.d_model = preset.d_model  # residual width
+    config.model.heads = preset.heads  # attention heads (divide d_model)
     config.model.vocab_size = 0  # 0: the tokenizer's vocabulary size
-    config.model.segment_len = segment_len  # context tokens per segment
-    config.model.mem_tokens = mem_tokens  # memory vectors carried between segments
+    config.model.segment_len = preset.segment_len  # context tokens per segment
+    config.model.mem_tokens = preset.mem_tokens  # memory vectors carried between segments
     # learned positions (GPT-2's 1024 for gpt2_small: a segment needs 512 + 3 * 16 of them)
-    config.model.max_positions = 1024 if size == "gpt2_small" else 2 * segment_len + 4 * mem_tokens
+    config.model.max_positions = preset.max_positions
     config.model.param_dtype = "float32"  # parameter storage: float32 | bfloat16
     config.model.dtype = "float32" if size != "gpt2_small" else "bfloat16"  # compute dtype
     config.model.retrieval = retrieval  # RMT-R: self-retrieval over past memory states
@@ -176,7 +176,7 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
         config.model.vocab_size = 64  # no tokenizer: a small vocabulary of random tokens
         config.data.max_question_len = 4
         config.data.max_answer_len = 2  # the copied token + end of answer
-    if size == "test":  # seconds on a CPU: for tests and smoke runs
+    if size in ("test", "smoke"):  # seconds on a CPU: for tests and smoke runs
         config.curriculum.segments = (1, 2, 4)
         config.curriculum.stage_steps = 10
         config.optim.learning_rate = 3e-3

@@ -1,12 +1,23 @@
 """Typed configuration of the RMT / RMT-R model, with named presets.
 
 `ModelConfig` validates itself on construction: sizes that disagree raise a `ValueError`
-that names the problem and the fix. Presets:
+that names the problem and the fix. `PRESETS` is the project's one table of model sizes:
+the trainer's configs (`configs/rmt_babilong.py:SIZE,...`) and the benchmarks
+(`launch.benchmark_rmt --preset=SIZE`) both read it. The trainer takes the vocabulary from
+its tokenizer; the presets' own vocabulary serves the model alone (tests, benchmarks).
 
   test        2 layers, d 32, 2 heads, vocab 64, segments of 8, 4 memory tokens (unit tests)
+  smoke       1 layer, d 32, 2 heads, vocab 64, segments of 8, 2 memory tokens (training runs
+              of seconds: the trainer's tests)
+  quick       2 layers, d 64, 2 heads, GPT-2 vocabulary, segments of 32, 4 memory tokens
+              (the CPU quickstart)
   tiny        2 layers, d 128, 4 heads, GPT-2 vocabulary, segments of 128, 8 memory tokens
   small       4 layers, d 256, 4 heads, GPT-2 vocabulary, segments of 128, 8 memory tokens
   gpt2_small  GPT-2 small (12 layers, d 768, 12 heads, 50257 tokens), segments of 512, 16 memory
+
+Learned positions: a segment of L tokens needs R + L + N of them (R read, N written memory
+tokens); the presets hold 2L + 4N (room for RMT-R's 2N read tokens and a question segment),
+GPT-2's 1024 for gpt2_small.
 
 `get_config("tiny", retrieval=True)` returns a preset with fields replaced.
 """
@@ -133,14 +144,20 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+def _preset(layers, d_model, heads, segment_len, mem_tokens, vocab_size=50257,
+            max_positions=None) -> ModelConfig:
+    return ModelConfig(layers=layers, d_model=d_model, heads=heads, vocab_size=vocab_size,
+                       segment_len=segment_len, mem_tokens=mem_tokens,
+                       max_positions=max_positions or 2 * segment_len + 4 * mem_tokens)
+
+
 PRESETS: dict[str, ModelConfig] = {
-    "test": ModelConfig(),
-    "tiny": ModelConfig(layers=2, d_model=128, heads=4, vocab_size=50257, segment_len=128,
-                        mem_tokens=8, max_positions=512),
-    "small": ModelConfig(layers=4, d_model=256, heads=4, vocab_size=50257, segment_len=128,
-                         mem_tokens=8, max_positions=512),
-    "gpt2_small": ModelConfig(layers=12, d_model=768, heads=12, vocab_size=50257,
-                              segment_len=512, mem_tokens=16, max_positions=1024),
+    "test": _preset(2, 32, 2, 8, 4, vocab_size=64, max_positions=64),
+    "smoke": _preset(1, 32, 2, 8, 2, vocab_size=64),
+    "quick": _preset(2, 64, 2, 32, 4),
+    "tiny": _preset(2, 128, 4, 128, 8),
+    "small": _preset(4, 256, 4, 128, 8),
+    "gpt2_small": _preset(12, 768, 12, 512, 16, max_positions=1024),
 }
 
 

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 NUM_STEPS = 24
 # Dropout and a stage change at step 8 make the resume depend on the saved RNG, curriculum
 # and data iterator state.
-RUN_FLAGS = ("--config=configs/rmt_babilong.py:test,synthetic",
+RUN_FLAGS = ("--config=configs/rmt_babilong.py:smoke,synthetic",
              f"--config.train.num_steps={NUM_STEPS}", "--config.train.checkpoint_every=1",
              "--config.train.keep_checkpoints=2", "--config.train.log_every=4",
              "--config.train.answer_rows=2", "--config.eval.every=0",

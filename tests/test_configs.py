@@ -51,7 +51,7 @@ def test_configs_cover_rmt_and_rmt_r_on_qa1_to_qa5():
 def test_locked_config_rejects_misspelt_field():
     from configs import rmt_babilong
 
-    config = rmt_babilong.get_config("test,synthetic")
+    config = rmt_babilong.get_config("smoke,synthetic")
     with pytest.raises(AttributeError):
         config.optim.learnig_rate = 1
     config.optim.learning_rate = 1.0  # existing fields can be overridden
@@ -71,7 +71,7 @@ print(config.value.optim.learning_rate)
                                               ("learnig_rate=1", False)])
 def test_config_flags_command_line_override(override, ok):
     proc = subprocess.run(
-        [sys.executable, "-c", PARSE, "--config=configs/rmt_babilong.py:test,synthetic",
+        [sys.executable, "-c", PARSE, "--config=configs/rmt_babilong.py:smoke,synthetic",
          f"--config.optim.{override}"], cwd=REPO, capture_output=True, text=True, timeout=60)
     if ok:
         assert proc.returncode == 0, proc.stderr
@@ -83,9 +83,21 @@ def test_config_flags_command_line_override(override, ok):
 
 def test_launcher_rejects_misspelt_override(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "launch.train", "--config=configs/rmt_babilong.py:test,synthetic",
+        [sys.executable, "-m", "launch.train", "--config=configs/rmt_babilong.py:smoke,synthetic",
          f"--workdir={tmp_path}", "--config.optim.learnig_rate=1"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "learnig_rate" in proc.stderr
     assert not (tmp_path / "config.json").exists()
+
+
+def test_trainer_sizes_are_the_model_presets():
+    """One table of sizes: every preset is a trainer size with the same model fields."""
+    from configs import rmt_babilong
+    from rmt_jax.config import PRESETS
+
+    assert rmt_babilong.SIZES == tuple(PRESETS)
+    for name, preset in PRESETS.items():
+        model = rmt_babilong.get_config(f"{name},qa1").model
+        for field in ("layers", "d_model", "heads", "segment_len", "mem_tokens", "max_positions"):
+            assert model[field] == getattr(preset, field), (name, field)

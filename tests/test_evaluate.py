@@ -24,7 +24,7 @@ WRONG = {"kitchen": "garden"}
 
 
 def tiny_config(haystack_dir, babi_root):
-    config = get_config("tiny,qa1")
+    config = get_config("quick,qa1")
     config.unlock()
     config.data.haystack_dir = str(haystack_dir)
     config.data.babi_dir = str(babi_root)

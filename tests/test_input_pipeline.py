@@ -11,7 +11,7 @@ from rmt_jax import input_pipeline as ip
 
 @pytest.fixture(scope="module")
 def config(babi_root, small_haystack_dir):
-    config = get_config("tiny,qa1,qa2").unlock()
+    config = get_config("quick,qa1,qa2").unlock()
     config.train.batch_size = 4
     config.data.babi_dir = str(babi_root)
     config.data.haystack_dir = str(small_haystack_dir)
@@ -121,7 +121,7 @@ def test_grain_workers_give_the_same_batches_and_resume(config, composer):
 
 
 def test_fractional_first_stage_is_a_short_context_in_one_segment(config, composer):
-    short = get_config("tiny,qa1").unlock()
+    short = get_config("quick,qa1").unlock()
     short.train.batch_size = 8
     short.data.babi_dir, short.data.haystack_dir = config.data.babi_dir, config.data.haystack_dir
     short.curriculum.segments = (0.5, 1, 2)

@@ -319,13 +319,13 @@ def test_training_stops_before_writing_anything(tmp_path):
 
     workdir = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "launch.train", "--config=configs/rmt_babilong.py:test,synthetic",
+        [sys.executable, "-m", "launch.train", "--config=configs/rmt_babilong.py:smoke,synthetic",
          f"--workdir={workdir}", f"--config.model.init_from={tmp_path / 'no_gpt2'}"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "error: init_from=" in proc.stderr and "does not exist" in proc.stderr
     assert not (workdir / "config.json").exists()
-    config = rmt_babilong.get_config("test,synthetic")  # 1 layer, d 32, vocab 64
+    config = rmt_babilong.get_config("smoke,synthetic")  # 1 layer, d 32, vocab 64
     folder = write_checkpoint(tmp_path / "ckpt", random_gpt2(n_layer=1),
                               hf_config(n_layer=1, n_head=2))
     config.model.init_from = str(folder)
@@ -340,7 +340,7 @@ def test_training_starts_from_the_checkpoint_and_a_resume_does_not_reload(tmp_pa
     from configs import rmt_babilong
     from rmt_jax import checkpointing, train_lib
 
-    config = rmt_babilong.get_config("test,synthetic")
+    config = rmt_babilong.get_config("smoke,synthetic")
     tensors = random_gpt2(n_layer=1, vocab=64)
     config.model.init_from = str(write_checkpoint(tmp_path / "ckpt", tensors,
                                                   hf_config(n_layer=1, n_head=2, vocab_size=64)))

@@ -155,14 +155,14 @@ def test_a_read_only_workdir_is_a_value_error(tmp_path):
 def test_entry_points_give_error_lines_not_tracebacks(tmp_path):
     (tmp_path / "a_file").write_text("")
     runs = {
-        "workdir is a file": ["launch.train", "--config=configs/rmt_babilong.py:test,synthetic",
+        "workdir is a file": ["launch.train", "--config=configs/rmt_babilong.py:smoke,synthetic",
                               f"--workdir={tmp_path / 'a_file'}"],
         "workdir inside a file": ["launch.train",
-                                  "--config=configs/rmt_babilong.py:test,synthetic",
+                                  "--config=configs/rmt_babilong.py:smoke,synthetic",
                                   f"--workdir={tmp_path / 'a_file' / 'run'}"],
-        "log_every=0": ["launch.train", "--config=configs/rmt_babilong.py:test,synthetic",
+        "log_every=0": ["launch.train", "--config=configs/rmt_babilong.py:smoke,synthetic",
                         "--config.train.log_every=0", f"--workdir={tmp_path / 'run'}"],
-        "heads=3": ["launch.train", "--config=configs/rmt_babilong.py:test,synthetic",
+        "heads=3": ["launch.train", "--config=configs/rmt_babilong.py:smoke,synthetic",
                     "--config.model.heads=3", f"--workdir={tmp_path / 'run'}"],
         "segments=0": ["launch.benchmark_rmt", "--preset=test", "--segments=0"],
         "batch=0": ["launch.benchmark_rmt", "--preset=test", "--batch=0"],

@@ -16,7 +16,7 @@ from rmt_jax import checkpointing, train_lib
 from tests.test_train_lib import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
-BASE = ("--config=configs/rmt_babilong.py:test,synthetic", "--config.curriculum.segments=(1,)",
+BASE = ("--config=configs/rmt_babilong.py:smoke,synthetic", "--config.curriculum.segments=(1,)",
         "--config.train.answer_rows=0")
 
 

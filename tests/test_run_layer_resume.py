@@ -53,7 +53,7 @@ def copy_of(trained: Path, tmp_path: Path) -> Path:
 def test_launch_refuses_a_changed_model_and_touches_nothing(trained, tmp_path):
     workdir = copy_of(trained, tmp_path)
     before = digest(workdir)
-    flags = ["--config=configs/rmt_babilong.py:test,synthetic", "--config.eval.every=0",
+    flags = ["--config=configs/rmt_babilong.py:smoke,synthetic", "--config.eval.every=0",
              "--config.train.answer_rows=0", "--config.curriculum.segments=(1,)",
              "--config.train.checkpoint_every=1", "--config.train.num_steps=5",
              "--config.model.mem_tokens=3", f"--workdir={workdir}"]
