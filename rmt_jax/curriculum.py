@@ -259,13 +259,6 @@ def record_heldout(curriculum: Curriculum, state: CurriculumState, *, step: int,
     return state, decision
 
 
-def stage_at_step(curriculum: Curriculum, step: int) -> int:
-    """The stage after `step` steps when stages advance on steps alone (for planning)."""
-    if curriculum.stage_steps == 0:
-        return 0
-    return min(step // curriculum.stage_steps, curriculum.num_stages - 1)
-
-
 def stage_context(segments: float, segment_len: int, mix_shorter: bool) -> tuple[int, list[int]]:
     """(segments a sample is padded to, context sizes in tokens drawn) for one stage of
     `segments` segments (see `Curriculum.stage`)."""

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rmt_jax.curriculum import Curriculum, CurriculumState, advance, stage_at_step
+from rmt_jax.curriculum import Curriculum, CurriculumState, advance
 
 
 def run(curriculum, accuracies):
@@ -21,7 +21,6 @@ def test_advances_every_stage_steps_and_stays_on_the_last():
     state, stages = run(c, [0.0] * 10)
     assert stages == [0, 0, 1, 1, 1, 2, 2, 2, 2, 2]
     assert state.stage_start == 6
-    assert [stage_at_step(c, s) for s in (0, 2, 3, 6, 100)] == [0, 0, 1, 2, 2]
 
 
 def test_advances_early_when_running_accuracy_passes_threshold():
@@ -75,7 +74,7 @@ def test_fractional_stages_are_one_short_segment():
 def test_the_curriculum_answers_the_shape_of_each_stage():
     from configs import rmt_babilong
 
-    config = rmt_babilong.get_config("tiny,qa1").unlock()
+    config = rmt_babilong.get_config("quick,qa1").unlock()
     config.curriculum.segments = (0.25, 1, 3)
     c = Curriculum.from_config(config)
     seg = config.model.segment_len

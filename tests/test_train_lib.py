@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(overrides: dict | None = None):
-    config = rmt_babilong.get_config("test,synthetic")
+    config = rmt_babilong.get_config("smoke,synthetic")
     for dotted, value in (overrides or {}).items():
         node = config
         *parents, name = dotted.split(".")
@@ -418,7 +418,7 @@ def test_a_stage_without_room_for_a_story_stops_before_anything_is_written(tmp_p
         pytest.skip(f"offline data {shared} is absent (expected ../shared/data beside the repo)")
     from configs import rmt_babilong
 
-    config = rmt_babilong.get_config("test,qa1").unlock()
+    config = rmt_babilong.get_config("smoke,qa1").unlock()
     config.data.haystack_dir = str(shared / "haystack")
     config.data.babi_dir = str(shared / "babi")
     config.curriculum.segments = (0.25, 1)  # 2 tokens: no qa1 story fits
@@ -458,7 +458,7 @@ def test_heldout_set_is_generated_apart_from_training_and_scored_as_evaluation(
     from rmt_jax.curriculum import Curriculum
     from rmt_jax.model import RMT
 
-    config = rmt_babilong.get_config("test,qa1").unlock()
+    config = rmt_babilong.get_config("smoke,qa1").unlock()
     config.data.haystack_dir, config.data.babi_dir = str(small_haystack_dir), str(babi_root)
     config.data.babi_source = "files"  # training on the en-10k train files
     config.curriculum.segments, config.curriculum.mix_shorter = (16, 32), False
@@ -489,7 +489,7 @@ def test_heldout_curriculum_sigkill_at_random_steps_then_resume_is_bitwise_exact
     import signal
     import time
 
-    flags = ["--config=configs/rmt_babilong.py:test,synthetic",
+    flags = ["--config=configs/rmt_babilong.py:smoke,synthetic",
              *(f"--config.{k}={v}" for k, v in {**HELDOUT, "train.checkpoint_every": 1,
                                                  "train.keep_checkpoints": 2}.items())]
     env = subprocess_env(tmp_path / "cache")
