@@ -15,7 +15,7 @@ checkpoint folder (`config.json` + `model.safetensors` or `pytorch_model.bin`) o
 A checkpoint of another shape, vocabulary or architecture stops with an `error:` line before
 anything is compiled or written.
 
-The argument is a comma-separated list: one size (a name in `rmt_jax.config.PRESETS`, the
+The argument is a comma-separated list: one size (a name in `rmt_jax.core.config.PRESETS`, the
 project's one table of sizes: `smoke`, `quick`, `tiny`, `small`, `gpt2_small`, ...), the
 tasks to train on (any of qa1..qa5, several allowed; default qa1), `retrieval` for RMT-R, and
 `synthetic` for random-token batches of the same shapes (tests and throughput, no data needed):
@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from rmt_jax.config import PRESETS
+from rmt_jax.core.config import PRESETS
 
-# The model sizes: the project's one table (rmt_jax.config.PRESETS). `smoke` trains in
+# The model sizes: the project's one table (rmt_jax.core.config.PRESETS). `smoke` trains in
 # seconds (tests), `quick` is the CPU quickstart's model.
 SIZES = tuple(PRESETS)
 TASK_CHOICES = ("qa1", "qa2", "qa3", "qa4", "qa5")
@@ -93,7 +93,7 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.model.bptt_segments = 0  # back-propagate through the last k segments; 0 = all
     config.model.attention_impl = ""  # '' lets JAX choose; 'cudnn' on NVIDIA GPUs
     # 'in_context': question and answer end the last context segment (the official fine-tuning);
-    # 'separate': an extra answer segment reads them after the context (rmt_jax.answer)
+    # 'separate': an extra answer segment reads them after the context (rmt_jax.core.answer)
     config.model.answer_mode = "in_context"
     # 'learned' (GPT-2's embeddings) | 'alibi' (a recency bias in attention) | 'rope'
     config.model.positions = "learned"

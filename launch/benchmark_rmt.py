@@ -52,7 +52,7 @@ from rmt_jax import PRESETS, RMT, count_params, get_config, loss_fn, scan_segmen
 from rmt_jax.files import atomic_write
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("preset", "tiny", list(PRESETS), "model size (rmt_jax.config.PRESETS)")
+flags.DEFINE_enum("preset", "tiny", list(PRESETS), "model size (rmt_jax.core.config.PRESETS)")
 flags.DEFINE_enum("mode", "infer", ["infer", "train", "stream"], "what to time")
 flags.DEFINE_integer("batch", 1, "batch size")
 flags.DEFINE_integer("segments", 8, "segments per sample (infer, train)")

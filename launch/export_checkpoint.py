@@ -24,7 +24,7 @@ from flax import nnx
 
 from rmt_jax import checkpointing, files
 from rmt_jax.checkpointing import parse_step
-from rmt_jax.model import RMT
+from rmt_jax.core.model import RMT
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to export from.", required=True)
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "New folder for the export.", required=True)

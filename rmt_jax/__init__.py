@@ -1,6 +1,6 @@
 """Recurrent Memory Transformer (RMT) and RMT with self-retrieval (RMT-R) in Flax NNX."""
 
-from rmt_jax.answer import (
+from rmt_jax.core.answer import (
     answer_logits,
     generate_answer,
     generate_in_context,
@@ -8,9 +8,9 @@ from rmt_jax.answer import (
     in_context_layout,
     loss_fn,
 )
-from rmt_jax.config import PRESETS, ModelConfig, get_config
-from rmt_jax.model import RMT, count_params
-from rmt_jax.recurrence import (
+from rmt_jax.core.config import PRESETS, ModelConfig, get_config
+from rmt_jax.core.model import RMT, count_params
+from rmt_jax.core.recurrence import (
     MemoryState,
     initial_state,
     loop_segments,
@@ -18,7 +18,7 @@ from rmt_jax.recurrence import (
     segment_step,
     split_segments,
 )
-from rmt_jax.streaming import stream_in_context, stream_infer
+from rmt_jax.core.streaming import stream_in_context, stream_infer
 
 __all__ = [
     "PRESETS", "RMT", "MemoryState", "ModelConfig", "answer_logits", "count_params",

@@ -9,7 +9,7 @@ For one BABILong sample (notebooks/attention_maps.ipynb is the thin driver):
     `fact_offsets` and the facts' token counts);
   * reading: the segment that answers is [read memory; question; answer] in the 'separate'
     answer mode, and [read memory; last context tokens; question; answer] in 'in_context'
-    (the last segment of `rmt_jax.answer.in_context_layout`; the segments before it are the
+    (the last segment of `rmt_jax.core.answer.in_context_layout`; the segments before it are the
     writing ones). The core does not return its attention, so `answer_attention` runs the
     same computation as `RMT.answer_hidden` (`model.transformer` on `[read; embed(tokens)]`)
     with the weights returned: rows are the question and generated answer tokens, the first
@@ -32,9 +32,9 @@ from flax import nnx
 
 from babilong_tfds.dataset import BabilongSource
 from rmt_jax import input_pipeline
-from rmt_jax.answer import generate_answer, generate_in_context, in_context_layout
-from rmt_jax.model import RMT
-from rmt_jax.recurrence import initial_state, scan_segments
+from rmt_jax.core.answer import generate_answer, generate_in_context, in_context_layout
+from rmt_jax.core.model import RMT
+from rmt_jax.core.recurrence import initial_state, scan_segments
 
 
 @dataclasses.dataclass

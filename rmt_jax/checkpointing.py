@@ -43,8 +43,8 @@ from absl import logging
 from flax import nnx
 
 from rmt_jax import files
-from rmt_jax.config import ModelConfig
-from rmt_jax.model import RMT
+from rmt_jax.core.config import ModelConfig
+from rmt_jax.core.model import RMT
 
 CONFIG_FILE = "config.json"
 MODEL_CONFIG_FILE = "model_config.json"

@@ -51,11 +51,11 @@ from babilong_tfds import metric, published
 from babilong_tfds.dataset import generate_split
 from babilong_tfds.tasks import LENGTHS, check_length, parse_lengths, parse_tasks
 from rmt_jax import input_pipeline
-from rmt_jax.answer import generate_answer, generate_in_context, greedy_answer
 from rmt_jax.checkpointing import parse_step
+from rmt_jax.core.answer import generate_answer, generate_in_context, greedy_answer
+from rmt_jax.core.model import RMT
+from rmt_jax.core.streaming import stream_in_context, stream_infer
 from rmt_jax.files import atomic_write, prepare_workdir, run_path
-from rmt_jax.model import RMT
-from rmt_jax.streaming import stream_in_context, stream_infer
 
 SOURCES = ("files", "generated", "tfds", "published")
 DEFAULT_TFDS_NAME = "babilong/{task}_{length}"

@@ -32,7 +32,7 @@ from babilong_tfds.dataset import BabilongSource
 from babilong_tfds.haystack import Haystack, load_books_from_dir
 from babilong_tfds.tasks import TASKS, parse_tasks
 from babilong_tfds.tokenizer import get_tokenizer
-from rmt_jax.config import ModelConfig
+from rmt_jax.core.config import ModelConfig
 from rmt_jax.curriculum import Curriculum
 
 # Records of a training stream before it would wrap (never reached in practice).

@@ -1,4 +1,4 @@
-"""GPT-2 weights from a Hugging Face checkpoint into `rmt_jax.model.RMT`.
+"""GPT-2 weights from a Hugging Face checkpoint into `rmt_jax.core.model.RMT`.
 
 `init_from` names a local folder holding `config.json` and `model.safetensors` (read with
 `safetensors`, no torch) or `pytorch_model.bin` (needs torch, imported only then), or the
@@ -51,8 +51,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from rmt_jax.config import ModelConfig
-from rmt_jax.model import LAYER_NORM_EPSILON, MEMORY_INIT_STD, RMT
+from rmt_jax.core.config import ModelConfig
+from rmt_jax.core.model import LAYER_NORM_EPSILON, MEMORY_INIT_STD, RMT
 
 SAFETENSORS_FILE = "model.safetensors"
 TORCH_FILE = "pytorch_model.bin"

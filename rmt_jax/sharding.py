@@ -2,7 +2,7 @@
 
 A ('data', 'model') mesh: batches split over 'data'; attention heads, the MLP's hidden
 units and the vocabulary split over 'model' (Megatron-style), everything else replicated.
-Every parameter of `rmt_jax.model.RMT` is named in one of the two tables below, so a
+Every parameter of `rmt_jax.core.model.RMT` is named in one of the two tables below, so a
 parameter that is renamed or added without a rule is an error on a mesh whose 'model' axis
 is larger than 1, instead of being silently replicated.
 """

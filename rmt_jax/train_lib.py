@@ -71,8 +71,9 @@ from jax.sharding import PartitionSpec as P
 from babilong_tfds import metric
 from babilong_tfds.tasks import TASKS
 from rmt_jax import checkpointing, early_stopping, files, input_pipeline, pretrained, sharding
-from rmt_jax.answer import greedy_answer, loss_fn
-from rmt_jax.config import ModelConfig
+from rmt_jax.core.answer import greedy_answer, loss_fn
+from rmt_jax.core.config import ModelConfig
+from rmt_jax.core.model import RMT
 from rmt_jax.curriculum import (
     Curriculum,
     CurriculumState,
@@ -81,7 +82,6 @@ from rmt_jax.curriculum import (
     heldout_due,
     record_heldout,
 )
-from rmt_jax.model import RMT
 from rmt_jax.synthetic_data import SyntheticData
 
 METRICS_FILE = "metrics.jsonl"

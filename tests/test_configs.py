@@ -9,8 +9,8 @@ import pytest
 from flax import nnx
 
 from rmt_jax import input_pipeline
+from rmt_jax.core.model import RMT
 from rmt_jax.curriculum import Curriculum
-from rmt_jax.model import RMT
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted(p for p in (REPO / "configs").glob("*.py") if p.name != "__init__.py")
@@ -94,7 +94,7 @@ def test_launcher_rejects_misspelt_override(tmp_path):
 def test_trainer_sizes_are_the_model_presets():
     """One table of sizes: every preset is a trainer size with the same model fields."""
     from configs import rmt_babilong
-    from rmt_jax.config import PRESETS
+    from rmt_jax.core.config import PRESETS
 
     assert rmt_babilong.SIZES == tuple(PRESETS)
     for name, preset in PRESETS.items():

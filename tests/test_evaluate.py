@@ -15,7 +15,7 @@ from babilong_tfds import metric
 from babilong_tfds.build import BuildOptions, build
 from configs.rmt_babilong import get_config
 from rmt_jax import checkpointing, evaluate_lib, input_pipeline
-from rmt_jax.model import RMT
+from rmt_jax.core.model import RMT
 
 from .conftest import REPO
 

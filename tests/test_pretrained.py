@@ -33,9 +33,9 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from rmt_jax import pretrained
-from rmt_jax.config import ModelConfig
-from rmt_jax.model import MEMORY_INIT_STD, RMT
-from rmt_jax.recurrence import initial_state
+from rmt_jax.core.config import ModelConfig
+from rmt_jax.core.model import MEMORY_INIT_STD, RMT
+from rmt_jax.core.recurrence import initial_state
 
 REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-4  # max abs difference of float32 logits and hidden states
@@ -374,7 +374,7 @@ import jax
 import numpy as np
 from flax import nnx
 from rmt_jax import pretrained, sharding
-from rmt_jax.model import RMT
+from rmt_jax.core.model import RMT
 from tests.test_pretrained import CFG
 
 ckpt = pretrained.open_checked(sys.argv[1], CFG)

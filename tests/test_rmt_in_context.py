@@ -11,7 +11,6 @@ from flax import nnx
 
 from rmt_jax import (
     RMT,
-    answer,
     generate_in_context,
     get_config,
     greedy_answer,
@@ -20,7 +19,8 @@ from rmt_jax import (
     loss_fn,
     stream_in_context,
 )
-from rmt_jax.recurrence import initial_state
+from rmt_jax.core import answer
+from rmt_jax.core.recurrence import initial_state
 
 SEG = 8  # segment_len of the 'test' preset
 SLOTS = 3  # answer slots (max_answer_len)

@@ -219,3 +219,15 @@ def test_rope_and_alibi_see_relative_positions_only():
         wb = wb / wb.sum(-1, keepdims=True)
         close = np.allclose(wa, wb, atol=1e-5)
         assert close == relative, positions
+
+
+def test_the_core_imports_no_data_pipeline_or_run_layer():
+    import subprocess
+    import sys
+
+    code = ("import sys; import rmt_jax.core.answer, rmt_jax.core.streaming, rmt_jax; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('grain', 'tensorflow_datasets', 'tensorflow', 'orbax', 'ml_collections', "
+            "'babilong_tfds') or m in ('rmt_jax.train_lib', 'rmt_jax.input_pipeline')); "
+            "print(bad); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

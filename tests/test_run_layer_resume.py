@@ -12,8 +12,8 @@ import pytest
 from flax import nnx
 
 from rmt_jax import checkpointing, input_pipeline, train_lib
-from rmt_jax.config import ModelConfig
-from rmt_jax.model import RMT
+from rmt_jax.core.config import ModelConfig
+from rmt_jax.core.model import RMT
 from tests.test_train_lib import subprocess_env, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -259,8 +259,8 @@ def test_every_parameter_has_a_sharding_rule_and_an_unknown_one_is_an_error():
     from flax import nnx
     from jax.tree_util import DictKey
 
-    from rmt_jax.config import get_config
-    from rmt_jax.model import RMT
+    from rmt_jax.core.config import get_config
+    from rmt_jax.core.model import RMT
 
     for retrieval in (False, True):
         model = RMT(get_config("test", retrieval=retrieval), rngs=nnx.Rngs(0))
@@ -455,8 +455,8 @@ def test_heldout_set_is_generated_apart_from_training_and_scored_as_evaluation(
 
     from configs import rmt_babilong
     from rmt_jax import early_stopping, input_pipeline
+    from rmt_jax.core.model import RMT
     from rmt_jax.curriculum import Curriculum
-    from rmt_jax.model import RMT
 
     config = rmt_babilong.get_config("smoke,qa1").unlock()
     config.data.haystack_dir, config.data.babi_dir = str(small_haystack_dir), str(babi_root)

@@ -3,7 +3,7 @@
 Batch contract of `loss_fn` (B = batch, T context tokens, Qq question tokens, A answer slots):
 
   context          int32 [B, T]  context tokens (padded to whole segments inside)
-  context_mask     bool  [B, T]  optional, True on real context tokens (see rmt_jax.recurrence)
+  context_mask     bool  [B, T]  optional, True on real context tokens (see rmt_jax.core.recurrence)
   query            int32 [B, Q]  question tokens then answer tokens (then padding)
   loss_mask        [B, Q]        1 on the answer tokens to predict, 0 elsewhere. Token q[t] is
                                  predicted from position t-1, so loss_mask[:, 0] is ignored.
@@ -17,7 +17,7 @@ Batch contract of `loss_fn` (B = batch, T context tokens, Qq question tokens, A 
 'in_context' (the official BABILong fine-tuning): each row's sequence is
 `real context; question; A answer slots`, aligned so that it ENDS at the end of its last
 segment (`in_context_layout`: padding goes in front, and a padded segment is treated as
-the mask contract of rmt_jax.recurrence says). The question thus shares the last segment
+the mask contract of rmt_jax.core.recurrence says). The question thus shares the last segment
 with the last context tokens, and the answer always sits in the last A positions of that
 segment, wherever the segment boundaries fall: decoding fills the same slots that training
 teaches, so training and greedy decoding see one segmentation. Every segment but the last
@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rmt_jax.model import RMT
-from rmt_jax.recurrence import MemoryState, initial_state, scan_segments, split_segments
+from rmt_jax.core.model import RMT
+from rmt_jax.core.recurrence import MemoryState, initial_state, scan_segments, split_segments
 
 
 def _split(key):

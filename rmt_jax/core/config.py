@@ -34,10 +34,10 @@ REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable", "everythi
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16,
           "bf16": jnp.bfloat16}
 ATTENTION_IMPLS = (None, "xla", "cudnn")
-# Where the question and answer go (rmt_jax.answer): 'in_context' appends them to the context
+# Where the question and answer go (rmt_jax.core.answer): 'in_context' appends them to the context
 # (the official BABILong fine-tuning), 'separate' reads them in an extra answer segment.
 ANSWER_MODES = ("in_context", "separate")
-# How a segment's tokens know their positions (rmt_jax.model): 'learned' adds GPT-2's learned
+# How a segment's tokens know their positions (rmt_jax.core.model): 'learned' adds GPT-2's learned
 # position embeddings; 'alibi' adds a per-head linear recency bias to the attention logits
 # (Press et al. 2022); 'rope' rotates queries and keys (Su et al. 2021). Positions restart
 # at 0 in every segment in all three.

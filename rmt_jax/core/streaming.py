@@ -11,9 +11,9 @@ empty and leave the memory unchanged, so the result equals one `scan_segments` o
 whole input.
 
 In the 'in_context' answer mode the question shares the last segment with the last context
-tokens: `stream_in_context` lays the rows out as `rmt_jax.answer.in_context_layout` does (on
+tokens: `stream_in_context` lays the rows out as `rmt_jax.core.answer.in_context_layout` does (on
 the host), streams every segment but the last, and returns that last segment for
-`rmt_jax.answer.generate_in_context`. The result equals `greedy_answer` over one scan.
+`rmt_jax.core.answer.generate_in_context`. The result equals `greedy_answer` over one scan.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rmt_jax.answer import in_context_layout
-from rmt_jax.model import RMT
-from rmt_jax.recurrence import MemoryState, initial_state, scan_segments, split_segments
+from rmt_jax.core.answer import in_context_layout
+from rmt_jax.core.model import RMT
+from rmt_jax.core.recurrence import MemoryState, initial_state, scan_segments, split_segments
 
 
 def grow_buffer(state: MemoryState, capacity: int) -> MemoryState:

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rmt_jax.config import ModelConfig
+from rmt_jax.core.config import ModelConfig
 
 # Std of the fresh memory: the scale of a fresh token embedding (`rmt_jax.pretrained`
 # rescales it to a loaded embedding's std, as the official RMT code draws it).
@@ -231,7 +231,7 @@ class RMT(nnx.Module):
     """Recurrent Memory Transformer (RMT-R when `config.retrieval`).
 
     Holds parameters and per-segment computations; the recurrence over segments lives in
-    `rmt_jax.recurrence`.
+    `rmt_jax.core.recurrence`.
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rmt_jax.model import RMT
+from rmt_jax.core.model import RMT
 
 
 class MemoryState(NamedTuple):
