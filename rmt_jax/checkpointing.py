@@ -11,6 +11,9 @@ serves; see rmt_jax.files):
       meta              JSON: step, data iterator state, curriculum state, metrics
   best/<step>/          the checkpoint with the best evaluation score (params + meta only,
                         a second `CheckpointManager` keeping one), for inference
+  stage_best/<step>/    with `curriculum.advance_on='heldout'`: the current stage's best state
+                        on its held-out set (params + optimizer), restored before the next
+                        stage (rmt_jax.early_stopping)
   checkpoints_corrupt/  checkpoints that failed to read, set aside by training only
 
 Resuming checks the run's config against the workdir's first (`check_config_change`): a
