@@ -3,12 +3,12 @@ r"""A tiny RMT learning qa1 in a haystack on a CPU: the first run to try.
     python -m launch.train --config=configs/quickstart.py --workdir=/tmp/rmt_quickstart
     tensorboard --logdir=/tmp/rmt_quickstart/tensorboard
 
-The `quick` size (2 layers, d 64, segments of 32 tokens, 4 memory tokens), curriculum
-1 -> 2 -> 4 -> 8 segments (900 steps each, the last stage to the end), batch 16, fresh
-simulated qa1 stories in bAbI's own wording in the offline books, the question and answer
-in the last segment (`model.answer_mode='in_context'`, the official formulation);
-evaluation on the original qa1 test questions at 0k, 1k, 2k and 4k, whose table is printed at the end. About 7 minutes
-on 2 CPU cores. Kill it and run the same command again: it resumes from the newest
+The `quick` size (2 layers, d 64, segments of 32 tokens, 4 memory tokens), curriculum 1 -> 2
+-> 4 -> 8 segments (900 steps each, the last stage to the end), batch 16, fresh simulated
+qa1 stories in bAbI's own wording in the offline books, the question and answer in the last
+segment (`model.answer_mode='in_context'`, the official formulation); evaluation on the
+original qa1 test questions at 0k, 1k, 2k and 4k, whose table is printed at the end. About 7
+minutes on 2 CPU cores. Kill it and run the same command again: it resumes from the newest
 checkpoint. What it reaches, and what the levers did: results/ablation_qa1_cpu/README.md.
 """
 
