@@ -16,6 +16,8 @@ CHANGES = {  # arm -> what it changes, against the arm named first
     "g_in_context_babi_words_seed1": "c with train.seed=1, data.seed=1 (a second run of c)",
     "h_alibi": "c + ALiBi recency bias instead of learned positions (`model.positions=alibi`)",
     "i_rope": "c + rotary positions instead of learned ones (`model.positions=rope`)",
+    "j_heldout_curriculum": "c + stages end on held-out exact match (`curriculum.advance_on="
+                            "heldout`, patience 5 x 200 steps, at most 1,800 steps a stage)",
 }
 
 
