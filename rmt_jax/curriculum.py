@@ -32,7 +32,8 @@ for shorter samples"); here the share is the shorter rows', exact in every batch
 `mix_shorter` (the official `vary_n_segments`) is the way to draw all lengths uniformly.
 
 `StageIterators` switches the data iterators at a stage change, the next stage's started
-early in the background (`StartedIterator`).
+early in the background (`StartedIterator`); `AheadOfTime` compiles the next stage's programs
+in the background, for the batch shapes `stage_batch` gives.
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ from __future__ import annotations
 import dataclasses
 import threading
 
+import jax
 import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import NamedSharding
 
 ADVANCE_ON = ("steps", "heldout")
 
@@ -372,3 +377,69 @@ def _close(iterator) -> None:
     close = getattr(iterator, "close", None)
     if close is not None:
         close()
+
+
+# -- the next stage's programs, compiled early --------------------------------------------
+class AheadOfTime:
+    """A jitted `fn(first, batch)` compiled once per batch shape, ahead of time on request.
+
+    A curriculum stage change brings new batch shapes, which `jax.jit` would compile at the
+    first call while the accelerator waits. `prepare(first, batch_structs)` compiles the
+    next stage's shapes in a background thread while the current stage trains; a call finds
+    the executable ready (or waits for it, or compiles then, as jit would). The programs are
+    the ones jit would build: same lowering, same in/out shardings and donation.
+    """
+
+    def __init__(self, jitted):
+        self.jitted = jitted
+        self.ready: dict[tuple, jax.stages.Compiled] = {}
+        self.pending: dict[tuple, threading.Thread] = {}
+
+    @staticmethod
+    def key(batch: dict) -> tuple:
+        return tuple((k, tuple(v.shape), str(v.dtype)) for k, v in sorted(batch.items()))
+
+    def prepare(self, first, batch: dict) -> None:
+        key = self.key(batch)
+        if key not in self.ready and key not in self.pending:
+            thread = threading.Thread(target=self._compile, args=(key, first, batch),
+                                      daemon=True)
+            self.pending[key] = thread
+            thread.start()
+
+    def _compile(self, key, first, batch) -> None:
+        try:
+            self.ready[key] = self.jitted.lower(first, batch).compile()
+        except Exception as error:  # noqa: BLE001 - the call compiles again and raises
+            logging.warning("compiling ahead of time failed (%s); compiling at first use",
+                            error)
+
+    def wait(self) -> None:
+        """Waits for the background compiles (a thread inside XLA must not outlive Python)."""
+        for thread in list(self.pending.values()):
+            thread.join()
+
+    def __call__(self, first, batch: dict):
+        key = self.key(batch)
+        program = self.ready.get(key)
+        if program is None or key in self.pending:
+            thread = self.pending.pop(key, None)
+            if thread is not None:
+                thread.join()  # returns at once if the compile has finished
+            program = self.ready.get(key)
+            if program is None:
+                program = self.ready[key] = self.jitted.lower(first, batch).compile()
+        return program(first, batch)
+
+
+def stage_batch(batch: dict, context_len: int, batch_sharding: NamedSharding) -> dict:
+    """Shape structs of the global arrays `sharding.global_batch(batch, batch_sharding)` would
+    make from this process's numpy `batch`, with the context resized to `context_len` tokens."""
+    rows = len(batch["context"]) * jax.process_count()
+    structs = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        shape = (rows, context_len) if k in ("context", "context_mask") else (rows, *v.shape[1:])
+        structs[k] = jax.ShapeDtypeStruct(shape, jax.dtypes.canonicalize_dtype(v.dtype),
+                                          sharding=batch_sharding)
+    return structs

@@ -13,7 +13,7 @@ a ValueError that names it. On synthetic data: batches of another data seed at t
 Score (`Heldout.score`): greedy answers as evaluation decodes them (`evaluate_lib.predict`),
 scored per task by the evaluation's `babilong_tfds.metric.score_cell`: exact match, which
 the curriculum advances on, and the official label-set accuracy, means over all samples.
-Synthetic data: exact match of the answer tokens (`train_lib.exact_match_tokens`).
+Synthetic data: exact match of the answer tokens (`scoring.exact_match_tokens`).
 
 Best state (`StageBest`): the parameters and optimizer state of the stage's best evaluation,
 in workdir/stage_best/<step>/ (orbax: params, train, meta; the newest one kept). A stage
@@ -125,7 +125,7 @@ class Heldout:
         examples = self.examples(stage)
         max_new_tokens = self.config.data.max_answer_len
         if self.synthetic:
-            from rmt_jax.train_lib import exact_match_tokens
+            from rmt_jax.scoring import exact_match_tokens
 
             n = self.curriculum.heldout_samples
             predicted = np.concatenate([evaluate_lib.answer_batch(

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rmt_jax import checkpointing, train_lib
+from rmt_jax import checkpointing, metric_writer, train_lib
 from tests.test_train_lib import subprocess_env, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, env, caplog):
     proc = launch(workdir, env, "--config.train.num_steps=100000",
                   "--config.train.checkpoint_every=100000", "--config.train.log_every=2")
     deadline = time.time() + 240
-    while not (workdir / train_lib.METRICS_FILE).exists():
+    while not (workdir / metric_writer.METRICS_FILE).exists():
         assert proc.poll() is None and time.time() < deadline, "training did not start"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)

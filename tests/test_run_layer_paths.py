@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from etils import epath
 
-from rmt_jax import checkpointing, files, train_lib
+from rmt_jax import checkpointing, files, metric_writer, train_lib
 from tests.test_train_lib import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_training_in_a_gs_workdir_never_makes_a_local_path(tmp_path, monkeypatch
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(LocalCheckpointer, "root", bucket, raising=False)
     monkeypatch.setattr(checkpointing, "Checkpointer", LocalCheckpointer)
-    monkeypatch.setattr(train_lib, "TENSORBOARD_SCHEMES", (None,))  # no real GCS client
+    monkeypatch.setattr(metric_writer, "TENSORBOARD_SCHEMES", (None,))  # no real GCS client
     with fake_gcs(bucket, seen):
         out = train_lib.train_and_evaluate(tiny_config(RUN), "gs://bucket/run")
         assert out["step"] == 3

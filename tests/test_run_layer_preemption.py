@@ -12,7 +12,7 @@ from pathlib import Path
 import orbax.checkpoint
 import pytest
 
-from rmt_jax import checkpointing, train_lib
+from rmt_jax import checkpointing, metric_writer, run_control
 from tests.test_train_lib import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ def env(tmp_path_factory):
 
 
 def logged_steps(workdir: Path) -> list[dict]:
-    path = workdir / train_lib.METRICS_FILE
+    path = workdir / metric_writer.METRICS_FILE
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
@@ -86,20 +86,20 @@ def test_log_has_an_eta_and_no_orbax_info_lines(tmp_path, env):
 
 
 def test_stop_signal_interrupts_an_evaluation_also_when_it_came_just_before():
-    stop = train_lib.StopSignal()
+    stop = run_control.StopSignal()
     try:
-        with pytest.raises(train_lib.Preempted):
+        with pytest.raises(run_control.Preempted):
             with stop.interruptible():
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(5)  # the handler raises here
         assert stop.received
     finally:
         stop.restore()
-    stop = train_lib.StopSignal()
+    stop = run_control.StopSignal()
     try:
         os.kill(os.getpid(), signal.SIGTERM)  # between the step and the evaluation: a flag
         assert stop.received
-        with pytest.raises(train_lib.Preempted):
+        with pytest.raises(run_control.Preempted):
             with stop.interruptible():
                 pytest.fail("an evaluation started after SIGTERM")
     finally:

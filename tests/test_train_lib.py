@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from configs import rmt_babilong
-from rmt_jax import checkpointing, sharding, train_lib
+from rmt_jax import checkpointing, metric_writer, scoring, sharding, train_lib, train_state
+from rmt_jax.curriculum import AheadOfTime
 from rmt_jax.synthetic_data import SyntheticData
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +32,7 @@ def tiny_config(overrides: dict | None = None):
 
 
 def read_metrics(workdir: Path) -> list[dict]:
-    text = (Path(workdir) / train_lib.METRICS_FILE).read_text()
+    text = (Path(workdir) / metric_writer.METRICS_FILE).read_text()
     return [json.loads(line) for line in text.splitlines()]
 
 
@@ -57,10 +58,10 @@ def test_weight_decay_skips_biases_layernorms_and_memory():
     config = tiny_config()
     model_config = train_lib.input_pipeline.model_config(config, 64)
     params = jax.eval_shape(
-        lambda: train_lib.create_train_state(model_config, train_lib.make_optimizer(
-            config, train_lib.make_schedule(config)), 0))["params"]
+        lambda: train_state.create_train_state(model_config, train_state.make_optimizer(
+            config, train_state.make_schedule(config)), 0))["params"]
     mask = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
-            for path, leaf in jax.tree_util.tree_leaves_with_path(train_lib.decay_mask(params))}
+            for path, leaf in jax.tree_util.tree_leaves_with_path(train_state.decay_mask(params))}
     decayed = {k for k, v in mask.items() if v}
     assert any("qkv" in k for k in decayed) and any("wte" in k for k in decayed)
     assert not any("bias" in k or "ln" in k or "memory" in k for k in decayed)
@@ -70,20 +71,20 @@ def test_schedule_warms_up_then_decays():
     config = tiny_config({"optim.warmup_steps": 10, "train.num_steps": 100})
     for name in ("cosine", "linear", "constant"):
         config.optim.schedule = name
-        lr = train_lib.make_schedule(config)
+        lr = train_state.make_schedule(config)
         peak = config.optim.learning_rate
         assert float(lr(0)) == 0.0 and float(lr(10)) == pytest.approx(peak)
         end = peak if name == "constant" else peak * config.optim.end_lr_fraction
         assert float(lr(100)) == pytest.approx(end, rel=1e-4)
     config.optim.schedule = "cosin"
     with pytest.raises(ValueError, match="cosin"):
-        train_lib.make_schedule(config)
+        train_state.make_schedule(config)
 
 
 def test_exact_match_needs_every_target_token_up_to_eos():
     answer = np.array([[5, 1, 0], [7, 8, 1]])
     predicted = np.array([[5, 1, 9], [7, 9, 1]])
-    np.testing.assert_array_equal(train_lib.exact_match_tokens(predicted, answer), [True, False])
+    np.testing.assert_array_equal(scoring.exact_match_tokens(predicted, answer), [True, False])
 
 
 def test_synthetic_batches_resume_byte_identical():
@@ -132,7 +133,7 @@ class CountingJit:
 def test_ahead_of_time_compiles_in_the_background_and_matches_jit():
     fn = lambda w, batch: (batch["x"] * w).sum(-1)  # noqa: E731
     counting = CountingJit(fn)
-    aot = train_lib.AheadOfTime(counting)
+    aot = AheadOfTime(counting)
     w = jnp.float32(2.0)
     x = {"x": jnp.arange(12.0).reshape(3, 4)}
     aot.prepare(w, {"x": jax.ShapeDtypeStruct((3, 4), jnp.float32)})
@@ -148,7 +149,7 @@ def test_ahead_of_time_compiles_in_the_background_and_matches_jit():
 
 
 def test_ahead_of_time_falls_back_when_the_background_compile_fails():
-    aot = train_lib.AheadOfTime(jax.jit(lambda w, batch: batch["x"] @ w))
+    aot = AheadOfTime(jax.jit(lambda w, batch: batch["x"] @ w))
     w = jnp.ones((4, 2))
     bad = {"x": jax.ShapeDtypeStruct((3, 5), jnp.float32)}  # 5 != 4: does not lower
     aot.prepare(w, bad)
@@ -162,7 +163,7 @@ def test_ahead_of_time_falls_back_when_the_background_compile_fails():
 def test_each_stage_is_compiled_before_it_starts(tmp_path, monkeypatch):
     prepared, compiled_at_call = [], []
 
-    class Recording(train_lib.AheadOfTime):
+    class Recording(AheadOfTime):
         def prepare(self, first, batch):
             prepared.append(batch["context"].shape)
             super().prepare(first, batch)
@@ -186,7 +187,7 @@ def test_each_stage_is_compiled_before_it_starts(tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    make = train_lib.make_train_step
+    make = train_state.make_train_step
 
     def make_nan_at_step_5(graphdef, tx):
         step_fn = make(graphdef, tx)
@@ -338,7 +339,7 @@ def test_heldout_curriculum_starts_each_stage_from_the_best_state(tmp_path, monk
     assert rows[14]["curriculum/stage"] == -1 and rows[14]["heldout/best_step"] == 10
     # the optimizer went back too: its schedule counts 4 + (10 - 8) updates at step 14
     logged = {r["step"]: r for r in read_metrics(tmp_path) if "train/learning_rate" in r}
-    schedule = train_lib.make_schedule(config)
+    schedule = train_state.make_schedule(config)
     assert logged[14]["train/learning_rate"] == pytest.approx(float(schedule(6 - 1)))
     model, _, step = checkpointing.restore_for_inference(tmp_path)
     assert step == 14

@@ -1,0 +1,123 @@
+"""The train state and the pure functions that the training loop jits.
+
+The train state is a plain pytree, updated by a pure jitted function (`make_train_step`):
+
+  {'params': nnx.State, 'opt_state': optax state, 'step': int32 [], 'rng': uint32 key data}
+
+The optimizer is AdamW after global-norm clipping (`make_optimizer`), its learning rate a
+warm-up then cosine, linear or constant decay (`make_schedule`). Weight decay (0.01 in the
+papers) applies to the weight matrices only: not to biases, LayerNorm scales and offsets,
+nor the learned initial memory (`decay_mask`). Dropout keys are fold_in(rng, step).
+`make_answer_fn` (greedy answers) and `make_eval_step` (loss without dropout) score a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from rmt_jax import sharding
+from rmt_jax.core.answer import greedy_answer, loss_fn
+from rmt_jax.core.config import ModelConfig
+from rmt_jax.core.model import RMT
+
+
+# -- model and optimizer --------------------------------------------------------------------
+def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    o, steps = config.optim, config.train.num_steps
+    peak, warmup = o.learning_rate, min(o.warmup_steps, steps)
+    end = peak * o.end_lr_fraction
+    if o.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(steps, warmup + 1), end)
+    if o.schedule == "linear":
+        decay = optax.linear_schedule(peak, end, max(steps - warmup, 1))
+    elif o.schedule == "constant":
+        decay = optax.constant_schedule(peak)
+    else:
+        raise ValueError(f"unknown optim.schedule {o.schedule!r}: expected cosine, linear or "
+                         "constant")
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def decay_mask(params):
+    """True on the weight matrices that AdamW decays (not biases, LayerNorms, memory)."""
+    def decays(path, x):
+        name = sharding.path_names(path)[-1]
+        return x.ndim >= 2 and name != "memory" and not name.endswith("bias")
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict,
+                   schedule: optax.Schedule) -> optax.GradientTransformation:
+    o = config.optim
+    return optax.chain(
+        optax.clip_by_global_norm(o.grad_clip),
+        optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask))
+
+
+def create_train_state(model_config: ModelConfig, tx: optax.GradientTransformation,
+                       seed: int) -> dict:
+    params = nnx.state(RMT(model_config, rngs=nnx.Rngs(seed)), nnx.Param)
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.key(seed + 1))}
+
+
+def model_graphdef(model_config: ModelConfig) -> nnx.GraphDef:
+    return nnx.split(nnx.eval_shape(lambda: RMT(model_config, rngs=nnx.Rngs(0))))[0]
+
+
+# -- steps ------------------------------------------------------------------------------------
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation) -> Callable:
+    """(state, batch) -> (state, metrics): one AdamW step on the answer-token loss."""
+
+    def train_step(state: dict, batch: dict):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+
+        def loss_of(params):
+            return loss_fn(nnx.merge(graphdef, params), batch, key)
+
+        (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {"loss": loss, "accuracy": aux["accuracy"],
+                   "grad_norm": optax.tree.norm(grads)}
+        return ({"params": params, "opt_state": opt_state, "step": state["step"] + 1,
+                 "rng": state["rng"]}, metrics)
+
+    return train_step
+
+
+def make_answer_fn(graphdef: nnx.GraphDef, max_new_tokens: int) -> Callable:
+    """(params, batch) -> greedy answer tokens [B, max_new_tokens] after the context."""
+
+    def answer(params, batch):
+        return greedy_answer(nnx.merge(graphdef, params), batch["context"],
+                             batch["context_mask"], batch["question"], batch["question_length"],
+                             max_new_tokens=max_new_tokens)
+
+    return answer
+
+
+def make_eval_step(graphdef: nnx.GraphDef) -> Callable:
+    """(params, batch) -> {'loss', 'accuracy'} without dropout."""
+
+    def eval_step(params, batch):
+        loss, aux = loss_fn(nnx.merge(graphdef, params), batch)
+        return {"loss": loss, "accuracy": aux["accuracy"]}
+
+    return eval_step
+
+
+def schedule_count(state: dict) -> int:
+    """The optimizer's update count, which the learning-rate schedule reads: the step, less
+    the steps undone by restoring a curriculum stage's best state."""
+    counts = [s.count for s in jax.tree.leaves(
+        state["opt_state"], is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+        if isinstance(s, optax.ScaleByScheduleState)]
+    return int(jax.device_get(counts[0]))
