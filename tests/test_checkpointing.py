@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from rmt_jax import checkpointing, metric_writer, train_lib
-from tests.test_train_lib import subprocess_env, tiny_config
+from tests.test_train_lib import kill_and_resume, saved_steps, subprocess_env, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_STEPS = 24
@@ -39,12 +39,6 @@ def launch(workdir: Path, env: dict, *extra: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=log)
 
 
-def saved_steps(workdir: Path) -> list[int]:
-    folder = workdir / checkpointing.LATEST_DIR
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() \
-        else []
-
-
 def final_params(workdir: Path):
     model, _, step = checkpointing.restore_for_inference(workdir)
     assert step == NUM_STEPS
@@ -56,19 +50,9 @@ def test_sigkill_at_random_steps_then_resume_is_bitwise_exact(tmp_path, env):
     assert launch(reference, env).wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()
     rng = np.random.default_rng()
     targets = [int(rng.integers(2, 7)), int(rng.integers(9, 16))]
-    resumed, kills = tmp_path / "resumed", []
-    for target in [*targets, None]:
-        proc = launch(resumed, env)
-        while proc.poll() is None:
-            if target is not None and saved_steps(resumed) and saved_steps(resumed)[-1] >= target:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                kills.append(saved_steps(resumed)[-1])
-                break
-            time.sleep(0.01)
-        else:
-            assert proc.returncode == 0, (tmp_path / "resumed.log").read_text()[-3000:]
-            break
+    resumed = tmp_path / "resumed"
+    kills = kill_and_resume(lambda workdir: launch(workdir, env), resumed, targets,
+                            tmp_path / "resumed.log")
     assert kills, "the run finished before any kill: make it longer"
     for a, b in zip(final_params(reference), final_params(resumed), strict=True):
         assert np.array_equal(a, b), f"params differ after kills at steps {kills}"

@@ -236,6 +236,37 @@ SHARDED_LOSSES = textwrap.dedent("""
 """)
 
 
+
+def saved_steps(workdir: Path) -> list[int]:
+    """The steps of the checkpoints in a workdir, in order."""
+    folder = workdir / checkpointing.LATEST_DIR
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() \
+        else []
+
+
+def kill_and_resume(launch, workdir: Path, targets, log: Path) -> list[int]:
+    """Starts `launch(workdir)` (a Popen) again and again, SIGKILLing it once its newest
+    checkpoint reaches each of `targets`, and lets the last start run to the end; returns the
+    steps it was killed at."""
+    import signal
+    import time
+
+    kills = []
+    for target in [*targets, None]:
+        proc = launch(workdir)
+        while proc.poll() is None:
+            steps = saved_steps(workdir)
+            if target is not None and steps and steps[-1] >= target:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills.append(steps[-1])
+                break
+            time.sleep(0.01)
+        else:
+            assert proc.returncode == 0, log.read_text()[-3000:]
+            break
+    return kills
+
 def subprocess_env(cache_dir: Path) -> dict:
     env = dict(os.environ)
     env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
@@ -487,8 +518,6 @@ def test_heldout_set_is_generated_apart_from_training_and_scored_as_evaluation(
 def test_heldout_curriculum_sigkill_at_random_steps_then_resume_is_bitwise_exact(tmp_path):
     """launch.train killed (SIGKILL) in each stage, resumed: the same held-out decisions and
     bitwise the same final parameters as an uninterrupted run."""
-    import signal
-    import time
 
     flags = ["--config=configs/rmt_babilong.py:smoke,synthetic",
              *(f"--config.{k}={v}" for k, v in {**HELDOUT, "train.checkpoint_every": 1,
@@ -501,28 +530,11 @@ def test_heldout_curriculum_sigkill_at_random_steps_then_resume_is_bitwise_exact
                                  f"--workdir={workdir}"], cwd=REPO, env=env,
                                 stdout=subprocess.DEVNULL, stderr=log)
 
-    def newest(workdir: Path) -> int:
-        folder = workdir / checkpointing.LATEST_DIR
-        steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] \
-            if folder.exists() else []
-        return max(steps, default=0)
-
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     assert launch(reference).wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()
     rng = np.random.default_rng()
-    kills = []
-    for target in (int(rng.integers(2, 7)), int(rng.integers(9, 13)), None):
-        proc = launch(resumed)
-        while proc.poll() is None:
-            if target is not None and newest(resumed) >= target:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                kills.append(newest(resumed))
-                break
-            time.sleep(0.01)
-        else:
-            assert proc.returncode == 0, (tmp_path / "resumed.log").read_text()[-3000:]
-            break
+    targets = (int(rng.integers(2, 7)), int(rng.integers(9, 13)))
+    kills = kill_and_resume(launch, resumed, targets, tmp_path / "resumed.log")
     assert kills, "the run finished before any kill: make it longer"
     assert curriculum_rows(resumed) == curriculum_rows(reference), f"kills at {kills}"
     final = [param_leaves(checkpointing.restore_for_inference(d)[0])
