@@ -45,7 +45,9 @@ def test_sigterm_during_a_long_evaluation_saves_within_seconds(tmp_path, env):
             while not any(r["step"] == 3 for r in logged_steps(workdir)):
                 assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
                 time.sleep(0.05)
-            time.sleep(2.0)  # the step-3 evaluation is running now
+            # the step-3 evaluation is running now: compiled, inside its loop of batches (a
+            # signal that lands while XLA compiles waits for the compile to return)
+            time.sleep(5.0)
             assert not (workdir / checkpointing.LATEST_DIR / "3").exists()
             proc.send_signal(signal.SIGTERM)
             signalled = time.time()
