@@ -56,6 +56,7 @@ from rmt_jax.core.answer import generate_answer, generate_in_context, greedy_ans
 from rmt_jax.core.model import RMT
 from rmt_jax.core.streaming import stream_in_context, stream_infer
 from rmt_jax.files import atomic_write, prepare_workdir, run_path
+from rmt_jax.run_control import stop_point
 
 SOURCES = ("files", "generated", "tfds", "published")
 DEFAULT_TFDS_NAME = "babilong/{task}_{length}"
@@ -194,6 +195,7 @@ def _generate_in_context(graphdef, params, state, last, lengths, *, max_new_toke
 
 def answer_batch(model: RMT, batch: dict, *, max_new_tokens: int) -> np.ndarray:
     """Greedy answer ids [B, max_new_tokens] for a collated batch (context in one scan)."""
+    stop_point()  # a training run's evaluation stops here on SIGTERM (run_control)
     graphdef, params = nnx.split(model)
     ids = _scan_and_generate(graphdef, params, batch["context"], batch["context_mask"],
                              batch["question"], batch["question_length"],
@@ -206,6 +208,7 @@ def answer_streaming(model: RMT, batch: dict, *, max_new_tokens: int,
     """Greedy answer ids [B, max_new_tokens] for a collated batch, its context streamed in
     chunks of segments (`stream_infer` with the batch's mask: shorter rows end in padding,
     whose empty segments leave their memory as it is)."""
+    stop_point()  # a training run's evaluation stops here on SIGTERM (run_control)
     graphdef, params = nnx.split(model)
     if model.config.answer_mode == "in_context":  # only the last segment holds the question
         state, last, lengths = stream_in_context(
@@ -232,6 +235,13 @@ def _groups(items: Iterable, size: int) -> Iterator[list]:
             group = []
     if group:
         yield group
+
+
+def _with_stop_points(items: Iterable) -> Iterator:
+    """The items, with a `stop_point()` before each: making a long sample takes seconds."""
+    for item in items:
+        stop_point()
+        yield item
 
 
 def _batches(examples: Sequence[dict], batch_size: int) -> Iterable[tuple[dict, int]]:
@@ -324,9 +334,10 @@ def evaluate_model(
     for task in task_list:
         for length in length_list:
             start = time.perf_counter()
-            records = iter_records(task, length, num_samples, source=source, composer=composer,
-                                   babi_root=babi_root, data_dir=data_dir, tfds_name=tfds_name,
-                                   seed=seed, data=data)
+            records = _with_stop_points(iter_records(
+                task, length, num_samples, source=source, composer=composer,
+                babi_root=babi_root, data_dir=data_dir, tfds_name=tfds_name, seed=seed,
+                data=data))
             # Up to 512k: every sample at once, padded to the cell's longest (one compile).
             # Streamed (1M, 10M): batch by batch, so the host holds one batch of contexts.
             streaming = LENGTHS[length] >= stream_tokens

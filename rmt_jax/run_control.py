@@ -1,10 +1,15 @@
-"""When the training loop acts, and when it stops: `periodic`, `StopSignal`, `check_finite`.
+"""When the training loop acts, and when it stops: `periodic`, `StopSignal`, `stop_point`,
+`check_finite`.
 
 - `periodic(step, every, last=...)`: whether a periodic action (log, checkpoint,
   evaluation) runs after `step` steps.
 - `StopSignal`: SIGTERM (a preemption) becomes a flag that the loop reads after each step;
-  inside `StopSignal.interruptible()` (an evaluation, which may take minutes) it raises
-  `Preempted` instead, so the loop can save a checkpoint within the grace period.
+  inside `StopSignal.interruptible()` (an evaluation, which may take minutes) the next
+  `stop_point()` (evaluation loops call it before each batch) raises `Preempted` instead,
+  so the loop can save a checkpoint within the grace period. The signal handler itself only
+  sets the flag: an exception raised from it lands between any two bytecodes of the main
+  thread, inside jax's dispatch or a lock's critical section, and left runs that never
+  saved (a lock held) or crashed at exit (SIGSEGV).
 - `check_finite(pending, last_saved)`: the losses of the steps since the last check, fetched
   together (one device sync), raise a FloatingPointError at the first non-finite one, before
   anything is saved from it.
@@ -33,7 +38,8 @@ class Preempted(Exception):
 
 class StopSignal:
     """Turns SIGTERM into a flag that the loop reads after each step; inside
-    `interruptible()` (an evaluation, which may take minutes) it raises `Preempted`."""
+    `interruptible()` (an evaluation, which may take minutes) `stop_point()` raises
+    `Preempted` once it is set."""
 
     def __init__(self):
         self.received = False
@@ -43,28 +49,43 @@ class StopSignal:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
+        # A flag and nothing else: see the module docstring for why this never raises.
         self.received = True
-        if self._interruptible:
-            self._interruptible = False
-            logging.warning("SIGTERM during evaluation: stopping it to save a checkpoint")
-            raise Preempted
-        logging.warning("SIGTERM: saving a checkpoint after this step, then stopping")
 
     @contextlib.contextmanager
     def interruptible(self):
-        """SIGTERM raises `Preempted` inside (one process only: several would leave each
-        other waiting in a collective)."""
+        """`stop_point()` raises `Preempted` inside once SIGTERM has arrived (one process
+        only: several would leave each other waiting in a collective)."""
+        global _active
         self._interruptible = jax.process_count() == 1
+        outer, _active = _active, self
         try:
-            if self._interruptible and self.received:  # arrived just before: stop at once
-                raise Preempted
+            self.check()  # arrived just before: stop at once
             yield
         finally:
             self._interruptible = False
+            _active = outer
+
+    def check(self) -> None:
+        """Raises `Preempted` inside `interruptible()` once SIGTERM has arrived."""
+        if self._interruptible and self.received:
+            self._interruptible = False
+            logging.warning("SIGTERM during evaluation: stopping it to save a checkpoint")
+            raise Preempted
 
     def restore(self) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+_active: StopSignal | None = None  # the StopSignal inside interruptible(), if any
+
+
+def stop_point() -> None:
+    """Raises `Preempted` when SIGTERM arrived during an interruptible evaluation; loops of
+    evaluation code call it before each batch (a no-op outside a training run)."""
+    if _active is not None:
+        _active.check()
 
 
 def check_finite(pending: list[tuple[int, jax.Array]], last_saved: int | None) -> None:

@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 from babilong_tfds import metric
 from babilong_tfds.tasks import TASKS
 from rmt_jax import input_pipeline, sharding
+from rmt_jax.run_control import stop_point
 from rmt_jax.synthetic_data import SyntheticData
 
 MODEL_INPUTS = ("context", "context_mask", "query", "loss_mask", "answer", "question",
@@ -85,6 +86,7 @@ def evaluate(config, params, graphdef, *, composer, tokenizer, batch_sharding,
     batches = max(1, config.eval.num_samples // config.train.batch_size)
     sums: dict[str, float] = {}
     for _ in range(batches):
+        stop_point()  # SIGTERM: stop here, between batches (run_control)
         batch = next(iterator)
         device_batch = sharding.global_batch(batch, batch_sharding)
         scores = jax.device_get(eval_step(params, {k: device_batch[k] for k in MODEL_INPUTS}))

@@ -87,20 +87,26 @@ def test_log_has_an_eta_and_no_orbax_info_lines(tmp_path, env):
     assert "step 4/4, ETA 0s" in progress[-1]
 
 
-def test_stop_signal_interrupts_an_evaluation_also_when_it_came_just_before():
+def test_stop_signal_interrupts_an_evaluation_at_its_next_stop_point_also_when_it_came_before():
     stop = run_control.StopSignal()
+    reached = []
     try:
         with pytest.raises(run_control.Preempted):
             with stop.interruptible():
                 os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(5)  # the handler raises here
-        assert stop.received
+                time.sleep(0.1)  # the handler only sets the flag: nothing raises here
+                reached.append(stop.received)
+                run_control.stop_point()  # between two batches: raises
+                pytest.fail("stop_point() let the evaluation go on after SIGTERM")
     finally:
         stop.restore()
+    assert reached == [True]
+    run_control.stop_point()  # outside an evaluation: nothing to stop
     stop = run_control.StopSignal()
     try:
         os.kill(os.getpid(), signal.SIGTERM)  # between the step and the evaluation: a flag
         assert stop.received
+        run_control.stop_point()  # not inside an evaluation: the loop saves after the step
         with pytest.raises(run_control.Preempted):
             with stop.interruptible():
                 pytest.fail("an evaluation started after SIGTERM")
