@@ -457,6 +457,10 @@ class TrainingRun:
         check_finite(self.pending, self.last_saved)
         if self.step in self.checkpointer.latest.all_steps():  # saved before a held-out restore
             self.checkpointer.latest.delete(self.step)
+        if self.stage_best is not None:
+            # The checkpoint's curriculum state names the stage's best step: that state goes to
+            # disk first, or a kill between the two saves resumes without it.
+            self.stage_best.wait()
         self.checkpointer.save(self.step, self.state["params"], _without_params(self.state),
                                self.meta())
         self.last_saved = self.step
