@@ -1,5 +1,7 @@
-"""Checkpoints: exact resume after SIGKILL, clean stop on SIGTERM, fallback from corruption."""
+"""Checkpoints: exact resume after SIGKILL and SIGTERM (which saves first and exits 0),
+fallback from corruption."""
 
+import json
 import logging
 import signal
 import subprocess
@@ -13,9 +15,10 @@ import pytest
 from flax import nnx
 
 from rmt_jax import checkpointing, metric_writer, train_lib
-from tests.test_train_lib import kill_and_resume, saved_steps, subprocess_env, tiny_config
+from tests.test_train_lib import saved_steps, subprocess_env, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 NUM_STEPS = 24
 # Dropout and a stage change at step 8 make the resume depend on the saved RNG, curriculum
 # and data iterator state.
@@ -28,8 +31,8 @@ RUN_FLAGS = ("--config=configs/rmt_babilong.py:smoke,synthetic",
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return subprocess_env(tmp_path_factory.mktemp("jax_cache"))
+def env(fast_compiles):
+    return subprocess_env()  # with fast_compiles' setting
 
 
 def launch(workdir: Path, env: dict, *extra: str) -> subprocess.Popen:
@@ -45,43 +48,56 @@ def final_params(workdir: Path):
     return jax.tree.leaves(jax.tree.map(np.asarray, nnx.state(model, nnx.Param)))
 
 
-def test_sigkill_at_random_steps_then_resume_is_bitwise_exact(tmp_path, env):
+def logged_step(workdir: Path) -> int:
+    """The newest step in a workdir's metrics (0: none yet)."""
+    path = workdir / metric_writer.METRICS_FILE
+    lines = path.read_text().splitlines() if path.exists() else []
+    return max((json.loads(line)["step"] for line in lines if line.endswith("}")), default=0)
+
+
+def wait_for(done, proc: subprocess.Popen, log: Path) -> None:
+    """Polls `done()` while `proc` runs (it must not end first)."""
+    deadline = time.time() + 240
+    while not done():
+        assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.01)
+
+
+def test_sigkill_then_sigterm_at_random_steps_then_resume_is_bitwise_exact(tmp_path, env):
+    """Killed (SIGKILL) in stage 0, preempted (SIGTERM) in stage 1, resumed to the end:
+    bitwise the parameters of an uninterrupted run. SIGTERM saves the step it stopped at
+    (the only checkpoint of a run whose checkpoint_every is 100000) and exits 0."""
     reference = tmp_path / "reference"
     assert launch(reference, env).wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()
     rng = np.random.default_rng()
-    targets = [int(rng.integers(2, 7)), int(rng.integers(9, 16))]
-    resumed = tmp_path / "resumed"
-    kills = kill_and_resume(lambda workdir: launch(workdir, env), resumed, targets,
-                            tmp_path / "resumed.log")
-    assert kills, "the run finished before any kill: make it longer"
-    for a, b in zip(final_params(reference), final_params(resumed), strict=True):
-        assert np.array_equal(a, b), f"params differ after kills at steps {kills}"
+    kill_at, term_at = int(rng.integers(2, 7)), int(rng.integers(9, 14))
+    resumed, log = tmp_path / "resumed", tmp_path / "resumed.log"
 
+    proc = launch(resumed, env)
+    wait_for(lambda: (saved_steps(resumed) or [0])[-1] >= kill_at, proc, log)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = saved_steps(resumed)[-1]
+    assert killed < 8, f"killed at step {killed}, after the stage change: make it longer"
 
-def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, env, caplog):
-    workdir = tmp_path / "run"
-    proc = launch(workdir, env, "--config.train.num_steps=100000",
-                  "--config.train.checkpoint_every=100000", "--config.train.log_every=2")
-    deadline = time.time() + 240
-    while not (workdir / metric_writer.METRICS_FILE).exists():
-        assert proc.poll() is None and time.time() < deadline, "training did not start"
-        time.sleep(0.05)
+    proc = launch(resumed, env, "--config.train.checkpoint_every=100000",
+                  "--config.train.log_every=1")
+    wait_for(lambda: logged_step(resumed) >= term_at, proc, log)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0
-    (step,) = saved_steps(workdir)
-    assert 2 <= step < 100000
-    _, _, restored = checkpointing.restore_for_inference(workdir)
-    assert restored == step
-    config = tiny_config({"train.num_steps": step + 2, "train.checkpoint_every": 100000,
-                          "train.keep_checkpoints": 2, "train.log_every": 2,
-                          "train.answer_rows": 2, "eval.every": 0,
-                          "curriculum.segments": (1, 2), "curriculum.stage_steps": 8,
-                          "model.dropout": 0.1})
-    with caplog.at_level(logging.INFO):
-        out = train_lib.train_and_evaluate(config, workdir,
-                                           allow_config_change=["train.num_steps"])
-    assert f"resumed from step {step}" in caplog.text
-    assert out["step"] == step + 2 and saved_steps(workdir)[-1] == step + 2
+    assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    stopped = logged_step(resumed)
+    assert f"resumed from step {killed}" in log.read_text()
+    assert f"stopped at step {stopped} after a preemption signal" in log.read_text()
+    assert killed < stopped < NUM_STEPS
+    assert saved_steps(resumed) == [killed, stopped]  # SIGTERM saved; nothing periodic did
+    _, _, restored = checkpointing.restore_for_inference(resumed)
+    assert restored == stopped
+
+    assert launch(resumed, env).wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert f"resumed from step {stopped}" in log.read_text()
+    kills = f"SIGKILL at step {killed}, SIGTERM at step {stopped}"
+    for a, b in zip(final_params(reference), final_params(resumed), strict=True):
+        assert np.array_equal(a, b), f"params differ after {kills}"
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):

@@ -16,13 +16,14 @@ from rmt_jax import checkpointing, metric_writer, run_control
 from tests.test_train_lib import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 BASE = ("--config=configs/rmt_babilong.py:smoke,synthetic", "--config.curriculum.segments=(1,)",
         "--config.train.answer_rows=0")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return subprocess_env(tmp_path_factory.mktemp("jax_cache"))
+def env(fast_compiles):
+    return subprocess_env()  # with fast_compiles' setting
 
 
 def logged_steps(workdir: Path) -> list[dict]:

@@ -17,6 +17,7 @@ from rmt_jax.core.model import RMT
 from tests.test_train_lib import subprocess_env, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 RUN = {"train.num_steps": 3, "train.checkpoint_every": 1, "eval.every": 0,
        "train.answer_rows": 0, "curriculum.segments": (1,)}
 
@@ -37,7 +38,7 @@ def corrupt(checkpoint: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def trained(tmp_path_factory, fast_compiles) -> Path:
     """A workdir of 3 steps with checkpoints 1, 2, 3 (test config, synthetic data)."""
     workdir = tmp_path_factory.mktemp("trained") / "run"
     train_lib.train_and_evaluate(tiny_config(RUN), workdir)
@@ -59,7 +60,7 @@ def test_launch_refuses_a_changed_model_and_touches_nothing(trained, tmp_path):
              "--config.model.mem_tokens=3", f"--workdir={workdir}"]
     done = subprocess.run([sys.executable, "-m", "launch.train", *flags], cwd=REPO,
                           capture_output=True, text=True, timeout=300,
-                          env=subprocess_env(tmp_path / "cache"))
+                          env=subprocess_env())
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, done.stderr[-3000:]

@@ -18,6 +18,7 @@ from rmt_jax.curriculum import AheadOfTime
 from rmt_jax.synthetic_data import SyntheticData
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def tiny_config(overrides: dict | None = None):
@@ -267,18 +268,18 @@ def kill_and_resume(launch, workdir: Path, targets, log: Path) -> list[int]:
             break
     return kills
 
-def subprocess_env(cache_dir: Path) -> dict:
-    env = dict(os.environ)
-    env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", PYTHONPATH=str(REPO))
-    return env
+
+def subprocess_env() -> dict:
+    """The environment of a `python -m launch.train` a test starts: this repo importable, and
+    the session's compilation cache (tests/conftest.py), so each program compiles once."""
+    assert "JAX_COMPILATION_CACHE_DIR" in os.environ, "the conftest fixture sets it"
+    return dict(os.environ, PYTHONPATH=str(REPO))
 
 
 def test_data_and_model_parallel_losses_match_one_device(tmp_path):
     proc = subprocess.run([sys.executable, "-c", SHARDED_LOSSES, str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=300,
-                          env=subprocess_env(tmp_path / "cache"))
+                          env=subprocess_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = json.loads(proc.stdout.strip().splitlines()[-1])
     reference = np.array(losses["1x1"])
@@ -378,26 +379,8 @@ def test_heldout_curriculum_starts_each_stage_from_the_best_state(tmp_path, monk
                                                     strict=True))
 
 
-@pytest.fixture
-def compilation_cache(tmp_path):
-    """JAX's persistent compilation cache in tmp_path for one test: the runs of a test that
-    trains several times compile each program once."""
-    from jax.experimental.compilation_cache import compilation_cache as cache
-
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    before = {name: getattr(jax.config, name) for name in names}
-    for name, value in zip(names, (str(tmp_path / "jax_cache"), 0.0, 0), strict=True):
-        jax.config.update(name, value)
-    cache.reset_cache()
-    yield
-    for name, value in before.items():
-        jax.config.update(name, value)
-    cache.reset_cache()
-
-
 def test_heldout_curriculum_killed_mid_stage_resumes_with_the_same_decisions(
-        tmp_path, monkeypatch, compilation_cache):
+        tmp_path, monkeypatch):
     import signal
 
     from rmt_jax import early_stopping
@@ -522,7 +505,7 @@ def test_heldout_curriculum_sigkill_at_random_steps_then_resume_is_bitwise_exact
     flags = ["--config=configs/rmt_babilong.py:smoke,synthetic",
              *(f"--config.{k}={v}" for k, v in {**HELDOUT, "train.checkpoint_every": 1,
                                                  "train.keep_checkpoints": 2}.items())]
-    env = subprocess_env(tmp_path / "cache")
+    env = subprocess_env()
 
     def launch(workdir: Path) -> subprocess.Popen:
         log = (tmp_path / f"{workdir.name}.log").open("a")
