@@ -49,6 +49,8 @@ def test_gpu_perf_sweep_smoke_runs_the_profiled_baseline(tmp_path):
     import sys
 
     env = dict(os.environ, SMOKE="1", SWEEP_SECONDS="1", PYTHON=sys.executable)
+    # XLA dumps HLO when it compiles: a program from the session's cache (conftest) dumps none
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     done = subprocess.run(["bash", str(REPO / "launch/gpu_perf_sweep.sh"), str(tmp_path)],
                           env=env, capture_output=True, text=True, timeout=600)
     log = (tmp_path / "perf_sweep.txt").read_text()
