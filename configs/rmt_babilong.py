@@ -97,6 +97,8 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.model.answer_mode = "in_context"
     # 'learned' (GPT-2's embeddings) | 'alibi' (a recency bias in attention) | 'rope'
     config.model.positions = "learned"
+    # std of fresh weights: 0.02 is GPT-2's (gpt2_small loads GPT-2's weights anyway)
+    config.model.init_std = 0.02
     # A Hugging Face GPT-2 checkpoint for the backbone (folder or hub name, rmt_jax.pretrained):
     # checked at every start, loaded on a fresh one only; '' = random initialisation.
     config.model.init_from = ""

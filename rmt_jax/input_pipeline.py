@@ -92,6 +92,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelCon
         attention_impl=m.attention_impl or None,
         answer_mode=m.get("answer_mode", "separate"),  # configs saved before it: 'separate'
         positions=m.get("positions", "learned"),  # configs saved before it: learned
+        init_std=m.get("init_std", 0.02),  # configs saved before it: GPT-2's 0.02
     )
 
 

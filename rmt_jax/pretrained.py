@@ -34,7 +34,7 @@ as Hugging Face's model does when given those `inputs_embeds`.
 Not in GPT-2, so freshly initialised: the memory embeddings and RMT-R's retrieval block. The
 memory is drawn, as the official RMT code does, from a normal distribution with the standard
 deviation of the loaded token embedding (about 0.14 for GPT-2 small; the fresh model's
-memory has std `model.MEMORY_INIT_STD` = 0.02, the scale of a fresh token embedding): the
+memory has std `ModelConfig.init_std`, the scale of a fresh token embedding): the
 same seed's draw, rescaled, so a run stays reproducible. Rows of `wpe` past
 `max_positions` are dropped (`max_positions` must not exceed the checkpoint's `n_positions`).
 """
@@ -52,7 +52,7 @@ import numpy as np
 from flax import nnx
 
 from rmt_jax.core.config import ModelConfig
-from rmt_jax.core.model import LAYER_NORM_EPSILON, MEMORY_INIT_STD, RMT
+from rmt_jax.core.model import LAYER_NORM_EPSILON, RMT
 
 SAFETENSORS_FILE = "model.safetensors"
 TORCH_FILE = "pytorch_model.bin"
@@ -312,7 +312,7 @@ def load_params(ckpt: Gpt2Checkpoint, params: nnx.State, cfg: ModelConfig) -> nn
     places its shards); the memory is rescaled to the loaded token embedding's std.
     """
     arrays = gpt2_arrays(ckpt, cfg)
-    memory_scale = float(arrays[("wte",)].std()) / MEMORY_INIT_STD
+    memory_scale = float(arrays[("wte",)].std()) / cfg.init_std
     seen = set()
 
     def replace(path, leaf):

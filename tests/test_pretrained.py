@@ -34,7 +34,7 @@ from safetensors.numpy import save_file
 
 from rmt_jax import pretrained
 from rmt_jax.core.config import ModelConfig
-from rmt_jax.core.model import MEMORY_INIT_STD, RMT
+from rmt_jax.core.model import RMT
 from rmt_jax.core.recurrence import initial_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,7 +178,7 @@ def test_memory_rescaled_to_the_embedding_std_and_retrieval_kept(tmp_path):
     cfg = CFG.replace(retrieval=True)
     fresh = RMT(cfg, rngs=nnx.Rngs(3))
     model = loaded(write_checkpoint(tmp_path / "ckpt", tensors), cfg, seed=3)
-    scale = tensors["wte.weight"].std() / MEMORY_INIT_STD
+    scale = tensors["wte.weight"].std() / cfg.init_std
     np.testing.assert_allclose(model.memory[...], fresh.memory[...] * scale, rtol=1e-6)
     assert not np.allclose(model.memory[...], fresh.memory[...])
     for a, b in zip(jax.tree.leaves(nnx.state(model.retrieval, nnx.Param)),

@@ -1,5 +1,7 @@
 """The model: configs and bad input, parameter count, attention maps, bf16, decoding, learning."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,6 +37,7 @@ from tests.test_rmt_recurrence import jit, make_model, random_tokens
     (dict(attention_map_layers=(5,)), r"attention_map_layers \[5\] out of range"),
     (dict(bptt_segments=0), "bptt_segments=0 must be >= 1 or None"),
     (dict(attention_impl="flash"), "attention_impl='flash'"),
+    (dict(init_std=0.0), "init_std=0.0 must be positive"),
 ])
 def test_bad_config_raises_clear_error(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -60,6 +63,19 @@ def test_bad_input_raises_clear_error():
         answer_logits(model, state, np.ones((1, 80), np.int32))
     with pytest.raises(ValueError, match="empty question"):
         generate_answer(model, state, np.ones((1, 0), np.int32), max_new_tokens=1)
+
+
+@pytest.mark.parametrize("init_std", [0.02, 0.125])
+def test_init_std_sets_the_scale_of_fresh_weights(init_std):
+    cfg = get_config("test", d_model=64, init_std=init_std, retrieval=True, vocab_size=512)
+    model = RMT(cfg, rngs=nnx.Rngs(0))
+    block = model.blocks[0]
+    for name, w, std in [("wte", model.wte, init_std), ("wpe", model.wpe, init_std / 2),
+                         ("memory", model.memory, init_std), ("qkv", block.attn.qkv, init_std),
+                         ("fc", block.mlp.fc, init_std),
+                         ("attn out", block.attn.out, init_std / math.sqrt(2 * cfg.layers)),
+                         ("retrieval wq", model.retrieval.wq, init_std)]:
+        assert float(jnp.std(w[...])) == pytest.approx(std, rel=0.2), name
 
 
 def test_presets_build_and_gpt2_small_has_gpt2_parameter_count():

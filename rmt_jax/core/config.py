@@ -65,6 +65,11 @@ class ModelConfig:
     attention_impl: str | None = None  # jax.nn.dot_product_attention implementation; 'cudnn' on GPU
     answer_mode: str = "separate"    # 'in_context' (question in the last segment) | 'separate'
     positions: str = "learned"       # 'learned' (GPT-2) | 'alibi' | 'rope'
+    # Std of fresh weight matrices and embeddings (output projections / sqrt(2 layers), learned
+    # positions / 2). 0.02 is GPT-2's; from scratch at small width it leaves the attention
+    # logits near zero and training stalls at qa1's last-room shortcut, 1/sqrt(d_model) does not
+    # (results/ablation_qa1_cpu/README.md).
+    init_std: float = 0.02
 
     def __post_init__(self):
         for name in ("layers", "d_model", "heads", "vocab_size", "segment_len", "max_positions"):
@@ -101,6 +106,9 @@ class ModelConfig:
         if self.answer_mode not in ANSWER_MODES:
             raise ValueError(f"unknown answer_mode {self.answer_mode!r}: expected one of "
                              f"{ANSWER_MODES}")
+        if not self.init_std > 0:
+            raise ValueError(f"init_std={self.init_std} must be positive: the std of fresh "
+                             "weights, e.g. 0.02 (GPT-2) or 1/sqrt(d_model)")
         if self.positions not in POSITIONS:
             raise ValueError(f"unknown positions {self.positions!r}: expected one of "
                              f"{POSITIONS}")

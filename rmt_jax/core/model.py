@@ -34,9 +34,6 @@ from flax import nnx
 
 from rmt_jax.core.config import ModelConfig
 
-# Std of the fresh memory: the scale of a fresh token embedding (`rmt_jax.pretrained`
-# rescales it to a loaded embedding's std, as the official RMT code draws it).
-MEMORY_INIT_STD = 0.02
 LAYER_NORM_EPSILON = 1e-5  # GPT-2's
 
 
@@ -81,7 +78,7 @@ class Mlp(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, out_std: float):
         d, pd = cfg.d_model, cfg.params_dtype
-        self.fc = _normal(rngs, (d, 4 * d), 0.02, pd)
+        self.fc = _normal(rngs, (d, 4 * d), cfg.init_std, pd)
         self.fc_bias = _zeros((4 * d,), pd)
         self.proj = _normal(rngs, (4 * d, d), out_std, pd)
         self.proj_bias = _zeros((d,), pd)
@@ -121,7 +118,7 @@ def rotary(x: jax.Array, base: float = 10000.0) -> jax.Array:
 class CausalSelfAttention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, out_std: float):
         d, h, hd, pd = cfg.d_model, cfg.heads, cfg.head_dim, cfg.params_dtype
-        self.qkv = _normal(rngs, (d, 3, h, hd), 0.02, pd)
+        self.qkv = _normal(rngs, (d, 3, h, hd), cfg.init_std, pd)
         self.qkv_bias = _zeros((3, h, hd), pd)
         self.out = _normal(rngs, (h, hd, d), out_std, pd)
         self.out_bias = _zeros((d,), pd)
@@ -164,7 +161,7 @@ class Block(nnx.Module):
     """Pre-LN transformer block."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        out_std = 0.02 / math.sqrt(2 * cfg.layers)  # GPT-2's scaled residual init
+        out_std = cfg.init_std / math.sqrt(2 * cfg.layers)  # GPT-2's scaled residual init
         self.ln1 = LayerNorm(cfg)
         self.attn = CausalSelfAttention(cfg, rngs, out_std)
         self.ln2 = LayerNorm(cfg)
@@ -193,12 +190,12 @@ class MemoryRetrieval(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         d, pd = cfg.d_model, cfg.params_dtype
         self.ln_in = LayerNorm(cfg)
-        self.wq = _normal(rngs, (d, d), 0.02, pd)
-        self.wk = _normal(rngs, (d, d), 0.02, pd)
-        self.wv = _normal(rngs, (d, d), 0.02, pd)
-        self.wo = _normal(rngs, (d, d), 0.02, pd)
+        self.wq = _normal(rngs, (d, d), cfg.init_std, pd)
+        self.wk = _normal(rngs, (d, d), cfg.init_std, pd)
+        self.wv = _normal(rngs, (d, d), cfg.init_std, pd)
+        self.wo = _normal(rngs, (d, d), cfg.init_std, pd)
         self.ln_mlp = LayerNorm(cfg)
-        self.mlp = Mlp(cfg, rngs, 0.02)
+        self.mlp = Mlp(cfg, rngs, cfg.init_std)
         self.rate = cfg.retrieval_dropout
         self.dtype = cfg.compute_dtype
 
@@ -238,14 +235,15 @@ class RMT(nnx.Module):
         cfg = config
         self.config = cfg
         pd = cfg.params_dtype
-        self.wte = _normal(rngs, (cfg.vocab_size, cfg.d_model), 0.02, pd)
+        self.wte = _normal(rngs, (cfg.vocab_size, cfg.d_model), cfg.init_std, pd)
         # GPT-2's learned positions; ALiBi and RoPE act inside the attention instead
-        self.wpe = (_normal(rngs, (cfg.max_positions, cfg.d_model), 0.01, pd)
+        self.wpe = (_normal(rngs, (cfg.max_positions, cfg.d_model), cfg.init_std / 2, pd)
                     if cfg.positions == "learned" else None)
         self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.layers)])
         self.ln_f = LayerNorm(cfg)
-        # The memory starts at the scale of the token embeddings.
-        self.memory = _normal(rngs, (cfg.mem_tokens, cfg.d_model), MEMORY_INIT_STD, pd)
+        # The memory starts at the scale of the token embeddings (`rmt_jax.pretrained`
+        # rescales it to a loaded embedding's std, as the official RMT code draws it).
+        self.memory = _normal(rngs, (cfg.mem_tokens, cfg.d_model), cfg.init_std, pd)
         self.retrieval = MemoryRetrieval(cfg, rngs) if cfg.retrieval else None
 
     # -- pieces ---------------------------------------------------------------------------
