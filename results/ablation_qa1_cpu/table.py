@@ -18,6 +18,11 @@ CHANGES = {  # arm -> what it changes, against the arm named first
     "i_rope": "c + rotary positions instead of learned ones (`model.positions=rope`)",
     "j_heldout_curriculum": "c + stages end on held-out exact match (`curriculum.advance_on="
                             "heldout`, patience 5 x 200 steps, at most 1,800 steps a stage)",
+    "k_init_std": "c + fresh weights of std 1/sqrt(64) (`model.init_std=0.125`, from 0.02)",
+    "l_init_rope_h4": "k + RoPE + 4 heads (the probe's winning backbone)",
+    "m_init_rope_h4_lr1e-3": "l + peak lr 1e-3",
+    "n_probe_recipe": "l + the probe's optimiser: lr 1e-3 constant after warm-up, batch 32",
+    "o_probe_recipe_seg128": "n + segments of 128 tokens (a 0k story fits one segment)",
 }
 
 
