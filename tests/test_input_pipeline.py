@@ -103,6 +103,13 @@ def test_model_config_from_config(config):
     with old.unlocked():
         del old.model["scan_unroll"]
     assert ip.model_config(old, vocab_size=8192).scan_unroll == 1
+    assert mc.init_std == 0.02
+    scaled = config.copy_and_resolve_references()
+    scaled.model.init_std = 0.125
+    assert ip.model_config(scaled, vocab_size=8192).init_std == 0.125
+    with old.unlocked():
+        del old.model["init_std"]
+    assert ip.model_config(old, vocab_size=8192).init_std == 0.02
 
 
 def test_grain_workers_give_the_same_batches_and_resume(config, composer):
