@@ -22,6 +22,8 @@ CHANGES = {  # arm -> what it changes, against the arm named first
     "l_init_rope_h4": "k + RoPE + 4 heads (the probe's winning backbone)",
     "m_init_rope_h4_lr1e-3": "l + peak lr 1e-3",
     "n_probe_recipe": "l + the probe's optimiser: lr 1e-3 constant after warm-up, batch 32",
+    "o_one_window_seg128": "n + segments of 128 tokens (a 0k story fits one), curriculum 1 "
+                           "(2,000 steps) -> 2 segments, 3,000 steps",
 }
 
 
