@@ -99,6 +99,8 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.model.positions = "learned"
     # std of fresh weights: 0.02 is GPT-2's (gpt2_small loads GPT-2's weights anyway)
     config.model.init_std = 0.02
+    # GPT-2's output projections at init_std / sqrt(2 layers); False: at init_std
+    config.model.scaled_residual_init = True
     # A Hugging Face GPT-2 checkpoint for the backbone (folder or hub name, rmt_jax.pretrained):
     # checked at every start, loaded on a fresh one only; '' = random initialisation.
     config.model.init_from = ""
@@ -119,8 +121,10 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.data.length_table = "pow2"  # evaluation lengths: 'pow2' (1k = 1,024) | 'official'
     config.data.story_filter = "tokens"  # evaluation filter: fact tokens <= L/8 | 'lines'
     config.data.fill = "whole_sentences"  # whole sentences within tolerance | 'exact'
-    config.data.max_question_len = 24  # question tokens (longer ones are cut from the left)
-    config.data.max_answer_len = 6  # answer tokens + end of answer
+    # question tokens (longer ones are cut from the left): every bAbI question fits 12, in
+    # both tokenizers
+    config.data.max_question_len = 12
+    config.data.max_answer_len = 4  # answer tokens + end of answer (qa1..qa5 need 3 at most)
     config.data.worker_count = 0  # grain worker processes (0: in the main process)
     config.data.seed = 0  # the data stream depends on this seed and the step alone
     config.data.synthetic = synthetic  # random-token batches (copy the first token): no files
@@ -142,6 +146,11 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.curriculum.max_stage_steps = 5000  # most steps of a stage
     # share of every batch drawn at the earlier stages' lengths (0: off; with mix_shorter=False)
     config.curriculum.mixed_length_ratio = 0.0
+    # 'in_context': a stage of k segments is k segments in all, the question and answer slots
+    # (max_question_len + max_answer_len tokens) ending the last, as the official code counts
+    # them; False: k segments of context, then the question and answer in one more
+    # (set below: segments too short to hold the question, as smoke's, keep the extra one)
+    config.curriculum.whole_segments = True
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 5e-5 if retrieval else 1e-4  # peak learning rate
@@ -192,4 +201,6 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
         config.eval.lengths = "0k"
         config.eval.num_samples = 16
         config.eval.batch_size = 8
+    config.curriculum.whole_segments = (
+        preset.segment_len > config.data.max_question_len + config.data.max_answer_len)
     return config.lock()

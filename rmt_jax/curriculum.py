@@ -58,6 +58,7 @@ class Stage:
     count: float                     # the configured segment count (a fraction: part of one)
     segments: int                    # segments a sample is padded to
     context_sizes: tuple[int, ...]   # context sizes in tokens drawn for a sample
+    context_len: int = 0             # tokens a sample's context is padded to
     shorter_sizes: tuple[int, ...] = ()  # earlier stages' sizes, for `shorter_rows` rows
     shorter_rows: int = 0            # rows of a batch drawn at shorter_sizes
 
@@ -80,6 +81,7 @@ class Curriculum:
     heldout_samples: int = 0       # heldout: samples of a stage's held-out set
     max_stage_steps: int = 0       # heldout: most steps of a stage
     mixed_length_ratio: float = 0.0  # share of each batch at the earlier stages' lengths
+    reserved: int = 0              # tokens of the last segment kept for question and answer
 
     def __post_init__(self):
         if not self.segments or any(not s > 0 or (s > 1 and s != int(s))
@@ -106,6 +108,12 @@ class Curriculum:
             raise ValueError(f"curriculum.accuracy_decay={self.accuracy_decay} must lie in [0, 1)")
         if self.segment_len < 0:
             raise ValueError(f"model.segment_len={self.segment_len} must be >= 1")
+        if self.reserved < 0 or (self.segment_len and self.reserved >= self.segment_len):
+            raise ValueError(
+                f"the question and answer slots (data.max_question_len + data.max_answer_len "
+                f"= {self.reserved} tokens) leave no context token in a segment of "
+                f"{self.segment_len}: lower them, raise model.segment_len, or set "
+                "curriculum.whole_segments=False")
         if not 0.0 <= self.mixed_length_ratio < 1.0:
             raise ValueError(f"curriculum.mixed_length_ratio={self.mixed_length_ratio} must "
                              "lie in [0, 1)")
@@ -133,7 +141,8 @@ class Curriculum:
                    min_delta=float(c.get("min_delta", 0.0)),
                    heldout_samples=int(c.get("heldout_samples", 0)),
                    max_stage_steps=int(c.get("max_stage_steps", 0)),
-                   mixed_length_ratio=float(c.get("mixed_length_ratio", 0.0)))
+                   mixed_length_ratio=float(c.get("mixed_length_ratio", 0.0)),
+                   reserved=reserved_tokens(config))
 
     @property
     def num_stages(self) -> int:
@@ -142,7 +151,8 @@ class Curriculum:
     def stage(self, index: int) -> Stage:
         """Stage `index`: whole counts draw 1..count whole segments (exactly count without
         `mix_shorter`); a fraction f < 1 draws contexts of round(f * segment_len) tokens in
-        one segment."""
+        one segment. With `reserved` tokens, k segments hold k * segment_len - reserved
+        context tokens, the question and answer slots taking the rest of the last."""
         if not 0 <= index < self.num_stages:
             raise ValueError(f"curriculum stage {index} out of range: the config has "
                              f"{self.num_stages} stages")
@@ -150,13 +160,15 @@ class Curriculum:
             raise ValueError("the curriculum has no segment_len: make it with "
                              "Curriculum.from_config(config)")
         count = self.segments[index]
-        padded, sizes = stage_context(count, self.segment_len, self.mix_shorter)
+        padded, sizes = stage_context(count, self.segment_len, self.mix_shorter, self.reserved)
         shorter, rows = (), 0
         if self.mixed_length_ratio > 0 and index > 0:
-            shorter = tuple(sorted({max(stage_context(s, self.segment_len, False)[1])
+            shorter = tuple(sorted({max(stage_context(s, self.segment_len, False,
+                                                      self.reserved)[1])
                                     for s in self.segments[:index]} - set(sizes)))
             rows = round(self.mixed_length_ratio * self.batch_size) if shorter else 0
         return Stage(index=index, count=count, segments=padded, context_sizes=tuple(sizes),
+                     context_len=padded * self.segment_len - self.reserved,
                      shorter_sizes=shorter, shorter_rows=rows)
 
     def needs_accuracy(self, state: CurriculumState) -> bool:
@@ -264,18 +276,32 @@ def record_heldout(curriculum: Curriculum, state: CurriculumState, *, step: int,
     return state, decision
 
 
-def stage_context(segments: float, segment_len: int, mix_shorter: bool) -> tuple[int, list[int]]:
+def reserved_tokens(config: ml_collections.ConfigDict) -> int:
+    """Tokens of a sample's last segment that the question and answer slots take in the
+    'in_context' answer mode when `curriculum.whole_segments` is set (a stage of k segments
+    is then k segments in all, as the official fine-tuning counts them); else 0, and the
+    question and answer come after the stage's k segments of context."""
+    in_context = config.model.get("answer_mode", "separate") == "in_context"
+    # configs saved before the option: the context alone filled the k segments
+    if not (in_context and config.curriculum.get("whole_segments", False)):
+        return 0
+    return int(config.data.max_question_len + config.data.max_answer_len)
+
+
+def stage_context(segments: float, segment_len: int, mix_shorter: bool,
+                  reserved: int = 0) -> tuple[int, list[int]]:
     """(segments a sample is padded to, context sizes in tokens drawn) for one stage of
-    `segments` segments (see `Curriculum.stage`)."""
+    `segments` segments (see `Curriculum.stage`); `reserved` tokens of the last segment are
+    not context."""
     if 0 < segments < 1:
-        tokens = round(segments * segment_len)
+        tokens = round(segments * (segment_len - reserved))
         if tokens < 1:
             raise ValueError(f"curriculum stage of {segments} segment of {segment_len} tokens "
                              "holds no token: use a larger fraction")
         return 1, [tokens]
     count = int(segments)
     counts = range(1, count + 1) if mix_shorter else [count]
-    return count, [k * segment_len for k in counts]
+    return count, [k * segment_len - reserved for k in counts]
 
 
 # -- the switch of data iterators ---------------------------------------------------------

@@ -160,7 +160,8 @@ def resolve_tfds_name(tfds_name: str, task: str, length: str,
 
 
 def encode_records(records: Sequence[dict], tokenizer, config) -> list[dict]:
-    """Encodes records to examples padded to the same number of segments (the cell's most)."""
+    """Encodes records to examples padded to the same number of segments (the cell's most,
+    counting the question and answer slots in the 'in_context' answer mode)."""
     with_ids = []
     for record in records:
         if "input_ids" not in record:
@@ -168,8 +169,14 @@ def encode_records(records: Sequence[dict], tokenizer, config) -> list[dict]:
                                                         np.int32)}
         with_ids.append(record)
     longest = max(len(r["input_ids"]) for r in with_ids)
-    segments = max(1, math.ceil(longest / config.model.segment_len))
-    return [input_pipeline.encode_example(r, tokenizer, config, segments=segments)
+    seg_len = config.model.segment_len
+    # 'in_context': the question and answer slots end the last segment, so the context is
+    # padded to whole segments less their tokens (no segment of padding alone in front)
+    reserved = (config.data.max_question_len + config.data.max_answer_len
+                if config.model.get("answer_mode", "separate") == "in_context" else 0)
+    reserved = reserved if reserved < seg_len else 0
+    context_len = max(1, math.ceil((longest + reserved) / seg_len)) * seg_len - reserved
+    return [input_pipeline.encode_example(r, tokenizer, config, context_len=context_len)
             for r in with_ids]
 
 

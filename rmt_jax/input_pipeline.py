@@ -93,6 +93,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelCon
         answer_mode=m.get("answer_mode", "separate"),  # configs saved before it: 'separate'
         positions=m.get("positions", "learned"),  # configs saved before it: learned
         init_std=m.get("init_std", 0.02),  # configs saved before it: GPT-2's 0.02
+        scaled_residual_init=m.get("scaled_residual_init", True),  # before it: GPT-2's
     )
 
 
@@ -103,9 +104,12 @@ def _pad(ids: np.ndarray, size: int) -> np.ndarray:
 
 
 def encode_example(
-    record: dict, tokenizer, config: ml_collections.ConfigDict, *, segments: int | None = None
+    record: dict, tokenizer, config: ml_collections.ConfigDict, *, segments: int | None = None,
+    context_len: int | None = None,
 ) -> dict:
-    """One record (with `input_ids` or `input` text, `question`, `target`) as arrays."""
+    """One record (with `input_ids` or `input` text, `question`, `target`) as arrays, the
+    context padded to `context_len` tokens, or to whole `segments` (default: as few as hold
+    it)."""
     segment_len = config.model.segment_len
     if "input_ids" in record:
         context = np.asarray(record["input_ids"], np.int32)
@@ -113,12 +117,15 @@ def encode_example(
         text = record["input"]
         text = text.decode("utf-8") if isinstance(text, bytes) else text
         context = np.asarray(tokenizer.encode(text), np.int32)
-    if segments is None:
-        segments = max(1, math.ceil(len(context) / segment_len))
-    if len(context) > segments * segment_len:
+    if context_len is None:
+        if segments is None:
+            segments = max(1, math.ceil(len(context) / segment_len))
+        context_len = segments * segment_len
+    if len(context) > context_len:
         raise ValueError(
-            f"context of {len(context)} tokens does not fit {segments} segments of "
-            f"{segment_len}: raise the segment count"
+            f"context of {len(context)} tokens does not fit the {context_len} tokens of "
+            f"{segments or context_len / segment_len:g} segments of {segment_len}: raise the "
+            "segment count"
         )
     question_text, target = (
         v.decode("utf-8") if isinstance(v, bytes) else str(v)
@@ -135,8 +142,8 @@ def encode_example(
     task = record["task"]
     task = task.decode("utf-8") if isinstance(task, bytes) else str(task)
     return {
-        "context": _pad(context, segments * segment_len),
-        "context_mask": np.arange(segments * segment_len) < len(context),
+        "context": _pad(context, context_len),
+        "context_mask": np.arange(context_len) < len(context),
         "question": _pad(question, max_q),
         "question_length": np.int32(len(question)),
         "answer": _pad(answer, max_a),
@@ -235,12 +242,12 @@ class TrainData:
         )
 
     def dataset(self, stage: int) -> grain.IterDataset:
-        segments = self.curriculum.stage(stage).segments
+        context_len = self.curriculum.stage(stage).context_len
         tokenizer = self.composer.tokenizer
         config = self.config
         ds = grain.MapDataset.source(self.source(stage))
         ds = ds[self.process_index :: self.process_count]
-        ds = ds.map(lambda r: encode_example(r, tokenizer, config, segments=segments))
+        ds = ds.map(lambda r: encode_example(r, tokenizer, config, context_len=context_len))
         ds = ds.batch(self.local_batch, drop_remainder=True, batch_fn=collate)
         iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
         if config.data.worker_count > 0:

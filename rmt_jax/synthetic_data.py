@@ -61,19 +61,22 @@ class SyntheticData:
     def batch(self, stage: int, index: int) -> dict:
         cfg = self.config
         seg_len, vocab = cfg.model.segment_len, cfg.model.vocab_size
-        segments = self.curriculum.stage(stage).segments  # a fraction: one segment
+        shape = self.curriculum.stage(stage)
+        segments = shape.segments  # a fraction: one segment
+        reserved = self.curriculum.reserved  # question and answer slots in the last segment
         max_q, max_a = cfg.data.max_question_len, cfg.data.max_answer_len
         b = self.local_batch
         rng = np.random.default_rng([cfg.data.seed, stage, index, self.process_index])
-        context = rng.integers(FIRST_TOKEN, vocab, (b, segments * seg_len), dtype=np.int32)
+        context = rng.integers(FIRST_TOKEN, vocab, (b, shape.context_len), dtype=np.int32)
         counts = (rng.integers(1, segments + 1, b) if self.curriculum.mix_shorter
                   else np.full(b, segments))
-        shape = self.curriculum.stage(stage)
         if shape.shorter_rows:  # mixed_length_ratio: these rows of the global batch
             rows = np.arange(b) * self.process_count + self.process_index < shape.shorter_rows
-            shorter = np.array([max(1, size // seg_len) for size in shape.shorter_sizes])
+            shorter = np.array([max(1, (size + reserved) // seg_len)
+                                for size in shape.shorter_sizes])
             counts = np.where(rows, rng.choice(shorter, b), counts)
-        context_mask = np.arange(segments * seg_len)[None, :] < (counts * seg_len)[:, None]
+        context_mask = (np.arange(shape.context_len)[None, :]
+                        < (counts * seg_len - reserved)[:, None])
         context = np.where(context_mask, context, PAD_ID).astype(np.int32)
         question_length = rng.integers(1, max_q + 1, b).astype(np.int32)
         question = rng.integers(FIRST_TOKEN, vocab, (b, max_q), dtype=np.int32)

@@ -471,8 +471,8 @@ class TrainingRun:
         """Compiles the next stage's programs now, from this stage's (numpy) batch."""
         if stage + 1 >= self.curriculum.num_stages:
             return
-        pad = self.curriculum.stage(stage + 1).segments
-        structs = stage_batch(batch, pad * self.config.model.segment_len, self.batch_sharding)
+        context_len = self.curriculum.stage(stage + 1).context_len
+        structs = stage_batch(batch, context_len, self.batch_sharding)
         self.train_step.prepare(self.abstract_state, {k: structs[k] for k in MODEL_INPUTS})
         if self.config.train.answer_rows:
             self.answer_fn.prepare(self.abstract_state["params"], structs)

@@ -64,6 +64,9 @@ def test_fractional_stages_are_one_short_segment():
     assert stage_context(0.5, 128, False) == (1, [64])
     assert stage_context(2, 128, True) == (2, [128, 256])
     assert stage_context(2, 128, False) == (2, [256])
+    # 16 tokens of the last segment reserved for the question and answer slots
+    assert stage_context(2, 128, True, 16) == (2, [112, 240])
+    assert stage_context(0.5, 128, True, 16) == (1, [56])
     for bad in ((0, 1), (-0.5, 1), (1.5, 2)):
         with pytest.raises(ValueError, match="fractions of one segment"):
             Curriculum(segments=bad, stage_steps=1)
@@ -78,12 +81,29 @@ def test_the_curriculum_answers_the_shape_of_each_stage():
     config.curriculum.segments = (0.25, 1, 3)
     c = Curriculum.from_config(config)
     seg = config.model.segment_len
+    # 'in_context' with whole_segments: k segments in all, the question and answer slots
+    # taking `reserved` tokens of the last
+    reserved = config.data.max_question_len + config.data.max_answer_len
+    assert config.model.answer_mode == "in_context" and c.reserved == reserved
     assert c.num_stages == 3 and c.segment_len == seg
     assert [c.stage(i).segments for i in range(3)] == [1, 1, 3]
-    assert c.stage(0).context_sizes == (seg // 4,) and c.stage(0).count == 0.25
-    assert c.stage(2).context_sizes == (seg, 2 * seg, 3 * seg) and c.stage(2).index == 2
+    assert c.stage(0).context_sizes == ((seg - reserved) // 4,) and c.stage(0).count == 0.25
+    assert c.stage(2).context_sizes == tuple(k * seg - reserved for k in (1, 2, 3))
+    assert c.stage(2).context_len == 3 * seg - reserved and c.stage(2).index == 2
+    config.curriculum.whole_segments = False  # the context alone fills the k segments
+    c = Curriculum.from_config(config)
+    assert c.reserved == 0 and c.stage(0).context_sizes == (seg // 4,)
+    assert c.stage(2).context_sizes == (seg, 2 * seg, 3 * seg)
+    assert c.stage(2).context_len == 3 * seg
     config.curriculum.mix_shorter = False
     assert Curriculum.from_config(config).stage(2).context_sizes == (3 * seg,)
+    config.curriculum.whole_segments = True
+    config.model.answer_mode = "separate"  # the answer segment comes after the context anyway
+    assert Curriculum.from_config(config).reserved == 0
+    config.model.answer_mode = "in_context"
+    config.data.max_question_len = seg  # no room left for context in the last segment
+    with pytest.raises(ValueError, match="leave no context token in a segment of"):
+        Curriculum.from_config(config)
     for bad in (-1, 3):
         with pytest.raises(ValueError, match=f"stage {bad} out of range: the config has 3"):
             c.stage(bad)

@@ -7,6 +7,7 @@ from babilong_tfds.compose import Composer
 from configs.rmt_babilong import get_config
 from rmt_jax import curriculum
 from rmt_jax import input_pipeline as ip
+from rmt_jax.core.answer import in_context_layout
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,12 @@ def test_batches_follow_the_contract(config, composer, sp_tokenizer):
     data = ip.TrainData(config, composer)
     batch = next(data.iterator(stage=2))  # 4 segments of 32 tokens
     seg = config.model.segment_len
-    assert batch["context"].shape == (4, 4 * seg) and batch["context"].dtype == np.int32
     q, a = config.data.max_question_len, config.data.max_answer_len
+    # the question and answer slots end the 4th segment: the context takes the rest
+    assert batch["context"].shape == (4, 4 * seg - q - a) and batch["context"].dtype == np.int32
+    tokens, _ = in_context_layout(batch["context"], batch["context_mask"], batch["question"],
+                                  batch["question_length"], batch["answer"], seg, xp=np)
+    assert tokens.shape == (4, 4 * seg)  # 4 segments in all, none added for the question
     assert batch["query"].shape == batch["loss_mask"].shape == (4, q + a)
     for i in range(4):
         n = batch["context_mask"][i].sum()
@@ -86,8 +91,12 @@ def test_encode_text_record_and_errors(config, sp_tokenizer):
     ex = ip.encode_example(record, sp_tokenizer, config)
     n = len(sp_tokenizer.encode(record["input"]))
     assert ex["context_mask"].sum() == n and len(ex["context"]) % config.model.segment_len == 0
-    with pytest.raises(ValueError, match="does not fit 1 segments"):
+    with pytest.raises(ValueError, match="does not fit the 32 tokens of 1 segments of 32"):
         ip.encode_example(record, sp_tokenizer, config, segments=1)
+    padded = ip.encode_example(record, sp_tokenizer, config, context_len=n + 5)
+    assert padded["context"].shape == (n + 5,) and padded["context_mask"].sum() == n
+    with pytest.raises(ValueError, match=f"does not fit the {n - 1} tokens"):
+        ip.encode_example(record, sp_tokenizer, config, context_len=n - 1)
     with pytest.raises(ValueError, match="stage 9 out of range"):
         ip.TrainData(config, None).iterator(9)
 
@@ -107,9 +116,14 @@ def test_model_config_from_config(config):
     scaled = config.copy_and_resolve_references()
     scaled.model.init_std = 0.125
     assert ip.model_config(scaled, vocab_size=8192).init_std == 0.125
+    assert mc.scaled_residual_init
+    scaled.model.scaled_residual_init = False
+    assert not ip.model_config(scaled, vocab_size=8192).scaled_residual_init
     with old.unlocked():
         del old.model["init_std"]
+        del old.model["scaled_residual_init"]
     assert ip.model_config(old, vocab_size=8192).init_std == 0.02
+    assert ip.model_config(old, vocab_size=8192).scaled_residual_init
 
 
 def test_grain_workers_give_the_same_batches_and_resume(config, composer):
@@ -132,15 +146,17 @@ def test_fractional_first_stage_is_a_short_context_in_one_segment(config, compos
     short.train.batch_size = 8
     short.data.babi_dir, short.data.haystack_dir = config.data.babi_dir, config.data.haystack_dir
     short.curriculum.segments = (0.5, 1, 2)
+    short.model.segment_len = 64  # half of the 48 context tokens holds a qa1 story
     data = ip.TrainData(short.lock(), composer)
     seg = short.model.segment_len
-    assert data.stage_lengths(0) == [seg // 2]
-    assert data.stage_lengths(2) == [seg, 2 * seg]
+    room = seg - short.data.max_question_len - short.data.max_answer_len  # context per segment
+    assert data.stage_lengths(0) == [room // 2]
+    assert data.stage_lengths(2) == [room, seg + room]
     batch = next(data.iterator(0))
-    assert batch["context"].shape == (8, seg)  # padded to one segment
+    assert batch["context"].shape == (8, room)  # padded to one segment with the question
     real = batch["context_mask"].sum(axis=1)
-    assert real.max() <= seg // 2 and real.min() > 0
-    assert next(data.iterator(2))["context"].shape == (8, 2 * seg)
+    assert real.max() <= room // 2 and real.min() > 0
+    assert next(data.iterator(2))["context"].shape == (8, seg + room)
 
 
 def test_next_stage_iterator_starts_early_and_gives_the_same_batches(config, composer,

@@ -65,15 +65,18 @@ def test_bad_input_raises_clear_error():
         generate_answer(model, state, np.ones((1, 0), np.int32), max_new_tokens=1)
 
 
-@pytest.mark.parametrize("init_std", [0.02, 0.125])
-def test_init_std_sets_the_scale_of_fresh_weights(init_std):
-    cfg = get_config("test", d_model=64, init_std=init_std, retrieval=True, vocab_size=512)
+@pytest.mark.parametrize("init_std,scaled", [(0.02, True), (0.125, True), (0.125, False)])
+def test_init_std_sets_the_scale_of_fresh_weights(init_std, scaled):
+    cfg = get_config("test", d_model=64, init_std=init_std, retrieval=True, vocab_size=512,
+                     scaled_residual_init=scaled)
     model = RMT(cfg, rngs=nnx.Rngs(0))
     block = model.blocks[0]
+    out_std = init_std / math.sqrt(2 * cfg.layers) if scaled else init_std
     for name, w, std in [("wte", model.wte, init_std), ("wpe", model.wpe, init_std / 2),
                          ("memory", model.memory, init_std), ("qkv", block.attn.qkv, init_std),
                          ("fc", block.mlp.fc, init_std),
-                         ("attn out", block.attn.out, init_std / math.sqrt(2 * cfg.layers)),
+                         ("attn out", block.attn.out, out_std),
+                         ("mlp out", block.mlp.proj, out_std),
                          ("retrieval wq", model.retrieval.wq, init_std)]:
         assert float(jnp.std(w[...])) == pytest.approx(std, rel=0.2), name
 

@@ -203,7 +203,7 @@ def test_param_fields_are_the_fields_that_change_parameter_shapes():
                 "segment_len": 9, "dtype": "bfloat16", "dropout": 0.2,
                 "retrieval_dropout": 0.2, "remat_policy": "full", "scan_unroll": 2,
                 "bptt_segments": 1, "attention_impl": "xla", "answer_mode": "separate",
-                "positions": "rope", "init_std": 0.1}
+                "positions": "rope", "init_std": 0.1, "scaled_residual_init": False}
     assert set(variants) | {"attention_map_layers"} == set(ModelConfig.__dataclass_fields__)
     reference = shapes(base)
     for name, value in variants.items():

@@ -89,14 +89,18 @@ def test_exact_match_needs_every_target_token_up_to_eos():
 
 
 def test_synthetic_batches_resume_byte_identical():
-    data = SyntheticData(tiny_config())
+    config = tiny_config()
+    data = SyntheticData(config)
     it = data.iterator(1)
     next(it)
     state = it.get_state()
     a = next(it)
     b = next(data.iterator(1, state))
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert a["context"].shape == (8, 16) and a["query"].shape == (8, 6)
+    # stage 1: two segments of 8 in all, the 4 question and 2 answer slots ending the second
+    assert config.model.segment_len == 8 and config.model.answer_mode == "in_context"
+    assert a["context"].shape == (8, 2 * 8 - 6) and a["query"].shape == (8, 6)
+    assert set(a["context_mask"].sum(1).tolist()) <= {8 - 6, 2 * 8 - 6}
 
 
 def test_train_and_evaluate_learns_and_writes_metrics(tmp_path):
@@ -181,10 +185,11 @@ def test_each_stage_is_compiled_before_it_starts(tmp_path, monkeypatch):
                           "train.answer_rows": 2})
     train_lib.train_and_evaluate(config, tmp_path)
     seg, rows = config.model.segment_len, config.train.batch_size
+    ctx = seg - config.data.max_question_len - config.data.max_answer_len  # in the last one
     # train step and answer function: stage 0 compiled at its first call, stages 1 and 2
     # prepared while the stage before them trained
-    assert compiled_at_call == [(rows, seg)] * 2
-    assert prepared == [(rows, 2 * seg)] * 2 + [(rows, 3 * seg)] * 2
+    assert compiled_at_call == [(rows, ctx)] * 2
+    assert prepared == [(rows, seg + ctx)] * 2 + [(rows, 2 * seg + ctx)] * 2
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -406,7 +411,7 @@ def test_heldout_curriculum_killed_mid_stage_resumes_with_the_same_decisions(
 
     monkeypatch.setattr(early_stopping.Heldout, "score", varied)
     config = tiny_config(HELDOUT)
-    train_lib.train_and_evaluate(config, tmp_path / "reference")
+    last_step = train_lib.train_and_evaluate(config, tmp_path / "reference")["step"]
     reference = curriculum_rows(tmp_path / "reference")
     assert any("curriculum/stage" in r for r in reference.values())
 
@@ -420,7 +425,7 @@ def test_heldout_curriculum_killed_mid_stage_resumes_with_the_same_decisions(
     with pytest.raises(RuntimeError, match="killed"):
         train_lib.train_and_evaluate(config, workdir)
     calls.update(n=0, action=None)
-    assert train_lib.train_and_evaluate(config, workdir)["step"] == 14
+    assert train_lib.train_and_evaluate(config, workdir)["step"] == last_step > 6
     assert curriculum_rows(workdir) == reference
     final = [param_leaves(checkpointing.restore_for_inference(d)[0])
              for d in (tmp_path / "reference", workdir)]
@@ -458,10 +463,10 @@ def test_mixed_length_ratio_rows_of_every_global_batch():
     config = tiny_config({"curriculum.segments": (1, 2, 4), "curriculum.mix_shorter": False,
                           "curriculum.mixed_length_ratio": 0.5})
     data = SyntheticData(config)
-    seg = config.model.segment_len
-    segments = data.batch(2, 0)["context_mask"].sum(-1) // seg
+    seg, reserved = config.model.segment_len, data.curriculum.reserved
+    segments = (data.batch(2, 0)["context_mask"].sum(-1) + reserved) // seg
     assert set(segments[:4]) <= {1, 2} and set(segments[4:]) == {4}
-    assert set(data.batch(0, 0)["context_mask"].sum(-1) // seg) == {1}
+    assert set((data.batch(0, 0)["context_mask"].sum(-1) + reserved) // seg) == {1}
 
 
 def test_heldout_set_is_generated_apart_from_training_and_scored_as_evaluation(

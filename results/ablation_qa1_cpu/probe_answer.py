@@ -11,7 +11,9 @@ Every `--every` steps: answer accuracy on 1,000 held-out simulated questions (si
 
 `--init S` rescales every weight matrix and embedding to std S after initialisation (all
 of them, output projections and positions included, unlike `ModelConfig.init_std`).
-`--hard F`: a fraction F of training questions drawn among those the last-room shortcut gets
+`--babilong 1`: training questions from `BabilongSource` at length 0, as the trainer
+draws them. `--prefix N`: N learned memory vectors before the story (rescaled with the rest), as an RMT
+segment reads them. `--seed S`: model seed S, batches from seed S + 1. `--hard F`: a fraction F of training questions drawn among those the last-room shortcut gets
 wrong. `--kmax K --kswitch N`: the first N steps on story prefixes of 1..K facts with a
 question about a person in them. `--compact 1`: facts as 'Name room.' and the question as
 'Name' (no verbs: the binding at a fixed offset, as in associative recall).
@@ -54,6 +56,9 @@ p.add_argument("--hard", type=float, default=0.0)
 p.add_argument("--kmax", type=int, default=0)
 p.add_argument("--kswitch", type=int, default=0)
 p.add_argument("--compact", type=int, default=0)
+p.add_argument("--prefix", type=int, default=0, help="learned memory vectors before the story")
+p.add_argument("--babilong", type=int, default=0, help="training stories from BabilongSource")
+p.add_argument("--seed", type=int, default=0, help="model init; batches draw from seed + 1")
 a = p.parse_args()
 tag = " ".join(sys.argv[1:])
 T = 128
@@ -101,19 +106,38 @@ def make(seed, n):
     return x, pos, y
 
 
+def make_babilong(n):
+    """n training questions as the trainer draws them: BabilongSource records at length 0."""
+    from babilong_tfds.dataset import BabilongSource
+    from configs import quickstart
+    from rmt_jax import input_pipeline
+
+    config = quickstart.get_config().unlock()
+    root = Path(__file__).resolve().parents[3] / "shared/data"
+    config.data.haystack_dir, config.data.babi_dir = str(root / "haystack"), str(root / "babi")
+    src = BabilongSource(input_pipeline.make_composer(config), ["qa1"], [0], seed=0,
+                         split="train", babi_source="generated", num_records=n)
+    x, pos, y = np.zeros((n, T), np.int32), np.zeros(n, np.int32), np.zeros(n, np.int32)
+    for i in range(n):
+        r = src[i]
+        ids = list(r["input_ids"]) + list(enc(r["question"]))
+        x[i, :len(ids)], pos[i], y[i] = ids, len(ids) - 1, enc(r["target"])[0]
+    return x, pos, y
+
+
 t0 = time.time()
-x_train, p_train, y_train = make(0, a.nstories)
+x_train, p_train, y_train = make_babilong(a.nstories) if a.babilong else make(0, a.nstories)
 x_test, p_test, y_test = make(7, 1000)
 print(f"data {time.time() - t0:.0f}s maxlen {p_train.max() + 1}", flush=True)
 T = int(max(p_train.max(), p_test.max())) + 2
 x_train, x_test = x_train[:, :T], x_test[:, :T]
 
 cfg = ModelConfig(layers=a.layers, d_model=a.d, heads=a.heads, vocab_size=tok.vocab_size,
-                  segment_len=T, mem_tokens=1, max_positions=T + 2, positions=a.positions)
-model = RMT(cfg, rngs=nnx.Rngs(0))
+                  segment_len=T, mem_tokens=max(1, a.prefix), max_positions=T + 2 + 2 * a.prefix, positions=a.positions)
+model = RMT(cfg, rngs=nnx.Rngs(a.seed))
 if a.init:
     def rescale(path, w):
-        if w.ndim >= 2 and "memory" not in str(path):
+        if w.ndim >= 2 and ("memory" not in str(path) or a.prefix):
             return w / (w.std() + 1e-12) * a.init
         return w
     nnx.update(model, jax.tree_util.tree_map_with_path(rescale, nnx.state(model, nnx.Param)))
@@ -128,7 +152,11 @@ opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
 def answer_logits(model, x, pos):
-    h, _ = model.transformer(model.embed(x))  # [b, t, d]
+    emb = model.embed(x)
+    if a.prefix:  # the read memory in front, as the RMT's segments have it
+        emb = jnp.concatenate([model.initial_memory(x.shape[0]), emb], axis=1)
+    h, _ = model.transformer(emb)  # [b, t, d]
+    h = h[:, a.prefix:]
     return model.logits(jnp.take_along_axis(h, pos[:, None, None], axis=1)[:, 0])  # [b, V]
 
 
@@ -158,7 +186,7 @@ def evaluate():
 if a.kmax:
     x_short, p_short, y_short = make_short(3, a.nstories, a.kmax)
     x_short = x_short[:, :T]
-rng = np.random.default_rng(1)
+rng = np.random.default_rng(a.seed + 1)
 t0 = time.time()
 losses = []
 for step in range(1, a.steps + 1):

@@ -70,6 +70,10 @@ class ModelConfig:
     # logits near zero and training stalls at qa1's last-room shortcut, 1/sqrt(d_model) does not
     # (results/ablation_qa1_cpu/README.md).
     init_std: float = 0.02
+    # GPT-2's init_std / sqrt(2 layers) for the output projections of attention and MLP; False
+    # draws them at init_std like every other matrix (with 1/sqrt(d) and one memory token, the
+    # from-scratch d-64 backbone then leaves qa1's shortcut; results/ablation_qa1_cpu/README.md)
+    scaled_residual_init: bool = True
 
     def __post_init__(self):
         for name in ("layers", "d_model", "heads", "vocab_size", "segment_len", "max_positions"):

@@ -161,7 +161,9 @@ class Block(nnx.Module):
     """Pre-LN transformer block."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        out_std = cfg.init_std / math.sqrt(2 * cfg.layers)  # GPT-2's scaled residual init
+        out_std = cfg.init_std  # the output projections: GPT-2 scales them by 1/sqrt(2 layers)
+        if cfg.scaled_residual_init:
+            out_std /= math.sqrt(2 * cfg.layers)
         self.ln1 = LayerNorm(cfg)
         self.attn = CausalSelfAttention(cfg, rngs, out_std)
         self.ln2 = LayerNorm(cfg)
