@@ -12,8 +12,9 @@ Every `--every` steps: answer accuracy on 1,000 held-out simulated questions (si
 `--init S` rescales every weight matrix and embedding to std S after initialisation (all
 of them, output projections and positions included, unlike `ModelConfig.init_std`).
 `--babilong 1`: training questions from `BabilongSource` at length 0, as the trainer
-draws them. `--prefix N`: N learned memory vectors before the story (rescaled with the rest), as an RMT
-segment reads them. `--seed S`: model seed S, batches from seed S + 1. `--hard F`: a fraction F of training questions drawn among those the last-room shortcut gets
+draws them. `--prefix N`: N learned memory vectors before the story (rescaled with the
+rest), as an RMT segment reads them. `--seed S`: model seed S, batches from seed S + 1.
+`--hard F`: a fraction F of training questions drawn among those the last-room shortcut gets
 wrong. `--kmax K --kswitch N`: the first N steps on story prefixes of 1..K facts with a
 question about a person in them. `--compact 1`: facts as 'Name room.' and the question as
 'Name' (no verbs: the binding at a fixed offset, as in associative recall).
@@ -133,7 +134,8 @@ T = int(max(p_train.max(), p_test.max())) + 2
 x_train, x_test = x_train[:, :T], x_test[:, :T]
 
 cfg = ModelConfig(layers=a.layers, d_model=a.d, heads=a.heads, vocab_size=tok.vocab_size,
-                  segment_len=T, mem_tokens=max(1, a.prefix), max_positions=T + 2 + 2 * a.prefix, positions=a.positions)
+                  segment_len=T, mem_tokens=max(1, a.prefix),
+                  max_positions=T + 2 + 2 * a.prefix, positions=a.positions)
 model = RMT(cfg, rngs=nnx.Rngs(a.seed))
 if a.init:
     def rescale(path, w):
