@@ -224,10 +224,13 @@ class Composer:
         """The official filter's limit: fact lines plus the question line (above 0k)."""
         return self.context_budget(length) // TOKENS_PER_LINE
 
-    def fits(self, sample: BabiSample, length: str | int) -> bool:
+    def fits(self, sample: BabiSample, length: str | int, limit: int | None = None) -> bool:
         """The recipe's story filter at a named length (always true at 0k): 'lines', fact
         lines + 1 <= (length - margin) // 8; 'tokens', fact tokens <= length / 8. For a
-        length in tokens (an int, for training), the facts must fit in it."""
+        length in tokens (an int, for training), the facts must fit in it. With `limit`, the
+        facts must also take at most `limit` tokens (a bare 0-token story in a fixed space)."""
+        if limit is not None and self.fact_token_count(sample) > limit:
+            return False
         if not isinstance(length, str):
             return int(length) == 0 or self.fact_token_count(sample) <= int(length)
         tokens = self.length_tokens(length)

@@ -150,17 +150,23 @@ class StoryPool:
             self.samples: list[BabiSample] | None = load_babi(task, split, babi_root)
         else:
             self.samples = None
-        self._eligible: dict[str | int, np.ndarray] = {}
-        self._eligible_lists: dict[str | int, list[BabiSample]] = {}
+        self._eligible: dict[tuple, np.ndarray] = {}
+        self._eligible_lists: dict[tuple, list[BabiSample]] = {}
 
-    def eligible_mask(self, composer: Composer, length: str | int) -> np.ndarray:
-        """[len(samples)] bool: which file samples pass the composer's filter at `length`;
-        a CompositionError when none does."""
-        if length not in self._eligible:
+    def eligible_mask(self, composer: Composer, length: str | int,
+                      limit: int | None = None) -> np.ndarray:
+        """[len(samples)] bool: which file samples pass the composer's filter at `length`
+        (and facts of at most `limit` tokens, if given); a CompositionError when none does."""
+        if (length, limit) not in self._eligible:
             assert self.samples is not None
-            mask = np.fromiter((composer.fits(s, length) for s in self.samples), bool,
+            mask = np.fromiter((composer.fits(s, length, limit) for s in self.samples), bool,
                                len(self.samples))
             if not mask.any() and not isinstance(length, str):
+                if limit is not None:
+                    raise CompositionError(
+                        f"no {self.task} story at length {length} has facts of at most "
+                        f"{limit} tokens (max_tokens; in training, the context of one "
+                        "segment): raise it")
                 raise CompositionError(
                     f"no {self.task} story's facts fit in {length} tokens: use longer contexts"
                 )
@@ -179,16 +185,18 @@ class StoryPool:
                     f"length {length} is too small for any {self.task} story: {why}; the "
                     f"smallest length that fits is {need}"
                 )
-            self._eligible[length] = mask
-        return self._eligible[length]
+            self._eligible[length, limit] = mask
+        return self._eligible[length, limit]
 
-    def eligible(self, composer: Composer, length: str | int) -> list[BabiSample]:
+    def eligible(self, composer: Composer, length: str | int,
+                 limit: int | None = None) -> list[BabiSample]:
         """File samples that pass the filter at `length` (see `eligible_mask`)."""
-        if length not in self._eligible_lists:
-            mask = self.eligible_mask(composer, length)
-            self._eligible_lists[length] = [s for s, ok in zip(self.samples, mask, strict=True)
-                                            if ok]
-        return self._eligible_lists[length]
+        key = (length, limit)
+        if key not in self._eligible_lists:
+            mask = self.eligible_mask(composer, length, limit)
+            self._eligible_lists[key] = [s for s, ok in zip(self.samples, mask, strict=True)
+                                         if ok]
+        return self._eligible_lists[key]
 
     def question_order(
         self, composer: Composer, length: str, num_samples: int, keys: Sequence[int]
@@ -212,9 +220,11 @@ class StoryPool:
         return picked
 
     def generated(
-        self, composer: Composer, length: str | int, rng: np.random.Generator
+        self, composer: Composer, length: str | int, rng: np.random.Generator,
+        limit: int | None = None,
     ) -> BabiSample:
-        """A fresh simulated story's question that fits `length`."""
+        """A fresh simulated story's question that fits `length` (and facts of at most
+        `limit` tokens, if given)."""
         from babilong_tfds.babi_generator import generate_story
 
         # Train and test draw from disjoint simulator seeds.
@@ -223,8 +233,14 @@ class StoryPool:
             story = generate_story(self.task, sim_seed, int(rng.integers(1 << 62)),
                                    synonyms=self.synonyms)
             sample = story[int(rng.integers(len(story)))]
-            if composer.fits(sample, length):
+            if composer.fits(sample, length, limit):
                 return sample
+        if limit is not None:
+            raise CompositionError(
+                f"none of {MAX_GENERATED_TRIES} simulated {self.task} stories drawn at "
+                f"length {length} has facts of at most {limit} tokens (max_tokens; in "
+                "training, the context of one segment): raise it"
+            )
         raise CompositionError(
             f"length {length} is too small for the simulated {self.task} stories: none of "
             f"{MAX_GENERATED_TRIES} drawn fits within length/8 tokens; use a longer length"
@@ -291,7 +307,8 @@ class BabilongSource:
     length is a name such as '4k', or an int: the context size in tokens, for training), a
     bAbI question drawn from the pool of that task, composed into haystack text. Records
     carry `input_ids` (int32 context tokens), `question_ids` and `target_ids`, and `input`
-    text only when `with_text`.
+    text only when `with_text`. With `max_tokens`, only stories whose facts take at most that
+    many tokens are drawn (what bounds a bare story, at length 0, to a training segment).
     """
 
     def __init__(
@@ -307,6 +324,7 @@ class BabilongSource:
         num_records: int = (1 << 31) - 1,
         with_text: bool = False,
         synonyms: bool = False,
+        max_tokens: int | None = None,
     ):
         if not tasks or not lengths:
             raise ValueError("BabilongSource needs at least one task and one length")
@@ -325,6 +343,11 @@ class BabilongSource:
         self.num_records = int(num_records)
         self.with_text = with_text
         self.synonyms = synonyms  # 'generated': our verbs too (babilong_tfds.babi_generator)
+        # stories whose facts take more tokens are not drawn (a bare 0-token story is its
+        # facts alone: this bounds its size)
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens={max_tokens} must be >= 1 (or None)")
+        self.max_tokens = max_tokens
 
     @functools.cached_property
     def _pools(self) -> dict[str, StoryPool]:
@@ -352,10 +375,10 @@ class BabilongSource:
         length = self.lengths[int(rng.integers(len(self.lengths)))]
         pool = self._pools[task]
         if pool.samples is not None:
-            eligible = pool.eligible(self.composer, length)
+            eligible = pool.eligible(self.composer, length, self.max_tokens)
             sample = eligible[int(rng.integers(len(eligible)))]
         else:
-            sample = pool.generated(self.composer, length, rng)
+            sample = pool.generated(self.composer, length, rng, self.max_tokens)
         composition = self.composer.compose(sample, length, rng)
         record = to_record(
             composition,

@@ -3,7 +3,9 @@
 Stage i trains on contexts of up to `segments[i]` segments (config.curriculum.segments,
 e.g. 1, 2, 4, 6, 8, 16, 32 as in the RMT papers). A fraction below 1 is one segment holding
 that share of its tokens: short first stages (0.25, 0.5) let a small model find the facts in
-a short context before the context grows. `Curriculum.stage(i)` is the one answer to what a
+a short context before the context grows. A 0 is the bare story (0k: the facts with no book
+text) in one segment, only stories whose facts fit it drawn: the plain lookup first, before
+any distractor text. `Curriculum.stage(i)` is the one answer to what a
 stage looks like (a `Stage`: the segments a sample is padded to, the context sizes drawn);
 the input pipelines, the synthetic data and the training loop ask it.
 
@@ -84,10 +86,11 @@ class Curriculum:
     reserved: int = 0              # tokens of the last segment kept for question and answer
 
     def __post_init__(self):
-        if not self.segments or any(not s > 0 or (s > 1 and s != int(s))
+        if not self.segments or any(s < 0 or (s > 1 and s != int(s))
                                     for s in self.segments):
             raise ValueError(f"curriculum.segments={self.segments}: expected whole segment "
-                             "counts >= 1, or fractions of one segment in (0, 1)")
+                             "counts >= 1, fractions of one segment in (0, 1), or 0 (the "
+                             "bare story in one segment)")
         if self.stage_steps < 0:
             raise ValueError(f"curriculum.stage_steps={self.stage_steps} must be >= 0")
         if self.advance_on not in ADVANCE_ON:
@@ -151,8 +154,9 @@ class Curriculum:
     def stage(self, index: int) -> Stage:
         """Stage `index`: whole counts draw 1..count whole segments (exactly count without
         `mix_shorter`); a fraction f < 1 draws contexts of round(f * segment_len) tokens in
-        one segment. With `reserved` tokens, k segments hold k * segment_len - reserved
-        context tokens, the question and answer slots taking the rest of the last."""
+        one segment; 0 draws bare stories (context size 0) in one segment. With `reserved`
+        tokens, k segments hold k * segment_len - reserved context tokens, the question and
+        answer slots taking the rest of the last."""
         if not 0 <= index < self.num_stages:
             raise ValueError(f"curriculum stage {index} out of range: the config has "
                              f"{self.num_stages} stages")
@@ -281,9 +285,16 @@ def reserved_tokens(config: ml_collections.ConfigDict) -> int:
     'in_context' answer mode when `curriculum.whole_segments` is set (a stage of k segments
     is then k segments in all, as the official fine-tuning counts them); else 0, and the
     question and answer come after the stage's k segments of context."""
-    in_context = config.model.get("answer_mode", "separate") == "in_context"
     # configs saved before the option: the context alone filled the k segments
-    if not (in_context and config.curriculum.get("whole_segments", False)):
+    if not config.curriculum.get("whole_segments", False):
+        return 0
+    return question_slots(config)
+
+
+def question_slots(config: ml_collections.ConfigDict) -> int:
+    """Tokens the question and answer slots take at the end of a sample's last segment in the
+    'in_context' answer mode (max_question_len + max_answer_len); 0 in 'separate' mode."""
+    if config.model.get("answer_mode", "separate") != "in_context":
         return 0
     return int(config.data.max_question_len + config.data.max_answer_len)
 
@@ -293,6 +304,8 @@ def stage_context(segments: float, segment_len: int, mix_shorter: bool,
     """(segments a sample is padded to, context sizes in tokens drawn) for one stage of
     `segments` segments (see `Curriculum.stage`); `reserved` tokens of the last segment are
     not context."""
+    if segments == 0:  # the bare story, padded to one segment
+        return 1, [0]
     if 0 < segments < 1:
         tokens = round(segments * (segment_len - reserved))
         if tokens < 1:

@@ -69,7 +69,8 @@ class Heldout:
             self.composer, parse_tasks(self.config.data.tasks), sizes,
             seed=heldout_seed(self.config, stage),
             split="test", babi_source="generated", num_records=self.curriculum.heldout_samples,
-            synonyms=self.config.data.get("babi_synonyms", True))
+            synonyms=self.config.data.get("babi_synonyms", True),
+            max_tokens=self.curriculum.stage(stage).context_len)
 
     def _record(self, source: BabilongSource, stage: int, index: int) -> dict:
         try:

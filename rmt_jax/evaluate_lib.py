@@ -50,7 +50,7 @@ from flax import nnx
 from babilong_tfds import metric, published
 from babilong_tfds.dataset import generate_split
 from babilong_tfds.tasks import LENGTHS, check_length, parse_lengths, parse_tasks
-from rmt_jax import input_pipeline
+from rmt_jax import curriculum, input_pipeline
 from rmt_jax.checkpointing import parse_step
 from rmt_jax.core.answer import generate_answer, generate_in_context, greedy_answer
 from rmt_jax.core.model import RMT
@@ -172,8 +172,7 @@ def encode_records(records: Sequence[dict], tokenizer, config) -> list[dict]:
     seg_len = config.model.segment_len
     # 'in_context': the question and answer slots end the last segment, so the context is
     # padded to whole segments less their tokens (no segment of padding alone in front)
-    reserved = (config.data.max_question_len + config.data.max_answer_len
-                if config.model.get("answer_mode", "separate") == "in_context" else 0)
+    reserved = curriculum.question_slots(config)
     reserved = reserved if reserved < seg_len else 0
     context_len = max(1, math.ceil((longest + reserved) / seg_len)) * seg_len - reserved
     return [input_pipeline.encode_example(r, tokenizer, config, context_len=context_len)

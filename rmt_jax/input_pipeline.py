@@ -239,6 +239,8 @@ class TrainData:
             num_records=STREAM_RECORDS,
             # configs saved before the option were trained with the synonyms
             synonyms=data.get("babi_synonyms", True),
+            # a bare story (size 0) must fit the stage's context too
+            max_tokens=self.curriculum.stage(stage).context_len,
         )
 
     def dataset(self, stage: int) -> grain.IterDataset:

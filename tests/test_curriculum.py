@@ -67,7 +67,12 @@ def test_fractional_stages_are_one_short_segment():
     # 16 tokens of the last segment reserved for the question and answer slots
     assert stage_context(2, 128, True, 16) == (2, [112, 240])
     assert stage_context(0.5, 128, True, 16) == (1, [56])
-    for bad in ((0, 1), (-0.5, 1), (1.5, 2)):
+    # 0: the bare story, padded to one segment
+    assert stage_context(0, 128, True, 16) == (1, [0])
+    bare = Curriculum(segments=(0, 1, 2), stage_steps=10, segment_len=128, reserved=16)
+    assert bare.stage(0).segments == 1 and bare.stage(0).context_sizes == (0,)
+    assert bare.stage(0).context_len == 112 and bare.stage(0).count == 0
+    for bad in ((-1, 1), (-0.5, 1), (1.5, 2)):
         with pytest.raises(ValueError, match="fractions of one segment"):
             Curriculum(segments=bad, stage_steps=1)
     with pytest.raises(ValueError, match="no token"):

@@ -161,6 +161,26 @@ def test_lengths_in_tokens_for_training(composer, legacy_composer, babi_root):
         BabilongSource(composer, ["qa1"], [-1])
 
 
+def test_max_tokens_bounds_bare_stories(composer, babi_root):
+    """At length 0 a record is the story's facts alone; max_tokens draws only stories whose
+    facts fit, from the files and from the simulator, and says so when none can."""
+    for source in ("files", "generated"):
+        free = BabilongSource(composer, ["qa3"], [0], seed=1, babi_source=source,
+                              babi_root=babi_root)
+        sizes = [free[i]["num_tokens"] for i in range(40)]
+        cap = int(np.median(sizes))
+        bounded = BabilongSource(composer, ["qa3"], [0], seed=1, babi_source=source,
+                                 babi_root=babi_root, max_tokens=cap)
+        capped = [bounded[i]["num_tokens"] for i in range(40)]
+        assert max(sizes) > cap >= max(capped) > 0
+        assert len(bounded[0]["input_ids"]) == bounded[0]["num_tokens"]  # no book text
+        with pytest.raises(CompositionError, match="at most 3 tokens"):
+            BabilongSource(composer, ["qa3"], [0], babi_source=source, babi_root=babi_root,
+                           max_tokens=3)[0]
+    with pytest.raises(ValueError, match="max_tokens=0"):
+        BabilongSource(composer, ["qa1"], [0], max_tokens=0)
+
+
 def test_records_keep_the_question_as_the_file_writes_it(composer, babi_root):
     """The published sets keep the bAbI line's text before the tab: 'Where is John? '."""
     (_, record), = generate_split(composer, "qa1", "0k", "test", 1, babi_root=babi_root)

@@ -159,6 +159,32 @@ def test_fractional_first_stage_is_a_short_context_in_one_segment(config, compos
     assert next(data.iterator(2))["context"].shape == (8, seg + room)
 
 
+def test_bare_story_stage_draws_only_stories_that_fit_one_segment(config, composer,
+                                                                  sp_tokenizer):
+    bare = get_config("quick,qa1").unlock()
+    bare.train.batch_size = 8
+    bare.data.babi_dir, bare.data.haystack_dir = config.data.babi_dir, config.data.haystack_dir
+    bare.curriculum.segments = (0, 1)
+    bare.model.segment_len = 64
+    data = ip.TrainData(bare.lock(), composer)
+    room = 64 - bare.data.max_question_len - bare.data.max_answer_len
+    assert data.stage_lengths(0) == [0]
+    rooms = ("bathroom", "bedroom", "garden", "hallway", "kitchen", "office")
+    it = data.iterator(0)
+    for batch in (next(it), next(it)):
+        assert batch["context"].shape == (8, room)  # one segment with the question
+        for row, mask in zip(batch["context"], batch["context_mask"], strict=True):
+            assert 0 < mask.sum() <= room
+            # the facts alone, no book text: every sentence of a qa1 story ends in a room
+            text = sp_tokenizer.decode(row[mask].tolist())
+            assert all(s.split()[-1] in rooms for s in text.split(".") if s.strip()), text
+    # a segment too small for any story: a clear error, not a silently cut context
+    tiny = bare.copy_and_resolve_references()
+    tiny.model.segment_len = 24  # 8 context tokens: no qa1 story fits
+    with pytest.raises(ValueError, match="at most 8 tokens"):
+        next(ip.TrainData(tiny, composer).iterator(0))
+
+
 def test_next_stage_iterator_starts_early_and_gives_the_same_batches(config, composer,
                                                                      monkeypatch):
     data = ip.TrainData(config, composer)
