@@ -48,7 +48,16 @@ from flax import nnx
 
 from launch import trace_summary
 from launch.outputs import check_output_file
-from rmt_jax import PRESETS, RMT, count_params, get_config, loss_fn, scan_segments, stream_infer
+from rmt_jax import (
+    PRESETS,
+    RMT,
+    count_params,
+    get_config,
+    host_memory,
+    loss_fn,
+    scan_segments,
+    stream_infer,
+)
 from rmt_jax.files import atomic_write
 
 FLAGS = flags.FLAGS
@@ -278,6 +287,7 @@ def check_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    host_memory.keep()  # before JAX starts its CPU client
     check_flags()
     try:
         if FLAGS.out:
@@ -294,6 +304,7 @@ def main(argv):
                   mode=FLAGS.mode, retrieval=cfg.retrieval, params=count_params(model),
                   remat_policy=cfg.remat_policy, attention_impl=cfg.attention_impl or "auto",
                   scan_unroll=cfg.scan_unroll, xla_flags=os.environ.get("XLA_FLAGS", ""),
+                  keep_host_memory=host_memory.keep(),
                   device=f"{device.platform}:{device.device_kind}",
                   cpu_count=os.cpu_count(), jax=jax.__version__)
 

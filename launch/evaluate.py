@@ -23,7 +23,7 @@ import sys
 from absl import app, flags
 
 from launch.outputs import check_output_dir
-from rmt_jax import checkpointing, evaluate_lib
+from rmt_jax import checkpointing, evaluate_lib, host_memory
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.",
                                required=True)
@@ -41,6 +41,11 @@ _DATA = flags.DEFINE_string(
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for --source=tfds.")
 _TFDS_NAME = flags.DEFINE_string("tfds_name", evaluate_lib.DEFAULT_TFDS_NAME,
                                  "TFDS dataset name pattern with {task} and {length}.")
+_RECIPE = flags.DEFINE_enum(
+    "recipe", "config", list(evaluate_lib.RECIPES),
+    "How 'files'/'generated' samples are made: 'config', as the training config says; "
+    "'official', as the published generator (1k = 1,000 tokens, the line filter, the exact "
+    "fill, Punkt sentences), in the model's tokenizer.")
 _STEP = flags.DEFINE_string("step", "best", "Checkpoint: 'best', 'latest' or a step number.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Where results go (default: WORKDIR/eval).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Samples per batch (streamed ones too).")
@@ -55,6 +60,7 @@ _ALLOW_REUSE = flags.DEFINE_bool("allow_reuse", False,
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    host_memory.keep()  # before JAX starts its CPU client
     checkpointing.quiet_orbax_logs()
     source = _SOURCE.value
     if _DATA.value and not flags.FLAGS["source"].present:
@@ -76,6 +82,7 @@ def main(argv):
             stream_from=_STREAM_FROM.value,
             chunk_segments=_CHUNK_SEGMENTS.value,
             allow_reuse=_ALLOW_REUSE.value,
+            recipe=_RECIPE.value,
         )
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -24,7 +24,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rmt_jax import checkpointing, train_lib
+from rmt_jax import checkpointing, host_memory, train_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training configuration, e.g. configs/rmt_babilong.py:small,qa1.",
@@ -45,6 +45,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    host_memory.keep()  # before JAX starts its CPU client
     if _MULTIHOST.value:
         jax.distributed.initialize()
     logging.info("JAX process %d of %d, local devices %s", jax.process_index(),

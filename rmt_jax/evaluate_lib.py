@@ -479,6 +479,24 @@ def format_table(results: dict) -> str:
 
 
 # -- from a checkpoint --------------------------------------------------------------------
+RECIPES = ("config", "official")
+# The published generator's way of making a sample (babilong_tfds.compose.Recipe's defaults,
+# Punkt sentences); the tokenizer stays the model's.
+OFFICIAL_RECIPE = {"length_table": "official", "story_filter": "lines", "fill": "exact",
+                   "splitter": "punkt"}
+
+
+def official_recipe(config):
+    """A copy of `config` whose samples are made as the published generator makes them:
+    1k = 1,000 tokens, the story filter on fact lines, the haystack cut to the exact budget,
+    Punkt sentences. The model's tokenizer is kept (lengths count its tokens)."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for key, value in OFFICIAL_RECIPE.items():
+            config.data[key] = value
+    return config
+
+
 def evaluate_checkpoint(
     workdir: str | os.PathLike,
     *,
@@ -495,12 +513,17 @@ def evaluate_checkpoint(
     chunk_segments: int = 64,
     allow_reuse: bool = False,
     data: str | None = None,
+    recipe: str = "config",
 ) -> dict:
     """Restores a checkpoint of `workdir`, evaluates it, writes results to `out_dir`
     (default `workdir/eval`). Every argument is checked before anything is written.
-    `allow_reuse` lets a sample use a book twice: 10M on the 35 offline books needs it."""
+    `allow_reuse` lets a sample use a book twice: 10M on the 35 offline books needs it.
+    `recipe`: how samples are made on the fly ('files', 'generated'): 'config' as the
+    training config says, 'official' as the published generator does (`official_recipe`)."""
     check_options(tasks, lengths, source=source, num_samples=num_samples,
                   batch_size=batch_size, data=data)
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
     check_length(stream_from)
     step = parse_step(step)
     path = prepare_workdir(workdir, create=False, writable=False)  # gs://... stays remote
@@ -512,6 +535,8 @@ def evaluate_checkpoint(
     from rmt_jax import checkpointing
 
     model, config, restored_step = checkpointing.restore_for_inference(workdir, step=step)
+    if recipe == "official":
+        config = official_recipe(config)
     tokenizer = input_pipeline.make_tokenizer(config)
     composer = (
         None if source in ("tfds", "published")
@@ -521,8 +546,10 @@ def evaluate_checkpoint(
                              num_samples=num_samples, source=source, data_dir=data_dir,
                              batch_size=batch_size, tfds_name=tfds_name, stream_from=stream_from,
                              chunk_segments=chunk_segments, data=data)
+    data_cfg = config.data
     results["meta"].update(workdir=workdir, step=int(restored_step),
-                           step_requested="latest" if step is None else step)
+                           step_requested="latest" if step is None else step,
+                           recipe={k: data_cfg.get(k) for k in OFFICIAL_RECIPE})
     out_dir = out_dir if out_dir is not None else os.path.join(workdir, "eval")
     write_results(results, out_dir, title=f"RMT step {int(restored_step)}: accuracy (%) on "
                   "BABILong")

@@ -282,6 +282,7 @@ def test_parse_step():
     ({"source": "hf"}, "unknown source 'hf'"),
     ({"num_samples": 0}, "num_samples=0"),
     ({"step": "newest"}, "unknown step"),
+    ({"recipe": "published"}, "unknown recipe 'published'"),
 ])
 def test_bad_arguments_write_nothing(tmp_path, kwargs, message):
     (tmp_path / "work").mkdir()
@@ -304,6 +305,20 @@ def test_missing_workdir_or_checkpoint(setup, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at step 5"):
         evaluate_lib.evaluate_checkpoint(tmp_path / "nobest", tasks="qa1", lengths="0k", step=5)
     assert not (tmp_path / "nobest" / "eval").exists()
+
+
+def test_official_recipe_makes_samples_as_the_published_generator(setup, tmp_path):
+    config, tokenizer, _ = setup
+    make_workdir(tmp_path / "work", config, tokenizer)
+    official = evaluate_lib.official_recipe(config)
+    assert official.data.length_table == "official" and official.data.splitter == "punkt"
+    assert config.data.length_table == "pow2"  # the training config is left as it was
+    composer = input_pipeline.make_composer(official)
+    assert composer.length_tokens("1k") == 1000 and composer.recipe.fill == "exact"
+    results = evaluate_lib.evaluate_checkpoint(tmp_path / "work", tasks="qa1", lengths="1k",
+                                               num_samples=2, batch_size=2,
+                                               recipe="official")
+    assert results["meta"]["recipe"] == evaluate_lib.OFFICIAL_RECIPE
 
 
 # -- the launcher -------------------------------------------------------------------------
