@@ -54,6 +54,7 @@ from tensorflow_datasets.proto import tf_example_pb2
 from babilong_tfds import haystack as haystack_lib
 from babilong_tfds.compose import Composer, Recipe
 from babilong_tfds.dataset import BABI_SOURCES, StoryPool, generate_split
+from babilong_tfds.downloads import BABI_URL
 from babilong_tfds.haystack import Haystack, load_books_from_dir, load_pg19
 from babilong_tfds.tasks import LENGTHS, TASKS, check_length, check_task
 from babilong_tfds.tokenizer import (
@@ -65,7 +66,6 @@ from babilong_tfds.tokenizer import (
     tokenizer_kind,
 )
 
-BABI_URL = "http://www.thespermwhale.com/jaseweston/babi/tasks_1-20_v1-2.tar.gz"
 DEFAULT_TEST_SAMPLES = 100
 
 
