@@ -42,7 +42,7 @@ def keep() -> bool:
     try:
         libc = ctypes.CDLL(name or "libc.so.6")
         mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # glibc only  # noqa: B018
+        libc.gnu_get_libc_version  # noqa: B018  (an AttributeError where it is not glibc)
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
