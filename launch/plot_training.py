@@ -23,10 +23,15 @@ from absl import app, flags
 from rmt_jax.files import atomic_write
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "training workdir holding metrics.jsonl")
-flags.DEFINE_list("metrics", [], "metrics.jsonl files, in order (instead of --workdir)")
-flags.DEFINE_string("out", None, "PNG to write", required=True)
-flags.DEFINE_string("title", None, "figure title (default: the workdir's name)")
+
+
+def define_flags() -> None:
+    """The command line's flags (defined when run as a script only: other launchers that a
+    process imports beside this module define flags of the same names)."""
+    flags.DEFINE_string("workdir", None, "training workdir holding metrics.jsonl")
+    flags.DEFINE_list("metrics", [], "metrics.jsonl files, in order (instead of --workdir)")
+    flags.DEFINE_string("out", None, "PNG to write", required=True)
+    flags.DEFINE_string("title", None, "figure title (default: the workdir's name)")
 
 EVAL_KEY = re.compile(r"^eval/(?P<task>[^/]+)/(?P<length>[^/]+)/accuracy$")
 
@@ -118,4 +123,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -49,3 +49,23 @@ def test_bad_metrics_say_where(tmp_path):
     with pytest.raises(ValueError, match="no train/loss"):
         plot_training.plot(plot_training.read_metrics([bad]), tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    metrics = write(tmp_path / "metrics.jsonl", [
+        {"step": 10, "train/loss": 1.0, "train/accuracy": 0.5, "train/stage": 0,
+         "train/segments": 0}])
+    run = [sys.executable, "-m", "launch.plot_training"]
+    out = subprocess.run(run + [f"--workdir={tmp_path}", f"--out={tmp_path / 'c.png'}"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG" and metrics.exists()
+    bad = subprocess.run(run + [f"--workdir={tmp_path / 'none'}", f"--out={tmp_path / 'd.png'}"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode != 0 and "no metrics file" in bad.stderr
+    assert not (tmp_path / "d.png").exists()
