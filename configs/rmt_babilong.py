@@ -1,4 +1,5 @@
-r"""RMT and RMT-R trained on BABILong with a curriculum over segment counts.
+r"""RMT, RMT-R, ARMT and a full-attention baseline trained on BABILong with a curriculum over
+segment counts.
 
     python -m launch.train --config=configs/rmt_babilong.py:small,qa1 --workdir=/tmp/rmt_qa1
     python -m launch.train --config=configs/rmt_babilong.py:gpt2_small,qa1,retrieval \
@@ -17,8 +18,10 @@ anything is compiled or written.
 
 The argument is a comma-separated list: one size (a name in `rmt_jax.core.config.PRESETS`, the
 project's one table of sizes: `smoke`, `quick`, `tiny`, `small`, `gpt2_small`, ...), the
-tasks to train on (any of qa1..qa5, several allowed; default qa1), `retrieval` for RMT-R, and
-`synthetic` for random-token batches of the same shapes (tests and throughput, no data needed):
+tasks to train on (any of qa1..qa5, several allowed; default qa1), the memory (`retrieval` or
+`rmt_r` for RMT-R, `armt` for the associative memory, `full` for no memory: the backbone over
+one window as long as the longest stage; RMT when none is named), and `synthetic` for
+random-token batches of the same shapes (tests and throughput, no data needed):
 
     python -m launch.train --config=configs/rmt_babilong.py:smoke,synthetic --workdir=/tmp/rmt_t
 
@@ -46,31 +49,39 @@ VARIANTS = (
     "tiny,qa1",
     *(f"small,{t}" for t in TASK_CHOICES), *(f"small,{t},retrieval" for t in TASK_CHOICES),
     "small,qa1,qa2,qa3,qa4,qa5", "gpt2_small,qa1", "gpt2_small,qa1,retrieval",
+    "smoke,synthetic,armt", "smoke,synthetic,full", "quick,qa1,armt", "quick,qa1,full",
+    "small,qa1,armt", "small,qa1,full", "gpt2_small,qa1,armt",
 )
 
 
-def parse_arg(arg: str) -> tuple[str, tuple[str, ...], bool, bool]:
-    """'small,qa1,qa2,retrieval' -> ('small', ('qa1', 'qa2'), True, False)."""
-    size, tasks, retrieval, synthetic = "small", [], False, False
+# config parts naming the memory (rmt_jax.core.config.MEMORIES); no part: RMT
+MEMORY_PARTS = {"retrieval": "rmt_r", "rmt_r": "rmt_r", "armt": "armt", "full": "none"}
+
+
+def parse_arg(arg: str) -> tuple[str, tuple[str, ...], str, bool]:
+    """'small,qa1,qa2,retrieval' -> ('small', ('qa1', 'qa2'), 'rmt_r', False)."""
+    size, tasks, memory, synthetic = "small", [], "rmt", False
     for part in (p.strip() for p in (arg or "").split(",") if p.strip()):
         if part in SIZES:
             size = part
         elif part in TASK_CHOICES:
             tasks.append(part)
-        elif part in ("retrieval", "rmt_r"):
-            retrieval = True
+        elif part in MEMORY_PARTS:
+            memory = MEMORY_PARTS[part]
         elif part == "synthetic":
             synthetic = True
         else:
             raise ValueError(
                 f"unknown config part {part!r}: expected a size ({', '.join(SIZES)}), tasks "
-                f"({', '.join(TASK_CHOICES)}), 'retrieval' or 'synthetic'"
+                f"({', '.join(TASK_CHOICES)}), a memory ({', '.join(MEMORY_PARTS)}; none: RMT) "
+                "or 'synthetic'"
             )
-    return size, tuple(tasks) or ("qa1",), retrieval, synthetic
+    return size, tuple(tasks) or ("qa1",), memory, synthetic
 
 
 def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
-    size, tasks, retrieval, synthetic = parse_arg(arg)
+    size, tasks, memory, synthetic = parse_arg(arg)
+    retrieval = memory == "rmt_r"
     preset = PRESETS[size]
     config = ml_collections.ConfigDict()
 
@@ -80,14 +91,25 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.model.heads = preset.heads  # attention heads (divide d_model)
     config.model.vocab_size = 0  # 0: the tokenizer's vocabulary size
     config.model.segment_len = preset.segment_len  # context tokens per segment
-    config.model.mem_tokens = preset.mem_tokens  # memory vectors carried between segments
+    # memory vectors carried between segments (ARMT: written in every segment; none: 0)
+    config.model.mem_tokens = preset.mem_tokens if memory != "none" else 0
     # learned positions (GPT-2's 1024 for gpt2_small: a segment needs 512 + 3 * 16 of them)
     config.model.max_positions = preset.max_positions
     config.model.param_dtype = "float32"  # parameter storage: float32 | bfloat16
     config.model.dtype = "float32" if size != "gpt2_small" else "bfloat16"  # compute dtype
-    config.model.retrieval = retrieval  # RMT-R: self-retrieval over past memory states
+    # 'rmt' | 'rmt_r' (self-retrieval over past memory states) | 'armt' (associative memory
+    # in every layer) | 'none' (the backbone alone over one window: the full-attention baseline)
+    config.model.memory = memory
+    # ARMT's key width (the published 64 for gpt2_small, else d/4); 0 for the other memories
+    d_mem = 64 if size == "gpt2_small" else max(1, preset.d_model // 4)
+    config.model.d_mem = d_mem if memory == "armt" else 0
     config.model.dropout = 0.0  # backbone dropout
-    config.model.retrieval_dropout = 0.1  # dropout inside the retrieval block
+    # dropout inside RMT-R's retrieval block (unset for the other memories)
+    config.model.retrieval_dropout = (0.1 if retrieval
+                                      else ml_collections.config_dict.placeholder(float))
+    # RMT-R's retrieval block: 'official' (the published code's) | 'shared_norm' (unset otherwise)
+    config.model.retrieval_variant = (
+        "official" if retrieval else ml_collections.config_dict.placeholder(str))
     config.model.remat_policy = "none" if size != "gpt2_small" else "dots_saveable"
     config.model.scan_unroll = 1  # segments per iteration of the scan loop (1: no unrolling)
     config.model.bptt_segments = 0  # back-propagate through the last k segments; 0 = all
@@ -203,4 +225,8 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
         config.eval.batch_size = 8
     config.curriculum.whole_segments = (
         preset.segment_len > config.data.max_question_len + config.data.max_answer_len)
+    if memory == "none":  # one window holds the longest stage (GPT-2: its 1024 positions)
+        config.model.max_positions = (1024 if size == "gpt2_small" else max(
+            preset.max_positions, max(config.curriculum.segments) * preset.segment_len))
+        config.eval.batch_size = min(config.eval.batch_size, 8)  # [b, h, t, t] attention
     return config.lock()

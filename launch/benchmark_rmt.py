@@ -69,7 +69,10 @@ flags.DEFINE_integer("segment_len", 0, "tokens per segment; 0 = preset")
 flags.DEFINE_integer("mem_tokens", 0, "memory tokens; 0 = preset")
 flags.DEFINE_enum("dtype", "bf16", ["bf16", "fp32"], "compute dtype")
 flags.DEFINE_enum("param_dtype", "fp32", ["bf16", "fp32"], "parameter dtype")
-flags.DEFINE_bool("retrieval", False, "RMT-R (self-retrieval)")
+flags.DEFINE_enum("memory", "rmt", ["rmt", "rmt_r", "armt"],
+                  "memory variant: RMT, RMT-R (self-retrieval) or ARMT (associative)")
+flags.DEFINE_bool("retrieval", False, "RMT-R: the same as --memory=rmt_r")
+flags.DEFINE_integer("d_mem", 0, "ARMT's key width; 0 = d_model / 4")
 flags.DEFINE_string("attention_impl", None, "None (JAX picks), 'xla' or 'cudnn'")
 flags.DEFINE_string("remat_policy", "none", "remat policy of the segment step (train)")
 flags.DEFINE_integer("scan_unroll", 1, "segments per iteration of the scan loop")
@@ -89,8 +92,16 @@ DTYPE_NAMES = {"bf16": "bfloat16", "fp32": "float32"}
 
 
 def build_config():
+    memory = "rmt_r" if FLAGS.retrieval else FLAGS.memory
+    if FLAGS.retrieval and FLAGS.memory not in ("rmt", "rmt_r"):
+        raise ValueError(f"--retrieval is RMT-R but --memory={FLAGS.memory}: drop one")
+    if FLAGS.d_mem and memory != "armt":
+        raise ValueError(f"--d_mem={FLAGS.d_mem} is ARMT's key width but the memory is "
+                         f"{memory}: add --memory=armt or drop --d_mem")
+    preset = get_config(FLAGS.preset)
+    d_mem = (FLAGS.d_mem or max(1, preset.d_model // 4)) if memory == "armt" else 0
     overrides = dict(dtype=DTYPE_NAMES[FLAGS.dtype], param_dtype=DTYPE_NAMES[FLAGS.param_dtype],
-                     retrieval=FLAGS.retrieval, attention_impl=FLAGS.attention_impl,
+                     memory=memory, d_mem=d_mem, attention_impl=FLAGS.attention_impl,
                      remat_policy=FLAGS.remat_policy, scan_unroll=FLAGS.scan_unroll)
     if FLAGS.segment_len:
         overrides["segment_len"] = FLAGS.segment_len
@@ -124,8 +135,9 @@ def measure_bf16_peak(n: int, repeats: int = 3) -> float:
 def forward_flops(cfg, model, batch, segments, query_len, head_positions) -> float:
     """Matmul FLOPs of one forward pass over `segments` segments and the answer segment."""
     block_params = count_params(model, exclude_embeddings=True)
-    if model.retrieval is not None:
-        block_params -= count_params(model.retrieval)
+    for extra in (model.retrieval, model.associative):
+        if extra is not None:
+            block_params -= count_params(extra)
     d, n = cfg.d_model, cfg.mem_tokens
 
     def segment(t):
@@ -137,6 +149,12 @@ def forward_flops(cfg, model, batch, segments, query_len, head_positions) -> flo
         per_read = 2 * 2 * n * d * d + 2 * 2 * n * d * 4 * d  # per write: k, v of n tokens
         per_read += 4 * n * segments * n * d
         flops += (segments + 1) * per_read + segments * 2 * 2 * n * d * d
+    if cfg.memory == "armt":  # per layer: a read at every position (W_q, then A), a write of
+        k = cfg.d_key        # n tokens (W_k, W_v, the delta's A k, the outer products)
+        per_read = 2 * d * cfg.d_mem + 2 * k * d + 2 * k
+        per_write = n * (2 * d * cfg.d_mem + 2 * d * d + 4 * k * d + 2 * d)
+        reads = segments * cfg.segment_positions + cfg.read_tokens + query_len
+        flops += cfg.layers * (reads * per_read + segments * per_write)
     return float(flops * batch)
 
 
@@ -177,7 +195,7 @@ def run_infer(cfg, model, batch):
         model = nnx.merge(graphdef, params)
         state, _ = scan_segments(model, context)
         read = model.read_memory(state.memory, state.buffer, state.buffer_valid)
-        hidden = model.answer_hidden(read, question)
+        hidden = model.answer_hidden(read, question, assoc=state.assoc)
         return model.logits(hidden[:, -1])  # the LM head at the answer position only
 
     args = (params, batch["context"], batch["query"])
@@ -256,8 +274,8 @@ def run_peer(cfg):
         return {"peer": "failed", "stderr_tail": done.stderr[-500:]}
     record = json.loads(done.stdout.strip().splitlines()[-1])
     record["command"] = " ".join(cmd)
-    if FLAGS.retrieval:
-        record["note"] = "the peer has no retrieval: it runs plain RMT"
+    if cfg.memory != "rmt":
+        record["note"] = f"the peer runs plain RMT, not {cfg.memory}"
     return record
 
 
@@ -301,7 +319,8 @@ def main(argv):
                   heads=cfg.heads, vocab=cfg.vocab_size, segment_len=cfg.segment_len,
                   mem_tokens=cfg.mem_tokens,
                   batch=FLAGS.batch, dtype=FLAGS.dtype, param_dtype=FLAGS.param_dtype,
-                  mode=FLAGS.mode, retrieval=cfg.retrieval, params=count_params(model),
+                  mode=FLAGS.mode, memory=cfg.memory, d_mem=cfg.d_mem,
+                  retrieval=cfg.retrieval, params=count_params(model),
                   remat_policy=cfg.remat_policy, attention_impl=cfg.attention_impl or "auto",
                   scan_unroll=cfg.scan_unroll, xla_flags=os.environ.get("XLA_FLAGS", ""),
                   keep_host_memory=host_memory.keep(),
@@ -337,7 +356,7 @@ def main(argv):
         record["profile"] = dict(summary, per_call=f"one {FLAGS.mode} call of the record's shape")
     if FLAGS.peer:
         record["peer"] = run_peer(cfg)
-    header = ("mode", "preset", "batch", "segments", "dtype", "retrieval", "tokens_per_s",
+    header = ("mode", "preset", "batch", "segments", "dtype", "memory", "tokens_per_s",
               "compile_s", "peak_memory_gib", "mfu")
     print(" | ".join(f"{h:>14}" for h in header))
     print(" | ".join(f"{record[h]!s:>14}" for h in header))

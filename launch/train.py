@@ -1,4 +1,5 @@
-r"""Trains RMT / RMT-R on BABILong; resumes from the newest checkpoint in --workdir.
+r"""Trains RMT / RMT-R / ARMT (or the full-attention baseline) on BABILong; resumes from the
+newest checkpoint in --workdir.
 
     python -m launch.train --config=configs/rmt_babilong.py:small,qa1 --workdir=/tmp/rmt_qa1
     python -m launch.train --config=configs/quickstart.py --workdir=/tmp/rmt_quickstart

@@ -1,4 +1,5 @@
-"""Recurrent Memory Transformer (RMT) and RMT with self-retrieval (RMT-R) in Flax NNX."""
+"""Recurrent Memory Transformer (RMT), RMT with self-retrieval (RMT-R) and the Associative
+Recurrent Memory Transformer (ARMT) in Flax NNX."""
 
 from rmt_jax.core.answer import (
     answer_logits,

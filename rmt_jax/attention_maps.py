@@ -131,6 +131,10 @@ def fact_positions(record: dict, tokenizer) -> list[tuple[int, int, int]]:
 
 
 def _layer_key(model: RMT, layer: int | None) -> tuple[int, str]:
+    if model.config.memory not in ("rmt", "rmt_r"):
+        raise ValueError(f"attention maps show how memory tokens are written and read, but "
+                         f"memory={model.config.memory!r} has no read tokens (ARMT reads "
+                         "through its associative matrices): use an RMT or RMT-R model")
     layers = model.config.attention_map_layers
     if not layers:
         raise ValueError("the model returns no attention maps: wrap it with "
@@ -195,7 +199,7 @@ def answer_attention(model: RMT, state, question: np.ndarray, answer: np.ndarray
     tokens = np.concatenate([tail, np.asarray(question), np.asarray(answer)]).astype(np.int32)
     read = model.read_memory(state.memory, state.buffer, state.buffer_valid)  # [1, R, d]
     x = jnp.concatenate([read, model.embed(jnp.asarray(tokens)[None])], axis=1)
-    _, maps = model.transformer(x, return_attention=True)
+    _, maps, _ = model.transformer(x, return_attention=True)
     weights = np.asarray(maps[key][0].mean(axis=0))  # [h, t, t] -> [t, t]
     r = read.shape[1]
     return AnswerAttention(tokens, len(question), r, weights[r + len(tail):, :], len(tail))

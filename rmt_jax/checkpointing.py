@@ -57,7 +57,7 @@ CORRUPT_DIR = "checkpoints_corrupt"
 # ModelConfig fields that set the shapes or dtypes of the parameters: a checkpoint cannot be
 # resumed under other values (tests/test_run_layer_resume.py holds this list to the model).
 PARAM_FIELDS = ("layers", "d_model", "heads", "vocab_size", "mem_tokens", "max_positions",
-                "retrieval", "param_dtype", "positions")
+                "memory", "d_mem", "retrieval_variant", "param_dtype", "positions")
 # Config fields (or sections) that steer how often the run logs, evaluates and saves, or
 # how it is laid out on devices, but not what it computes: free to change on resume.
 RUN_CADENCE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
@@ -146,9 +146,7 @@ def read_configs(workdir: str | os.PathLike) -> tuple[ml_collections.ConfigDict,
         raise FileNotFoundError(f"{path} does not exist: is {workdir} a training workdir "
                                 "(made by launch/train.py)?")
     config = ml_collections.ConfigDict(json.loads(path.read_text()))
-    fields = json.loads((workdir / MODEL_CONFIG_FILE).read_text())
-    fields["attention_map_layers"] = tuple(fields.get("attention_map_layers", ()))
-    return config, ModelConfig(**fields)
+    return config, ModelConfig.from_fields(json.loads((workdir / MODEL_CONFIG_FILE).read_text()))
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -180,7 +178,9 @@ def config_changes(workdir: str | os.PathLike, config: ml_collections.ConfigDict
                         if old.get(k, ABSENT) != new.get(k, ABSENT)})
     path = workdir / MODEL_CONFIG_FILE
     if path.exists():
-        old = json.loads(path.read_text())
+        # read as today's fields, so a legacy spelling of the same model is no change
+        old = json.loads(_model_config_json(ModelConfig.from_fields(json.loads(
+            path.read_text()))))
         new = json.loads(_model_config_json(model_config))
         for k in sorted(old.keys() | new.keys()):
             if old.get(k, ABSENT) != new.get(k, ABSENT):

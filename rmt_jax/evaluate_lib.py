@@ -404,15 +404,25 @@ def accuracy_grid(results: dict) -> tuple[np.ndarray, list[str], list[str]]:
 
 
 def plot_heatmap(results: dict, path: str | os.PathLike, *, title: str | None = None) -> None:
-    """Accuracy (%) by task (rows) and length (columns), numbers in the cells.
+    """Accuracy (%) by task (rows) and length (columns), numbers in the cells."""
+    grid, rows, cols = accuracy_grid(results)
+    rule = len(rows) - 1 if results.get("mean_qa1_qa5") else None
+    draw_grid(grid, rows, cols, path, title=title or "RMT accuracy (%) on BABILong",
+              rule_before=rule)
+
+
+def draw_grid(grid: np.ndarray, rows: Sequence[str], cols: Sequence[str],
+              path: str | os.PathLike, *, title: str, rule_before: int | None = None) -> None:
+    """A heatmap of accuracies in % (NaN: not run, drawn grey with '-') written atomically;
+    a rule above row `rule_before`.
 
     Drawn on a bare `Figure`, which renders with Agg and leaves pyplot's backend alone (so
     it also works inside a notebook or a training loop)."""
     import matplotlib
     from matplotlib.figure import Figure
 
-    grid, rows, cols = accuracy_grid(results)
-    fig = Figure(figsize=(1.0 + 0.8 * len(cols), 1.2 + 0.45 * len(rows)), layout="constrained")
+    width = 1.0 + 0.8 * len(cols) + 0.07 * max(len(r) for r in rows)
+    fig = Figure(figsize=(width, 1.2 + 0.45 * len(rows)), layout="constrained")
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="lightgray")
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100, aspect="auto")
@@ -424,11 +434,30 @@ def plot_heatmap(results: dict, path: str | os.PathLike, *, title: str | None = 
     ax.set_xticks(range(len(cols)), cols)
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel("context length (tokens)")
-    if results.get("mean_qa1_qa5"):
-        ax.axhline(len(rows) - 1.5, color="black", linewidth=1.5)
-    ax.set_title(title or "RMT accuracy (%) on BABILong", fontsize=10)
+    if rule_before is not None:
+        ax.axhline(rule_before - 0.5, color="black", linewidth=1.5)
+    ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, shrink=0.8)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+
+
+def comparison_grid(runs: dict[str, dict], task: str, lengths: Sequence[str],
+                    reference: dict[str, dict[str, float]] | None = None):
+    """One row per model: `runs` maps a name to its results.json (evaluate_model's output),
+    `reference` a name to published accuracies in % by length -> (grid [rows, lengths] in %,
+    row names). A length a run did not evaluate is NaN."""
+    rows, names = [], []
+    for name, results in runs.items():
+        cells = results["results"].get(task)
+        if cells is None:
+            raise ValueError(f"run {name!r} has no results for {task}: it evaluated "
+                             f"{sorted(results['results'])}")
+        rows.append([100.0 * cells[n]["accuracy"] if n in cells else np.nan for n in lengths])
+        names.append(name)
+    for name, cells in (reference or {}).items():
+        rows.append([float(cells[n]) if n in cells else np.nan for n in lengths])
+        names.append(name)
+    return np.asarray(rows, np.float64), names
 
 
 def write_results(results: dict, out_dir: str | os.PathLike, *,

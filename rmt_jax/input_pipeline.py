@@ -67,6 +67,13 @@ def make_composer(config: ml_collections.ConfigDict, *, allow_reuse: bool = Fals
     return Composer(haystack, make_tokenizer(config), allow_reuse=allow_reuse, recipe=recipe)
 
 
+def _memory(m: ml_collections.ConfigDict) -> str:
+    """`model.memory`; configs saved before it had `model.retrieval` (True: RMT-R)."""
+    if "memory" in m:
+        return m.memory
+    return "rmt_r" if m.get("retrieval", False) else "rmt"
+
+
 def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
     """`config.model` as a validated `ModelConfig` (0 / '' mean: the tokenizer's, all, auto)."""
     m = config.model
@@ -83,9 +90,13 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelCon
         ),
         param_dtype=m.param_dtype,
         dtype=m.dtype,
-        retrieval=m.retrieval,
+        memory=_memory(m),
+        d_mem=m.get("d_mem", 0),
         dropout=m.dropout,
-        retrieval_dropout=m.retrieval_dropout,
+        retrieval_dropout=m.get("retrieval_dropout"),
+        # configs saved before it: the block they were trained with
+        retrieval_variant=m.get("retrieval_variant", "shared_norm" if _memory(m) == "rmt_r"
+                                else None),
         remat_policy=m.remat_policy,
         scan_unroll=m.get("scan_unroll", 1),  # absent from configs saved before it existed
         bptt_segments=m.bptt_segments or None,

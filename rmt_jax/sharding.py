@@ -35,6 +35,7 @@ REPLICATED: frozenset[tuple[str, ...]] = frozenset({
     ("attn", "out_bias"), ("mlp", "proj_bias"),      # [d]: added after the reduction
     ("memory",), ("wpe",),                           # [N, d], [positions, d]
     ("retrieval",),                                  # RMT-R's d x d projections
+    ("associative",),                                # ARMT's d x d_mem and d x d projections
     ("rng",),                                        # the run's RNG key (not a parameter)
 })
 

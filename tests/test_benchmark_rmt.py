@@ -15,7 +15,8 @@ FIGURES = {"tokens_per_s", "compile_s", "peak_memory_gib", "model_flops_per_s",
            "bf16_peak_flops_per_s", "mfu"}
 
 
-@pytest.mark.parametrize("mode,extra", [("infer", ["--scan_unroll=2", "--profile_dir=PROF"]),
+@pytest.mark.parametrize("mode,extra", [("infer", ["--scan_unroll=2", "--profile_dir=PROF",
+                                                   "--memory=armt"]),
                                         ("train", ["--retrieval", "--remat_policy=full"])])
 def test_benchmark_writes_a_full_record(tmp_path, mode, extra):
     out = tmp_path / "bench.json"
@@ -29,6 +30,8 @@ def test_benchmark_writes_a_full_record(tmp_path, mode, extra):
     assert record["mode"] == mode and record["segments"] == 3 and record["batch"] == 2
     train = mode == "train"
     assert record["retrieval"] == train
+    assert record["memory"] == ("rmt_r" if train else "armt")
+    assert record["d_mem"] == (0 if train else 8)  # d_model / 4 of the test preset
     assert record["remat_policy"] == ("full" if train else "none")
     assert record["scan_unroll"] == (1 if train else 2)
     if not train:  # the profiled call: its device (here: host XLA op) events were read
@@ -37,6 +40,21 @@ def test_benchmark_writes_a_full_record(tmp_path, mode, extra):
     assert all(record[k] > 0 for k in FIGURES)
     # the printed JSON line is the record
     assert json.loads(done.stdout.strip().splitlines()[-1]) == record
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--retrieval", "--memory=armt"], "--retrieval is RMT-R but --memory=armt"),
+    (["--d_mem=8"], "--d_mem=8 is ARMT's key width but the memory is rmt"),
+    (["--memory=armt", "--d_mem=64"], "ARMT's d_mem=64 must lie in 1..d_model=32"),
+])
+def test_bad_memory_flags_are_error_lines(tmp_path, flags, message):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "launch.benchmark_rmt", "--preset=test",
+                           f"--out={out}", *flags], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and message in done.stderr.strip().splitlines()[-1]
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not out.exists()
 
 
 def test_benchmark_needs_no_data_stack():

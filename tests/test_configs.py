@@ -37,15 +37,20 @@ def test_config_loads_and_builds(module, variant):
     assert config.data.synthetic or config.model.vocab_size == 0
 
 
-def test_configs_cover_rmt_and_rmt_r_on_qa1_to_qa5():
+def test_configs_cover_rmt_and_rmt_r_on_qa1_to_qa5_and_every_memory():
     from configs import rmt_babilong
 
     built = [rmt_babilong.get_config(v) for v in rmt_babilong.VARIANTS]
-    for retrieval in (False, True):
-        tasks = {t for c in built if c.model.retrieval == retrieval
+    for memory in ("rmt", "rmt_r"):
+        tasks = {t for c in built if c.model.memory == memory
                  for t in c.data.tasks.split(",")}
         assert {"qa1", "qa2", "qa3", "qa4", "qa5"} <= tasks
+    assert {c.model.memory for c in built} == {"rmt", "rmt_r", "armt", "none"}
     assert any(c.model.d_model == 768 and c.model.layers == 12 for c in built)
+    armt = rmt_babilong.get_config("gpt2_small,qa1,armt")
+    assert armt.model.d_mem == 64  # the published ARMT's
+    full = rmt_babilong.get_config("quick,qa1,full")
+    assert full.model.mem_tokens == 0 and full.model.max_positions == 32 * 32
 
 
 def test_locked_config_rejects_misspelt_field():

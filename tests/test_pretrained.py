@@ -146,13 +146,13 @@ def test_lm_logits_equal_a_numpy_gpt2(tmp_path, prefix):
         assert_close(ours[b], want, "lm logits")
 
 
-@pytest.mark.parametrize("retrieval", [False, True])
-def test_segment_and_answer_equal_gpt2_over_the_memory_embeddings(tmp_path, retrieval):
+@pytest.mark.parametrize("memory", ["rmt", "rmt_r"])
+def test_segment_and_answer_equal_gpt2_over_the_memory_embeddings(tmp_path, memory):
     """The RMT's segments run the loaded GPT-2 over [read; tokens; write] embeddings; the
     memory tokens take positions 0..R-1. A partly filled segment puts its write memory right
     after its real tokens."""
     tensors = random_gpt2()
-    cfg = CFG.replace(retrieval=retrieval)
+    cfg = CFG.replace(memory=memory)
     model = loaded(write_checkpoint(tmp_path / "ckpt", tensors), cfg)
     rng = np.random.default_rng(2)
     batch, n, length = 2, cfg.mem_tokens, np.array([cfg.segment_len, 5])
@@ -160,7 +160,7 @@ def test_segment_and_answer_equal_gpt2_over_the_memory_embeddings(tmp_path, retr
     state = initial_state(model, batch, capacity=1)
     m = state.memory
     read = model.read_memory(m, state.buffer, state.buffer_valid)
-    memory, _ = model.segment(read, m, jnp.asarray(tokens), jnp.asarray(length))
+    memory, _, _ = model.segment(read, m, jnp.asarray(tokens), jnp.asarray(length))
     query = rng.integers(0, cfg.vocab_size, (batch, 6))
     logits = model.logits(model.answer_hidden(read, jnp.asarray(query)))
     wte = tensors["wte.weight"]
@@ -175,7 +175,7 @@ def test_segment_and_answer_equal_gpt2_over_the_memory_embeddings(tmp_path, retr
 
 def test_memory_rescaled_to_the_embedding_std_and_retrieval_kept(tmp_path):
     tensors = random_gpt2()
-    cfg = CFG.replace(retrieval=True)
+    cfg = CFG.replace(memory="rmt_r")
     fresh = RMT(cfg, rngs=nnx.Rngs(3))
     model = loaded(write_checkpoint(tmp_path / "ckpt", tensors), cfg, seed=3)
     scale = tensors["wte.weight"].std() / cfg.init_std
@@ -436,7 +436,7 @@ def test_logits_equal_transformers_gpt2(tmp_path, safe):
     diff = assert_close(model.lm_logits(jnp.asarray(tokens)), want, "lm logits")
     # The segment through HF's inputs_embeds: memory tokens at positions 0..n-1.
     m = model.initial_memory(2)
-    memory, _ = model.segment(m, m, jnp.asarray(tokens[:, :16]), jnp.full((2,), 16))
+    memory, _, _ = model.segment(m, m, jnp.asarray(tokens[:, :16]), jnp.full((2,), 16))
     embeds = jnp.concatenate([m, model.embed(jnp.asarray(tokens[:, :16])), m], axis=1)
     with torch.no_grad():
         hidden = hf.transformer(inputs_embeds=torch.tensor(np.asarray(embeds)))

@@ -21,6 +21,7 @@ from rmt_jax import (
 )
 from rmt_jax.core import answer
 from rmt_jax.core.recurrence import initial_state
+from tests.test_rmt_recurrence import VARIANTS, with_associations
 
 SEG = 8  # segment_len of the 'test' preset
 SLOTS = 3  # answer slots (max_answer_len)
@@ -29,7 +30,8 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 @functools.cache
 def make_model(**overrides) -> RMT:
-    return RMT(get_config("test", answer_mode="in_context", **overrides), rngs=nnx.Rngs(0))
+    return with_associations(RMT(get_config("test", answer_mode="in_context", **overrides),
+                                 rngs=nnx.Rngs(0)))
 
 
 def make_batch(seed=0):
@@ -97,7 +99,8 @@ def reference_loss(model, b):
             state = initial_state(model, 1, capacity=1)
         last = seq[:, -SEG:][real[:, -SEG:]][None]
         read = model.read_memory(state.memory, state.buffer, state.buffer_valid)
-        logp = jax.nn.log_softmax(model.logits(model.answer_hidden(read, last))[0])
+        hidden = model.answer_hidden(read, last, assoc=state.assoc)
+        logp = jax.nn.log_softmax(model.logits(hidden)[0])
         n = int(b["loss_mask"][i].sum())
         first = last.shape[1] - SLOTS
         for k in range(n):
@@ -106,9 +109,9 @@ def reference_loss(model, b):
     return total / count
 
 
-@pytest.mark.parametrize("retrieval", [False, True])
-def test_loss_covers_the_answer_tokens_only(retrieval):
-    model = make_model(retrieval=retrieval)
+@pytest.mark.parametrize("memory", VARIANTS)
+def test_loss_covers_the_answer_tokens_only(memory):
+    model = make_model(**VARIANTS[memory])
     b = make_batch()
     loss, aux = jit(lambda m, batch: loss_fn(m, batch), model)(b)
     assert float(aux["answer_tokens"]) == 6
@@ -151,9 +154,9 @@ def test_answer_does_not_leak_into_the_context_or_earlier_slots():
             assert not np.allclose(out[:, slot + 1:], base[:, slot + 1:])
 
 
-@pytest.mark.parametrize("retrieval", [False, True])
-def test_greedy_equals_teacher_forced_argmax(retrieval):
-    model = make_model(retrieval=retrieval)
+@pytest.mark.parametrize("memory", VARIANTS)
+def test_greedy_equals_teacher_forced_argmax(memory):
+    model = make_model(**VARIANTS[memory])
     b = make_batch(3)
     ids = np.asarray(jit(lambda m, *a: greedy_answer(m, *a, max_new_tokens=SLOTS), model)(
         b["context"], b["context_mask"], b["question"], b["question_length"]))
@@ -167,9 +170,9 @@ def test_greedy_equals_teacher_forced_argmax(retrieval):
     assert float(jit(lambda m, x: loss_fn(m, x), model)(wrong)[1]["accuracy"]) < 1.0
 
 
-@pytest.mark.parametrize("retrieval", [False, True])
-def test_streamed_equals_one_scan(retrieval):
-    model = make_model(retrieval=retrieval)
+@pytest.mark.parametrize("memory", VARIANTS)
+def test_streamed_equals_one_scan(memory):
+    model = make_model(**VARIANTS[memory])
     b = make_batch(4)
     one = np.asarray(jit(lambda m, *a: greedy_answer(m, *a, max_new_tokens=SLOTS), model)(
         b["context"], b["context_mask"], b["question"], b["question_length"]))

@@ -27,7 +27,7 @@ from tests.test_rmt_recurrence import jit, make_model, random_tokens
     (dict(heads=3), "d_model=32 is not divisible by heads=3"),
     (dict(mem_tokens=0), "mem_tokens=0 must be >= 1"),
     (dict(mem_tokens=-2), "mem_tokens=-2 must be >= 1"),
-    (dict(retrieval=True, mem_tokens=20), r"needs 68 positions .* max_positions=64"),
+    (dict(memory="rmt_r", mem_tokens=20), r"needs 68 positions .* max_positions=64"),
     (dict(segment_len=100), r"needs 108 positions .* lower segment_len"),
     (dict(remat_policy="bogus"), "unknown remat_policy 'bogus'"),
     (dict(positions="sinusoid"), "unknown positions 'sinusoid'"),
@@ -38,6 +38,16 @@ from tests.test_rmt_recurrence import jit, make_model, random_tokens
     (dict(bptt_segments=0), "bptt_segments=0 must be >= 1 or None"),
     (dict(attention_impl="flash"), "attention_impl='flash'"),
     (dict(init_std=0.0), "init_std=0.0 must be positive"),
+    (dict(memory="lstm"), "unknown memory 'lstm': expected one of"),
+    (dict(memory="armt"), r"ARMT's d_mem=0 must lie in 1..d_model=32"),
+    (dict(memory="armt", d_mem=64), r"ARMT's d_mem=64 must lie in 1..d_model=32"),
+    (dict(d_mem=8), r"d_mem=8 is ARMT's key width but memory='rmt'"),
+    (dict(memory="rmt_r", d_mem=8), r"d_mem=8 is ARMT's key width but memory='rmt_r'"),
+    (dict(retrieval_dropout=0.2), r"retrieval_dropout=0.2 is RMT-R's but memory='rmt'"),
+    (dict(memory="armt", d_mem=8, retrieval_dropout=0.1), r"memory='armt' has no retrieval"),
+    (dict(memory="none"), "memory='none' has no memory tokens but mem_tokens=4"),
+    (dict(memory="none", mem_tokens=0), "set answer_mode='in_context'"),
+    (dict(memory="rmt_r", retrieval_dropout=1.0), r"dropout rates must lie in \[0, 1\)"),
 ])
 def test_bad_config_raises_clear_error(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -67,7 +77,7 @@ def test_bad_input_raises_clear_error():
 
 @pytest.mark.parametrize("init_std,scaled", [(0.02, True), (0.125, True), (0.125, False)])
 def test_init_std_sets_the_scale_of_fresh_weights(init_std, scaled):
-    cfg = get_config("test", d_model=64, init_std=init_std, retrieval=True, vocab_size=512,
+    cfg = get_config("test", d_model=64, init_std=init_std, memory="rmt_r", vocab_size=512,
                      scaled_residual_init=scaled)
     model = RMT(cfg, rngs=nnx.Rngs(0))
     block = model.blocks[0]
@@ -114,9 +124,9 @@ def test_attention_maps_on_and_off():
 
 @pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
 def test_bf16_runs(param_dtype):
-    cfg = dict(dtype="bfloat16", param_dtype=param_dtype, retrieval=True)
+    cfg = dict(dtype="bfloat16", param_dtype=param_dtype, memory="rmt_r")
     model = make_model(**cfg)
-    ref = make_model(retrieval=True)
+    ref = make_model(memory="rmt_r")
     batch = dict(context=random_tokens((2, 20)), query=random_tokens((2, 5), seed=1),
                  loss_mask=np.array([[0, 0, 1, 1, 1]] * 2, np.float32))
     step = lambda m: nnx.value_and_grad(loss_fn, has_aux=True)(m, batch)  # noqa: E731
@@ -131,7 +141,7 @@ def test_bf16_runs(param_dtype):
 
 
 def test_generate_answer_is_greedy_and_respects_question_lengths():
-    model = make_model(retrieval=True)
+    model = make_model(memory="rmt_r")
     context = random_tokens((2, 20))
     question = random_tokens((2, 3), seed=2)
 
@@ -216,8 +226,8 @@ def test_positions_are_causal_and_the_attention_map_path_agrees(positions):
     changed = model.lm_logits(tokens.at[:, 10].set(tokens[:, 10] % 60 + 1))
     np.testing.assert_array_equal(logits[:, :10], changed[:, :10])  # nothing flows backwards
     assert float(jnp.abs(logits[:, 10:] - changed[:, 10:]).max()) > 1e-3
-    fused, _ = model.transformer(model.embed(tokens))
-    explicit, maps = model.transformer(model.embed(tokens), return_attention=True)
+    fused, _, _ = model.transformer(model.embed(tokens))
+    explicit, maps, _ = model.transformer(model.embed(tokens), return_attention=True)
     np.testing.assert_allclose(fused, explicit, atol=1e-5)
     assert maps["layer_0"].shape == (2, cfg.heads, 20, 20)
 
@@ -232,8 +242,8 @@ def test_rope_and_alibi_see_relative_positions_only():
         # the same 12 tokens after 5 others: the first layer's weights among the 12 tokens,
         # renormalised, equal those without the 5 when only relative positions count
         pre = model.embed(jnp.asarray(random_tokens((1, 5), seed=4)))
-        _, a = model.transformer(x, return_attention=True)
-        _, b = model.transformer(jnp.concatenate([pre, x], 1), return_attention=True)
+        _, a, _ = model.transformer(x, return_attention=True)
+        _, b, _ = model.transformer(jnp.concatenate([pre, x], 1), return_attention=True)
         wa = a["layer_0"][0, :, :, :]  # [h, 12, 12]
         wb = b["layer_0"][0, :, 5:, 5:]
         wb = wb / wb.sum(-1, keepdims=True)

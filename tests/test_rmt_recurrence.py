@@ -23,9 +23,28 @@ def jit(fn, model):
     return lambda *args: compiled(params, *args)
 
 
+# the memory variants that carry state between segments, as config fields of the test preset
+VARIANTS = {"rmt": {}, "rmt_r": {"memory": "rmt_r"}, "armt": {"memory": "armt", "d_mem": 8}}
+
+
+def with_associations(model: RMT) -> RMT:
+    """ARMT's W_v starts at zero (its memory says nothing at first) and the test preset's
+    small weights make tiny keys: larger random ones, so the tests see the associations at
+    work."""
+    for i, layer in enumerate(model.associative or ()):
+        for j, (w, std) in enumerate(((layer.wq, 0.5), (layer.wk, 0.5), (layer.wv, 0.3))):
+            w[...] = std * jax.random.normal(jax.random.key(100 + 3 * i + j), w.shape)
+    return model
+
+
+def carried(state):
+    """What a segment passes to the next: the memory, or ARMT's associative matrices."""
+    return state.memory if state.assoc is None else state.assoc.matrix
+
+
 @functools.cache
 def make_model(**overrides) -> RMT:
-    return RMT(get_config("test", **overrides), rngs=nnx.Rngs(0))
+    return with_associations(RMT(get_config("test", **overrides), rngs=nnx.Rngs(0)))
 
 
 def random_tokens(shape, seed=0):
@@ -56,9 +75,9 @@ def value_and_grad(f, model):
     return jit(nnx.value_and_grad(f, has_aux=True), model)()
 
 
-@pytest.mark.parametrize("retrieval", [False, True])
-def test_scan_equals_loop_outputs_and_grads(retrieval):
-    model = make_model(retrieval=retrieval, dropout=0.1)
+@pytest.mark.parametrize("memory", VARIANTS)
+def test_scan_equals_loop_outputs_and_grads(memory):
+    model = make_model(**VARIANTS[memory], dropout=0.1)
     context = random_tokens((2, 3 * SEG - 3))
     key = jax.random.key(1)
     (v_scan, scan_state), g_scan = value_and_grad(objective(scan_segments, context, key=key),
@@ -71,8 +90,8 @@ def test_scan_equals_loop_outputs_and_grads(retrieval):
     assert rel_err(g_scan, jax.tree.map(jnp.zeros_like, g_loop)) > 0.5  # grads are not zero
 
 
-@pytest.mark.parametrize("retrieval", [False, True])
-def test_unrolled_scan_equals_loop(retrieval, monkeypatch):
+@pytest.mark.parametrize("memory", VARIANTS)
+def test_unrolled_scan_equals_loop(memory, monkeypatch):
     """scan_unroll=2 over 3 segments (not a multiple) gives the loop's outputs and gradients."""
     unrolls = []
     scan = jax.lax.scan
@@ -86,9 +105,9 @@ def test_unrolled_scan_equals_loop(retrieval, monkeypatch):
     key = jax.random.key(2)
     (v_scan, scan_state), g_scan = value_and_grad(
         objective(scan_segments, context, key=key),
-        make_model(retrieval=retrieval, dropout=0.1, scan_unroll=2))
+        make_model(**VARIANTS[memory], dropout=0.1, scan_unroll=2))
     (v_loop, loop_state), g_loop = value_and_grad(
-        objective(loop_segments, context, key=key), make_model(retrieval=retrieval, dropout=0.1))
+        objective(loop_segments, context, key=key), make_model(**VARIANTS[memory], dropout=0.1))
     assert 2 in unrolls  # the segment scan was unrolled
     assert rel_err(scan_state, loop_state) <= 1e-5
     assert abs(float(v_scan - v_loop)) <= 1e-5 * abs(float(v_loop))
@@ -145,9 +164,9 @@ def test_truncated_bptt_cuts_gradients_of_older_segments():
     assert rel_err(g_k1, g_full) > 1e-3  # truncation did change something
 
 
-@pytest.mark.parametrize("retrieval", [False, True])
-def test_empty_segments_leave_memory_unchanged(retrieval):
-    model = make_model(retrieval=retrieval)
+@pytest.mark.parametrize("memory", VARIANTS)
+def test_empty_segments_leave_memory_unchanged(memory):
+    model = make_model(**VARIANTS[memory])
     context = random_tokens((1, 3 * SEG), seed=4)
     # Same tokens with an empty segment inserted in the middle and two appended at the end.
     padded = np.zeros((1, 6 * SEG), np.int32)
@@ -159,7 +178,8 @@ def test_empty_segments_leave_memory_unchanged(retrieval):
 
     def answer(model, context, mask):
         state, _ = scan_segments(model, context, mask)
-        return state.memory, answer_logits(model, state, jnp.ones((context.shape[0], 4), jnp.int32))
+        ones = jnp.ones((context.shape[0], 4), jnp.int32)
+        return carried(state), answer_logits(model, state, ones)
 
     answer = jit(answer, model)
     mem_a, logits_a = answer(context, np.ones(context.shape, bool))
@@ -209,7 +229,7 @@ def test_token_padding_is_invisible():
 
 
 def test_retrieval_is_causal_in_outputs_and_gradients():
-    model = make_model(retrieval=True)
+    model = make_model(memory="rmt_r")
     context = random_tokens((2, 5 * SEG), seed=6)
     later = context.copy()
     later[:, 3 * SEG :] = random_tokens((2, 2 * SEG), seed=7)  # perturb segments 4 and 5
@@ -231,10 +251,14 @@ def test_retrieval_is_causal_in_outputs_and_gradients():
     assert bool(state_a.buffer_valid.all())
 
 
-def test_retrieval_reads_only_valid_states():
-    model = make_model(retrieval=True)
+@pytest.mark.parametrize("variant", ["official", "shared_norm"])
+def test_retrieval_reads_only_valid_states(variant):
+    model = RMT(get_config("test", memory="rmt_r", retrieval_variant=variant), rngs=nnx.Rngs(0))
     retrieval = model.retrieval
     rng = np.random.RandomState(8)
+    if variant == "official":  # non-zero biases and LayerNorms of their own, to be seen
+        retrieval.biases[...] = 0.1 * jnp.asarray(rng.randn(4, 32), jnp.float32)
+        retrieval.ln_q.scale[...] = 1.0 + 0.5 * jnp.asarray(rng.randn(32), jnp.float32)
     m = jnp.asarray(rng.randn(2, 4, 32), jnp.float32) * 0.1
     states = jnp.asarray(rng.randn(2, 3, 4, 32), jnp.float32)
     valid = jnp.array([[True, True, False], [True, False, False]])
@@ -246,20 +270,32 @@ def test_retrieval_reads_only_valid_states():
     r2 = read(states.at[0, 2].set(5.0).at[1, 1:].set(-3.0), valid)
     np.testing.assert_allclose(r2, r, rtol=1e-6, atol=1e-6)
     assert float(jnp.abs(read(states.at[0, 1].set(5.0), valid) - r).max()) > 1e-4
-    # The spec's formula, projecting the stored states at read time, gives the same r.
-    ln = retrieval.ln_in
-    q = ln(m) @ retrieval.wq[...]
-    k = ln(states.reshape(2, 12, 32)) @ retrieval.wk[...]
-    v = ln(states.reshape(2, 12, 32)) @ retrieval.wv[...]
+    # The spec's formula, projecting the stored states at read time, gives the same r
+    # (the official block: ln_q for the query, ln_kv for the states, biased projections).
+    ln_q = retrieval.ln_q if variant == "official" else retrieval.ln_in
+    bq, bk, bv, bo = (retrieval.biases[...] if variant == "official" else jnp.zeros((4, 32)))
+    q = ln_q(m) @ retrieval.wq[...] + bq
+    k = retrieval.ln_in(states.reshape(2, 12, 32)) @ retrieval.wk[...] + bk
+    v = retrieval.ln_in(states.reshape(2, 12, 32)) @ retrieval.wv[...] + bv
     scores = jnp.einsum("bqd,bsd->bqs", q, k) / np.sqrt(32)
     mask = jnp.repeat(valid, 4, axis=1)[:, None]
     att = jnp.where(mask, jax.nn.softmax(jnp.where(mask, scores, -1e30), -1), 0.0)
-    spec = m + jnp.einsum("bqs,bsd->bqd", att, v) @ retrieval.wo[...]
+    spec = m + jnp.einsum("bqs,bsd->bqd", att, v) @ retrieval.wo[...] + bo
     spec = spec + retrieval.mlp(retrieval.ln_mlp(spec))
     np.testing.assert_allclose(r, spec, rtol=1e-5, atol=1e-6)
-    # first segment: nothing stored, so r = m + MLP(LN(m))
-    empty = read(states, jnp.zeros((2, 3), bool))
-    np.testing.assert_allclose(empty, m + retrieval.mlp(retrieval.ln_mlp(m)), rtol=1e-6, atol=1e-6)
+    # first segment, nothing stored: the official RMT-R reads its 2N learned rows; the
+    # shared-norm block reads [m; m + MLP(LN(m))]
+    nothing = jnp.zeros((2, 3), bool)
+    first = model.read_memory(m, retrieval.keys_values(states), nothing)
+    if variant == "official":
+        assert model.memory.shape == (8, 32)
+        np.testing.assert_allclose(first, jnp.broadcast_to(model.memory[...], (2, 8, 32)))
+        later = model.read_memory(m, retrieval.keys_values(states), valid)
+        np.testing.assert_allclose(later, jnp.concatenate([m, r], 1), rtol=1e-6, atol=1e-6)
+    else:
+        assert model.memory.shape == (4, 32)
+        np.testing.assert_allclose(first[:, 4:], m + retrieval.mlp(retrieval.ln_mlp(m)),
+                                   rtol=1e-6, atol=1e-6)
 
 
 def test_remat_policy_keeps_gradients():

@@ -6,13 +6,14 @@ import pytest
 from flax import nnx
 
 from rmt_jax import RMT, answer_logits, get_config, scan_segments, stream_infer
+from tests.test_rmt_recurrence import VARIANTS, make_model
 
 SEG = 8
 
 
-@pytest.mark.parametrize("retrieval", [False, True])
-def test_stream_equals_one_shot_scan(retrieval):
-    model = RMT(get_config("test", retrieval=retrieval), rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("memory", VARIANTS)
+def test_stream_equals_one_shot_scan(memory):
+    model = make_model(**VARIANTS[memory])
     tokens = np.random.RandomState(0).randint(1, 64, (7 * SEG + 3,)).astype(np.int32)
     query = np.arange(1, 5, dtype=np.int32)[None]
     one_shot, _ = jax.jit(lambda: scan_segments(model, tokens[None]))()
@@ -25,7 +26,10 @@ def test_stream_equals_one_shot_scan(retrieval):
         np.testing.assert_allclose(streamed.memory, one_shot.memory, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(answer_logits(model, streamed, query),
                                    answer_logits(model, one_shot, query), rtol=1e-5, atol=1e-5)
-        if retrieval:
+        if memory == "armt":  # constant in size: the associations alone
+            for a, b in zip(streamed.assoc, one_shot.assoc, strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        if memory == "rmt_r":
             assert streamed.buffer.shape[1] >= 9  # 3 chunks of 3 segment slots
             np.testing.assert_allclose(streamed.buffer[:, :segments], one_shot.buffer,
                                        rtol=1e-5, atol=1e-6)
@@ -37,6 +41,8 @@ def test_stream_equals_one_shot_scan(retrieval):
     first = stream_infer(model, tokens[: 4 * SEG], chunk_segments=2)
     rest = stream_infer(model, tokens[4 * SEG:], chunk_segments=2, state=first)
     np.testing.assert_allclose(rest.memory, one_shot.memory, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(answer_logits(model, rest, query),
+                               answer_logits(model, one_shot, query), rtol=1e-5, atol=1e-5)
 
 
 def test_rows_of_different_lengths_stream_with_a_mask():

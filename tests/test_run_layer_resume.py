@@ -199,13 +199,20 @@ def test_param_fields_are_the_fields_that_change_parameter_shapes():
                 [(x.shape, str(x.dtype)) for x in jax.tree.leaves(abstract)])
 
     variants = {"layers": 2, "d_model": 64, "heads": 4, "vocab_size": 65, "mem_tokens": 3,
-                "max_positions": 40, "retrieval": True, "param_dtype": "bfloat16",
+                "max_positions": 40, "memory": "rmt_r", "param_dtype": "bfloat16",
                 "segment_len": 9, "dtype": "bfloat16", "dropout": 0.2,
-                "retrieval_dropout": 0.2, "remat_policy": "full", "scan_unroll": 2,
+                "remat_policy": "full", "scan_unroll": 2,
                 "bptt_segments": 1, "attention_impl": "xla", "answer_mode": "separate",
                 "positions": "rope", "init_std": 0.1, "scaled_residual_init": False}
-    assert set(variants) | {"attention_map_layers"} == set(ModelConfig.__dataclass_fields__)
-    reference = shapes(base)
-    for name, value in variants.items():
-        changed = shapes(base.replace(**{name: value}))
+    # fields that only exist with a memory variant: (the variant, the field changed)
+    within = {"d_mem": ({"memory": "armt", "d_mem": 8}, {"d_mem": 16}),
+              "retrieval_dropout": ({"memory": "rmt_r"}, {"retrieval_dropout": 0.2}),
+              "retrieval_variant": ({"memory": "rmt_r"}, {"retrieval_variant": "shared_norm"})}
+    assert (set(variants) | set(within) | {"attention_map_layers"}
+            == set(ModelConfig.__dataclass_fields__))
+    cases = [(name, {}, {name: value}) for name, value in variants.items()]
+    cases += [(name, start, change) for name, (start, change) in within.items()]
+    for name, start, change in cases:
+        reference = shapes(base.replace(**start))
+        changed = shapes(base.replace(**{**start, **change}))
         assert (changed != reference) == (name in checkpointing.PARAM_FIELDS), name

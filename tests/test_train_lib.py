@@ -300,8 +300,9 @@ def test_every_parameter_has_a_sharding_rule_and_an_unknown_one_is_an_error():
     from rmt_jax.core.config import get_config
     from rmt_jax.core.model import RMT
 
-    for retrieval in (False, True):
-        model = RMT(get_config("test", retrieval=retrieval), rngs=nnx.Rngs(0))
+    for fields in ({}, {"memory": "rmt_r"}, {"memory": "rmt_r", "retrieval_variant": "shared_norm"},
+                   {"memory": "armt", "d_mem": 8}):
+        model = RMT(get_config("test", **fields), rngs=nnx.Rngs(0))
         # Every parameter of the model is named in one of the two tables: none raises.
         sharding.state_shardings(nnx.state(model, nnx.Param),
                                  jax.make_mesh((1, 1), ("data", "model")))

@@ -45,7 +45,7 @@ def answer_logits(model: RMT, state: MemoryState, query: jax.Array, key=None) ->
     """Logits [B, Q, vocab] (float32) of the answer segment `[read memory; query]`."""
     k_read, k_ans = _split(key)
     read = model.read_memory(state.memory, state.buffer, state.buffer_valid, k_read)
-    return model.logits(model.answer_hidden(read, query, k_ans))
+    return model.logits(model.answer_hidden(read, query, k_ans, state.assoc))
 
 
 def in_context_layout(context, context_mask, question, question_length, answer,
@@ -82,11 +82,21 @@ def in_context_layout(context, context_mask, question, question_length, answer,
     return xp.where(real, tokens, 0).astype(xp.int32), real
 
 
+def window_len(config, width: int) -> int:
+    """memory='none': how many of a layout's last `width` tokens the backbone reads at once,
+    whole segments within `max_positions`."""
+    return min(width, config.max_positions // config.segment_len * config.segment_len)
+
+
 def _last_segment(model: RMT, tokens, mask, key=None):
     """Scans all segments of an `in_context_layout` but the last -> (state, last segment
-    [B, L] with its real tokens first, their count [B])."""
+    [B, L] with its real tokens first, their count [B]). Without memory there is nothing to
+    scan: the 'last segment' is the window of the last `window_len` tokens."""
     seg_len = model.config.segment_len
-    if tokens.shape[1] > seg_len:
+    if model.config.memory == "none":
+        seg_len = window_len(model.config, tokens.shape[1])
+        state = initial_state(model, tokens.shape[0])
+    elif tokens.shape[1] > seg_len:
         state, _ = scan_segments(model, tokens[:, :-seg_len], mask[:, :-seg_len], key=key)
     else:
         state = initial_state(model, tokens.shape[0], capacity=1)
@@ -103,7 +113,7 @@ def _in_context_loss(model: RMT, batch: dict, key):
                                      model.config.segment_len)
     state, last, lengths = _last_segment(model, tokens, mask, k_ctx)
     read = model.read_memory(state.memory, state.buffer, state.buffer_valid, k_read)
-    hidden = model.answer_hidden(read, last, k_ans)  # [B, L, d]
+    hidden = model.answer_hidden(read, last, k_ans, state.assoc)  # [B, L, d]
     # the position before each slot predicts it: [B, A]
     index = (lengths - slots - 1)[:, None] + jnp.arange(slots)[None, :]
     hidden = jnp.take_along_axis(hidden, index[..., None], axis=1)  # [B, A, d]
@@ -128,7 +138,7 @@ def loss_fn(model: RMT, batch: dict, key: jax.Array | None = None):
     state, _ = scan_segments(model, batch["context"], batch.get("context_mask"), key=k_ctx)
     query = jnp.asarray(batch["query"], jnp.int32)
     read = model.read_memory(state.memory, state.buffer, state.buffer_valid, k_read)
-    hidden = model.answer_hidden(read, query, k_ans)[:, :-1]  # position t predicts q[t+1]
+    hidden = model.answer_hidden(read, query, k_ans, state.assoc)[:, :-1]  # t predicts q[t+1]
     targets = query[:, 1:]
     weights = jnp.asarray(batch["loss_mask"], jnp.float32)[:, 1:]
     if "answer" in batch and batch["answer"].shape[1] < targets.shape[1]:
@@ -172,7 +182,7 @@ def generate_answer(model: RMT, state: MemoryState, question: jax.Array, *,
     rows = jnp.arange(batch)
 
     def body(i, tokens):
-        h = model.answer_hidden(read, tokens)  # [B, Qq + new, d]
+        h = model.answer_hidden(read, tokens, assoc=state.assoc)  # [B, Qq + new, d]
         last = h[rows, lengths - 1 + i]  # [B, d]
         return tokens.at[rows, lengths + i].set(model.logits(last).argmax(-1).astype(jnp.int32))
 
@@ -195,7 +205,7 @@ def generate_in_context(model: RMT, state: MemoryState, last: jax.Array, lengths
     first = jnp.asarray(lengths, jnp.int32) - max_new_tokens  # [B] first slot
 
     def body(i, tokens):
-        h = model.answer_hidden(read, tokens)  # [B, L, d]
+        h = model.answer_hidden(read, tokens, assoc=state.assoc)  # [B, L, d]
         nxt = model.logits(h[rows, first - 1 + i]).argmax(-1).astype(jnp.int32)  # [B]
         return tokens.at[rows, first + i].set(nxt)
 

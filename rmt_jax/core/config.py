@@ -19,7 +19,20 @@ Learned positions: a segment of L tokens needs R + L + N of them (R read, N writ
 tokens); the presets hold 2L + 4N (room for RMT-R's 2N read tokens and a question segment),
 GPT-2's 1024 for gpt2_small.
 
-`get_config("tiny", retrieval=True)` returns a preset with fields replaced.
+`get_config("tiny", memory="armt", d_mem=32)` returns a preset with fields replaced.
+
+Memory variants (`memory`), all through one `segment_step` (rmt_jax.core.recurrence):
+  rmt   RMT (Bulatov et al. 2022): N memory vectors read at the start of a segment and
+        written at its end; the written outputs are the next segment's memory.
+  rmt_r RMT-R (Kuratov et al. 2024): RMT that also reads `retrieve(m, past memories)` over a
+        buffer of every memory written so far (2N read tokens).
+  armt  ARMT (Rodkin et al. 2024): every layer keeps an associative matrix [d_key, d] and a
+        normaliser [d_key] (d_key = 2 * ARMT_NU * d_mem, DPFP features); each position adds
+        its read before the layer, the layer's outputs at N write tokens (the learned
+        memory embeddings, the same every segment) are written after it by the delta rule.
+        No read tokens; the state is constant in size.
+  none  no memory: the backbone alone over the last `max_positions` tokens in one window (the
+        full-attention baseline; 'in_context' answers only).
 """
 
 from __future__ import annotations
@@ -42,6 +55,14 @@ ANSWER_MODES = ("in_context", "separate")
 # (Press et al. 2022); 'rope' rotates queries and keys (Su et al. 2021). Positions restart
 # at 0 in every segment in all three.
 POSITIONS = ("learned", "alibi", "rope")
+MEMORIES = ("rmt", "rmt_r", "armt", "none")
+ARMT_NU = 3  # DPFP's nu in the published ARMT: d_key = 2 * nu * d_mem
+DEFAULT_RETRIEVAL_DROPOUT = 0.1  # RMT-R's, when retrieval_dropout is None
+# RMT-R's retrieval block (rmt_jax.core.model.MemoryRetrieval): 'official' as the published code
+# (branch babilong_retr): LayerNorms of its own for the query and for the stored states,
+# biased projections, and 2N learned read rows in a segment with nothing stored yet;
+# 'shared_norm': one LayerNorm for both, no biases, and r = m + MLP(LN(m)) with nothing stored.
+RETRIEVAL_VARIANTS = ("official", "shared_norm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +76,11 @@ class ModelConfig:
     max_positions: int = 64          # learned positions; each segment restarts them at 0
     param_dtype: str = "float32"     # storage dtype of parameters: float32 | bfloat16
     dtype: str = "float32"           # compute dtype of activations: float32 | bfloat16
-    retrieval: bool = False          # RMT-R: read [m; retrieve(m, past memories)]
+    memory: str = "rmt"              # 'rmt' | 'rmt_r' | 'armt' | 'none' (see the module docstring)
+    d_mem: int = 0                   # ARMT's key projection width (0 = not ARMT); published: 64
     dropout: float = 0.0             # backbone dropout (embeddings, attention out, MLP out)
-    retrieval_dropout: float = 0.1   # dropout inside the retrieval block (RMT-R)
+    retrieval_dropout: float | None = None  # dropout in RMT-R's retrieval block (None = 0.1)
+    retrieval_variant: str | None = None  # RMT-R: 'official' | 'shared_norm' (None = official)
     remat_policy: str = "none"       # 'none', 'full' (save nothing), or a checkpoint_policies name
     scan_unroll: int = 1             # segments per iteration of the scan's loop (lax.scan unroll)
     bptt_segments: int | None = None  # back-propagate through the last k segments; None = all
@@ -79,9 +102,33 @@ class ModelConfig:
         for name in ("layers", "d_model", "heads", "vocab_size", "segment_len", "max_positions"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
-        if self.mem_tokens <= 0:
-            raise ValueError(f"mem_tokens={self.mem_tokens} must be >= 1: RMT needs at least one "
-                             "memory vector (use a plain transformer for no memory)")
+        if self.memory not in MEMORIES:
+            raise ValueError(f"unknown memory {self.memory!r}: expected one of {MEMORIES}")
+        if self.memory == "none" and self.mem_tokens:
+            raise ValueError(f"memory='none' has no memory tokens but mem_tokens="
+                             f"{self.mem_tokens}: set mem_tokens=0")
+        if self.memory != "none" and self.mem_tokens <= 0:
+            raise ValueError(f"mem_tokens={self.mem_tokens} must be >= 1: {self.memory} needs "
+                             "at least one memory vector (memory='none' for the backbone alone)")
+        if self.memory == "armt" and not 0 < self.d_mem <= self.d_model:
+            raise ValueError(f"ARMT's d_mem={self.d_mem} must lie in 1..d_model={self.d_model}: "
+                             "its keys are a projection of the residual stream (the published "
+                             "ARMT uses d_mem=64 with d_model=768)")
+        if self.memory == "none" and self.answer_mode != "in_context":
+            raise ValueError("memory='none' reads the question in the window of the context: "
+                             "set answer_mode='in_context' (a separate answer segment would see "
+                             "no context at all)")
+        if self.memory != "armt" and self.d_mem:
+            raise ValueError(f"d_mem={self.d_mem} is ARMT's key width but memory="
+                             f"{self.memory!r}: set memory='armt' or d_mem=0")
+        for name in ("retrieval_dropout", "retrieval_variant"):
+            if self.memory != "rmt_r" and getattr(self, name) is not None:
+                raise ValueError(f"{name}={getattr(self, name)!r} is RMT-R's but memory="
+                                 f"{self.memory!r} has no retrieval: set memory='rmt_r' or "
+                                 f"leave {name} None")
+        if self.retrieval_variant not in (None, *RETRIEVAL_VARIANTS):
+            raise ValueError(f"unknown retrieval_variant {self.retrieval_variant!r}: expected "
+                             f"one of {RETRIEVAL_VARIANTS}")
         if self.d_model % self.heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by heads={self.heads}: "
                              "pick heads that divide d_model (e.g. d_model=768, heads=12)")
@@ -101,7 +148,7 @@ class ModelConfig:
             raise ValueError(f"scan_unroll={self.scan_unroll} must be >= 1 (1 = no unrolling)")
         if self.bptt_segments is not None and self.bptt_segments < 1:
             raise ValueError(f"bptt_segments={self.bptt_segments} must be >= 1 or None (full BPTT)")
-        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.retrieval_dropout < 1.0:
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.retrieval_rate < 1.0:
             raise ValueError("dropout rates must lie in [0, 1)")
         bad = [i for i in self.attention_map_layers if not 0 <= i < self.layers]
         if bad:
@@ -123,14 +170,58 @@ class ModelConfig:
             raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of "
                              f"{ATTENTION_IMPLS} (None lets JAX choose; 'cudnn' needs a GPU)")
 
+    @classmethod
+    def from_fields(cls, fields: dict) -> ModelConfig:
+        """A config from its saved fields (`dataclasses.asdict`), also as saved before
+        `memory` replaced `retrieval: bool` (when every model kept a retrieval dropout) and
+        before RMT-R's block followed the official code."""
+        fields = dict(fields)
+        if "retrieval" in fields:
+            fields.setdefault("memory", "rmt_r" if fields.pop("retrieval") else "rmt")
+        if fields.get("memory", "rmt") != "rmt_r":
+            fields["retrieval_dropout"] = None
+        elif "retrieval_variant" not in fields:  # RMT-R saved before the official block
+            fields["retrieval_variant"] = "shared_norm"
+        if "attention_map_layers" in fields:
+            fields["attention_map_layers"] = tuple(fields["attention_map_layers"])
+        return cls(**fields)
+
     @property
     def head_dim(self) -> int:
         return self.d_model // self.heads
 
     @property
+    def retrieval(self) -> bool:
+        """RMT-R: the read is [m; retrieve(m, past memories)]."""
+        return self.memory == "rmt_r"
+
+    @property
+    def retrieval_kind(self) -> str:
+        """RMT-R's retrieval block: 'official' unless `retrieval_variant` says otherwise."""
+        return self.retrieval_variant or "official"
+
+    @property
+    def learned_read_rows(self) -> int:
+        """Rows of the learned memory: 2N for the official RMT-R (its first read), else N."""
+        return self.read_tokens if self.retrieval and self.retrieval_kind == "official" \
+            else self.mem_tokens
+
+    @property
+    def retrieval_rate(self) -> float:
+        """The dropout rate inside RMT-R's retrieval block."""
+        return (DEFAULT_RETRIEVAL_DROPOUT if self.retrieval_dropout is None
+                else self.retrieval_dropout)
+
+    @property
+    def d_key(self) -> int:
+        """ARMT's associative key width: 2 * nu * d_mem DPFP features (0 for the others)."""
+        return 2 * ARMT_NU * self.d_mem
+
+    @property
     def read_tokens(self) -> int:
-        """Memory tokens read at the start of a segment: N, or 2N ([m; r]) with retrieval."""
-        return self.mem_tokens * (2 if self.retrieval else 1)
+        """Memory tokens read at the start of a segment: N for RMT, 2N ([m; r]) for RMT-R,
+        none for ARMT (it reads inside every layer) and for no memory."""
+        return {"rmt": 1, "rmt_r": 2}.get(self.memory, 0) * self.mem_tokens
 
     @property
     def segment_positions(self) -> int:
@@ -174,7 +265,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def get_config(preset: str = "tiny", **overrides) -> ModelConfig:
-    """A preset by name with fields replaced, e.g. `get_config('tiny', retrieval=True)`."""
+    """A preset by name with fields replaced, e.g. `get_config('tiny', memory='rmt_r')`."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: expected one of {sorted(PRESETS)}")
     return PRESETS[preset].replace(**overrides)

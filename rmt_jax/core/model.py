@@ -1,4 +1,4 @@
-"""The RMT / RMT-R model: a GPT-2-like pre-LN decoder that reads segments through a memory.
+"""The RMT / RMT-R / ARMT model: a GPT-2-like pre-LN decoder that reads segments through a memory.
 
 Backbone: positions restarting at 0 in every segment (`config.positions`: GPT-2's learned
 embeddings by default, or an ALiBi recency bias, or rotary queries and keys), pre-LN blocks
@@ -10,6 +10,16 @@ One segment's input is `[read memory (R); tokens (L); write memory (N)]`, R = N 
 R = 2N (`[m; r]`) for RMT-R. The final-layer outputs *after* the final LayerNorm at the N
 write positions become the next memory (the official code takes `hidden_states[-1]` of the
 Hugging Face GPT-2, which is post-LN too).
+
+ARMT (`config.memory == 'armt'`) has no read tokens (R = 0) and writes the learned memory
+embeddings every segment; its state is an `Associations` pair per layer (matrix A [d_key, d],
+normaliser z [d_key], float32). Before block i every position h adds
+`A φ(W_q h) / (z · φ(W_q h) + ε)` (φ = DPFP); after it, the block's outputs m at the write
+positions are stored by the delta rule: k = φ(W_k m), v = W_v m - A k / (z · k + ε),
+β = sigmoid(W_b m), A += Σ β k vᵀ, z += Σ γ k with γ = clip(1 - (z · k + ε) / |k|², 0, 1)
+(no gradient through γ), as in `RodkinIvan/associative-recurrent-memory-transformer`.
+W_v starts at zero, so a fresh ARMT reads nothing. With A = z = 0 the read is 0 and γ = 1:
+the first segment needs no special case.
 
 Padding inside a segment needs no attention mask: a segment with `length` real tokens is
 laid out as `[read; tokens[:length]; write; pad...]`, so the pads sit after every position
@@ -27,14 +37,22 @@ LayerNorm statistics, attention-map softmax and logits are computed in float32.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rmt_jax.core.config import ModelConfig
+from rmt_jax.core.config import ARMT_NU, ModelConfig
 
 LAYER_NORM_EPSILON = 1e-5  # GPT-2's
+ASSOCIATIVE_EPSILON = 1e-5  # ARMT's, in the normaliser of a read and in gamma
+
+
+class Associations(NamedTuple):
+    """ARMT's state: one associative matrix and normaliser per layer (float32)."""
+    matrix: jax.Array  # [B, layers, d_key, d]
+    norm: jax.Array    # [B, layers, d_key]
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
@@ -180,9 +198,12 @@ class Block(nnx.Module):
 class MemoryRetrieval(nnx.Module):
     """RMT-R's read of past memories: single-head cross-attention, then an MLP, both residual.
 
-    q = Wq LN(m), K = Wk LN(M), V = Wv LN(M) over the valid stored states M;
-    r = m + Wo softmax(q K^T / sqrt(d)) V;  r = r + MLP(LN(r)).
-    With no valid state (the first segment) the attention term is zero: r = m + MLP(LN(m)).
+    q = Wq LN_q(m) + b_q, K = Wk LN_kv(M) + b_k, V = Wv LN_kv(M) + b_v over the valid stored
+    states M; r = m + Wo softmax(q K^T / sqrt(d)) V + b_o;  r = r + MLP(LN(r)): the official
+    code's block (`config.retrieval_kind == 'official'`). 'shared_norm' uses one LayerNorm for
+    m and M and no biases. A row with no valid state (the first segment) reads the learned
+    2N rows instead (`RMT.read_memory`) in the official block; r = m + MLP(LN(m)) in
+    'shared_norm'.
 
     A stored state never changes, so its keys and values are computed once, when it is
     written (`keys_values`), and the buffer holds them: a read costs O(T n d), not the
@@ -191,29 +212,37 @@ class MemoryRetrieval(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         d, pd = cfg.d_model, cfg.params_dtype
-        self.ln_in = LayerNorm(cfg)
+        official = cfg.retrieval_kind == "official"
+        self.ln_in = LayerNorm(cfg)  # the stored states' (and, in 'shared_norm', the query's)
+        self.ln_q = LayerNorm(cfg) if official else None
         self.wq = _normal(rngs, (d, d), cfg.init_std, pd)
         self.wk = _normal(rngs, (d, d), cfg.init_std, pd)
         self.wv = _normal(rngs, (d, d), cfg.init_std, pd)
         self.wo = _normal(rngs, (d, d), cfg.init_std, pd)
+        # q, k, v and o biases [4, d] (the official block's nn.Linear defaults)
+        self.biases = _zeros((4, d), pd) if official else None
         self.ln_mlp = LayerNorm(cfg)
         self.mlp = Mlp(cfg, rngs, cfg.init_std)
-        self.rate = cfg.retrieval_dropout
+        self.rate = cfg.retrieval_rate
         self.dtype = cfg.compute_dtype
+
+    def _bias(self, i: int):
+        return 0.0 if self.biases is None else self.biases[i].astype(self.dtype)
 
     def keys_values(self, states: jax.Array) -> jax.Array:
         """states [..., n, d] -> their keys and values [..., 2, n, d]."""
         dt = self.dtype
         x = self.ln_in(states)
-        k = x @ self.wk[...].astype(dt)  # [..., n, d] -> [..., n, d]
-        v = x @ self.wv[...].astype(dt)  # [..., n, d] -> [..., n, d]
+        k = x @ self.wk[...].astype(dt) + self._bias(1)  # [..., n, d] -> [..., n, d]
+        v = x @ self.wv[...].astype(dt) + self._bias(2)  # [..., n, d] -> [..., n, d]
         return jnp.stack([k, v], axis=-3)
 
     def __call__(self, m, kv, valid, key=None):
         """m [b, n, d], kv [b, T, 2, n, d] (from `keys_values`), valid [b, T] -> r [b, n, d]."""
         dt = self.dtype
         b, cap, _, n, d = kv.shape
-        q = self.ln_in(m) @ self.wq[...].astype(dt)  # [b, n, d] -> [b, n, d]
+        ln_q = self.ln_q or self.ln_in
+        q = ln_q(m) @ self.wq[...].astype(dt) + self._bias(0)  # [b, n, d] -> [b, n, d]
         k = kv[:, :, 0].reshape(b, cap * n, d)  # [b, T*n, d]
         v = kv[:, :, 1].reshape(b, cap * n, d)  # [b, T*n, d]
         scores = jnp.einsum("bqd,bsd->bqs", q, k.astype(dt)).astype(jnp.float32) / math.sqrt(d)
@@ -222,12 +251,58 @@ class MemoryRetrieval(nnx.Module):
         weights = jnp.where(key_valid, weights, 0.0)  # all-invalid rows become zero, not uniform
         weights = dropout(weights, self.rate, _fold(key, 0))
         attended = jnp.einsum("bqs,bsd->bqd", weights.astype(dt), v.astype(dt))  # [b, n, d]
-        r = m + dropout(attended @ self.wo[...].astype(dt), self.rate, _fold(key, 1))
+        out = attended @ self.wo[...].astype(dt) + self._bias(3)
+        r = m + dropout(out, self.rate, _fold(key, 1))
         return r + dropout(self.mlp(self.ln_mlp(r)), self.rate, _fold(key, 2))
 
 
+def dpfp(x: jax.Array, nu: int = ARMT_NU) -> jax.Array:
+    """Deterministic parameter-free projection (Schlag et al. 2021): [..., k] -> [..., 2 nu k]
+    non-negative features: [relu(x); relu(-x)] times itself rolled by 1..nu."""
+    x = jnp.concatenate([jax.nn.relu(x), jax.nn.relu(-x)], axis=-1)
+    rolled = jnp.concatenate([jnp.roll(x, j, axis=-1) for j in range(1, nu + 1)], axis=-1)
+    return jnp.tile(x, nu) * rolled
+
+
+class AssociativeMemory(nnx.Module):
+    """One layer's associative read and delta-rule write (ARMT); the matrices are the state,
+    passed in and returned, in float32."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        d, pd = cfg.d_model, cfg.params_dtype
+        self.wq = _normal(rngs, (d, cfg.d_mem), cfg.init_std, pd)
+        self.wk = _normal(rngs, (d, cfg.d_mem), cfg.init_std, pd)
+        self.wv = _zeros((d, d), pd)  # a fresh ARMT reads nothing: the backbone as it is
+        self.wb = _normal(rngs, (d,), cfg.init_std, pd)
+        self.wb_bias = _zeros((), pd)
+
+    def _features(self, x: jax.Array, w: nnx.Param) -> jax.Array:
+        return dpfp(x.astype(jnp.float32) @ w[...].astype(jnp.float32))  # [..., d] -> [..., dk]
+
+    def read(self, matrix, norm, h: jax.Array) -> jax.Array:
+        """h [b, t, d], matrix [b, dk, d], norm [b, dk] -> what the memory returns [b, t, d]."""
+        q = self._features(h, self.wq)  # [b, t, dk]
+        num = jnp.einsum("btk,bkd->btd", q, matrix)
+        den = jnp.einsum("btk,bk->bt", q, norm)[..., None] + ASSOCIATIVE_EPSILON
+        return (num / den).astype(h.dtype)
+
+    def write(self, matrix, norm, m: jax.Array):
+        """Stores the write outputs m [b, n, d] -> (matrix, norm) updated."""
+        k = self._features(m, self.wk)  # [b, n, dk]
+        m32 = m.astype(jnp.float32)
+        den = jnp.einsum("bnk,bk->bn", k, norm)[..., None] + ASSOCIATIVE_EPSILON  # [b, n, 1]
+        previous = jnp.einsum("bnk,bkd->bnd", k, matrix) / den
+        value = m32 @ self.wv[...].astype(jnp.float32) - previous  # [b, n, d]: the new part
+        beta = jax.nn.sigmoid(m32 @ self.wb[...].astype(jnp.float32)
+                              + self.wb_bias[...].astype(jnp.float32))  # [b, n]
+        gamma = jax.lax.stop_gradient(jnp.clip(
+            1.0 - den / (jnp.square(k).sum(-1, keepdims=True) + ASSOCIATIVE_EPSILON), 0.0, 1.0))
+        matrix = matrix + jnp.einsum("bnk,bnd,bn->bkd", k, value, beta)
+        return matrix, norm + (gamma * k).sum(1)
+
+
 class RMT(nnx.Module):
-    """Recurrent Memory Transformer (RMT-R when `config.retrieval`).
+    """Recurrent Memory Transformer: RMT, RMT-R, ARMT or no memory, as `config.memory` says.
 
     Holds parameters and per-segment computations; the recurrence over segments lives in
     `rmt_jax.core.recurrence`.
@@ -245,31 +320,49 @@ class RMT(nnx.Module):
         self.ln_f = LayerNorm(cfg)
         # The memory starts at the scale of the token embeddings (`rmt_jax.pretrained`
         # rescales it to a loaded embedding's std, as the official RMT code draws it).
-        self.memory = _normal(rngs, (cfg.mem_tokens, cfg.d_model), cfg.init_std, pd)
+        # [N, d]; [2N, d] for the official RMT-R, whose first read is all 2N rows
+        self.memory = (_normal(rngs, (cfg.learned_read_rows, cfg.d_model), cfg.init_std, pd)
+                       if cfg.mem_tokens else None)
         self.retrieval = MemoryRetrieval(cfg, rngs) if cfg.retrieval else None
+        self.associative = (nnx.List([AssociativeMemory(cfg, rngs) for _ in range(cfg.layers)])
+                            if cfg.memory == "armt" else None)
 
     # -- pieces ---------------------------------------------------------------------------
     def embed(self, tokens: jax.Array) -> jax.Array:
         """[b, t] int -> [b, t, d] compute dtype."""
         return jnp.take(self.wte[...], tokens, axis=0).astype(self.config.compute_dtype)
 
-    def transformer(self, x: jax.Array, key=None, return_attention: bool = False):
-        """[b, t, d] input embeddings (without positions) -> ([b, t, d] after ln_f, maps).
+    def transformer(self, x: jax.Array, key=None, return_attention: bool = False,
+                    assoc: Associations | None = None, write_pos: jax.Array | None = None):
+        """[b, t, d] input embeddings (without positions) -> ([b, t, d] after ln_f, maps,
+        associations).
 
         Positions 0..t-1 are added here. `maps` maps 'layer_i' to [b, h, t, t] weights for the
         layers in `config.attention_map_layers` when `return_attention`, else it is None.
+        ARMT: every block first reads `assoc`; with `write_pos` [b, n] the blocks' outputs
+        there are written, and the updated associations returned (else `assoc` as given).
         """
         cfg = self.config
         if self.wpe is not None:
             x = x + self.wpe[: x.shape[1]].astype(cfg.compute_dtype)
         x = dropout(x, cfg.dropout, _fold(key, cfg.layers))
         maps = {} if return_attention else None
+        matrices, norms = [], []
         for i, block in enumerate(self.blocks):
+            if assoc is not None:
+                x = x + self.associative[i].read(assoc.matrix[:, i], assoc.norm[:, i], x)
             want = return_attention and i in cfg.attention_map_layers
             x, weights = block(x, _fold(key, i), want)
             if want:
                 maps[f"layer_{i}"] = weights
-        return self.ln_f(x), maps
+            if assoc is not None and write_pos is not None:
+                m = jnp.take_along_axis(x, write_pos[:, :, None], axis=1)  # [b, n, d]
+                matrix, norm = self.associative[i].write(assoc.matrix[:, i], assoc.norm[:, i], m)
+                matrices.append(matrix)
+                norms.append(norm)
+        if matrices:
+            assoc = Associations(jnp.stack(matrices, 1), jnp.stack(norms, 1))
+        return self.ln_f(x), maps, assoc
 
     def logits(self, h: jax.Array) -> jax.Array:
         """[..., d] -> [..., vocab] float32 through the tied embedding."""
@@ -279,26 +372,47 @@ class RMT(nnx.Module):
     def lm_logits(self, tokens: jax.Array) -> jax.Array:
         """The backbone alone as a language model: tokens [b, t] at positions 0..t-1, no
         memory -> logits [b, t, vocab] float32 (with GPT-2 weights: GPT-2's logits)."""
-        h, _ = self.transformer(self.embed(tokens))
+        h, _, _ = self.transformer(self.embed(tokens))
         return self.logits(h)
 
     def initial_memory(self, batch: int) -> jax.Array:
-        """[b, n, d] in the compute dtype."""
-        m = self.memory[...].astype(self.config.compute_dtype)
+        """[b, n, d] in the compute dtype ([b, 0, d] without memory)."""
+        if self.memory is None:
+            return jnp.zeros((batch, 0, self.config.d_model), self.config.compute_dtype)
+        m = self.memory[: self.config.mem_tokens].astype(self.config.compute_dtype)
         return jnp.broadcast_to(m, (batch, *m.shape))
+
+    def initial_associations(self, batch: int) -> Associations | None:
+        """ARMT's empty associations for `batch` samples (None for the other memories)."""
+        if self.associative is None:
+            return None
+        cfg = self.config
+        return Associations(jnp.zeros((batch, cfg.layers, cfg.d_key, cfg.d_model), jnp.float32),
+                            jnp.zeros((batch, cfg.layers, cfg.d_key), jnp.float32))
 
     def read_memory(self, m, buffer=None, valid=None, key=None) -> jax.Array:
         """The read tokens: m [b, n, d] for RMT, [m; retrieve(m)] [b, 2n, d] for RMT-R
-        (buffer [b, T, 2, n, d]: keys and values of the stored memories)."""
+        (buffer [b, T, 2, n, d]: keys and values of the stored memories), none [b, 0, d] for
+        ARMT (it reads inside every layer) and without memory."""
+        cfg = self.config
+        if cfg.read_tokens == 0:
+            return m[:, :0]
         if self.retrieval is None:
             return m
-        return jnp.concatenate([m, self.retrieval(m, buffer, valid, key)], axis=1)
+        read = jnp.concatenate([m, self.retrieval(m, buffer, valid, key)], axis=1)
+        if cfg.learned_read_rows == cfg.read_tokens:  # official: nothing stored, learned rows
+            learned = self.memory[...].astype(read.dtype)[None]
+            read = jnp.where(valid.any(axis=1)[:, None, None], read, learned)
+        return read
 
-    def segment(self, read, write, tokens, lengths, key=None, return_attention=False):
-        """One segment -> (next memory [b, n, d], maps).
+    def segment(self, read, write, tokens, lengths, key=None, return_attention=False,
+                assoc: Associations | None = None):
+        """One segment -> (next memory [b, n, d], maps, associations).
 
         read [b, R, d] and write [b, n, d] (the current memory, as in the official code) frame
         tokens [b, L]; `tokens[:, :lengths]` are real and the rest is ignored (lengths [b]).
+        ARMT (`assoc` given): every layer reads `assoc` and writes its outputs at the write
+        positions into the associations returned.
         """
         n = self.config.mem_tokens
         seg_len = tokens.shape[1]
@@ -310,20 +424,24 @@ class RMT(nnx.Module):
         # real tokens, then the n write slots, then the pads (positions >= length + n)
         idx = jnp.where(p < ln, p, jnp.where(p < ln + n, seg_len + p - ln, p - n))
         body = jnp.take_along_axis(src, idx[:, :, None], axis=1)  # [b, L + n, d]
-        h, maps = self.transformer(jnp.concatenate([read, body], axis=1), key, return_attention)
         write_pos = r + ln + jnp.arange(n)[None, :]  # [b, n]
+        h, maps, assoc = self.transformer(jnp.concatenate([read, body], axis=1), key,
+                                          return_attention, assoc, write_pos)
         memory = jnp.take_along_axis(h, write_pos[:, :, None], axis=1)  # [b, n, d]
-        return memory, maps
+        return memory, maps, assoc
 
-    def answer_hidden(self, read, query, key=None) -> jax.Array:
-        """The answer segment [read; query]: read [b, R, d], query [b, Q] -> [b, Q, d]."""
+    def answer_hidden(self, read, query, key=None,
+                      assoc: Associations | None = None) -> jax.Array:
+        """The answer segment [read; query]: read [b, R, d], query [b, Q] -> [b, Q, d]
+        (ARMT: every layer reads `assoc`; nothing is written)."""
         r = read.shape[1]
         if r + query.shape[1] > self.config.max_positions:
             raise ValueError(
                 f"the answer segment needs {r + query.shape[1]} positions ({r} memory + "
                 f"{query.shape[1]} query tokens) but max_positions={self.config.max_positions}: "
                 "shorten the question/answer or raise max_positions")
-        h, _ = self.transformer(jnp.concatenate([read, self.embed(query)], axis=1), key)
+        h, _, _ = self.transformer(jnp.concatenate([read, self.embed(query)], axis=1), key,
+                                   assoc=assoc)
         return h[:, r:]
 
 

@@ -10,7 +10,10 @@ Array contract (B = batch, S = segments, L = segment_len, n = mem_tokens, d = d_
                                it leaves the memory (and the RMT-R buffer) unchanged.
   MemoryState   the carry: memory [B, n, d]; for RMT-R buffer [B, T_cap, 2, n, d]: keys and
                 values of past output memories (computed once, when written),
-                buffer_valid [B, T_cap], and step (next buffer row).
+                buffer_valid [B, T_cap], and step (next buffer row); for ARMT assoc, the
+                per-layer associative matrices and normalisers (`Associations`, float32),
+                while memory stays the learned write embeddings. With memory='none' a
+                segment changes nothing (only the last window is read: rmt_jax.core.answer).
 
 `loop_segments` runs the same `segment_step` in a Python loop: the reference the tests hold
 `scan_segments` equal to. Truncated BPTT (`bptt_segments=k`) stops the gradient of the memory
@@ -25,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rmt_jax.core.model import RMT
+from rmt_jax.core.model import RMT, Associations
 
 
 class MemoryState(NamedTuple):
@@ -33,6 +36,7 @@ class MemoryState(NamedTuple):
     buffer: jax.Array | None       # [B, T_cap, 2, n, d] keys, values of output memories (RMT-R)
     buffer_valid: jax.Array | None  # [B, T_cap] bool (RMT-R only)
     step: jax.Array                # [] int32 segment slots consumed = next buffer row
+    assoc: Associations | None = None  # ARMT: [B, layers, d_key, d] and [B, layers, d_key]
 
 
 class SegmentInput(NamedTuple):
@@ -43,14 +47,16 @@ class SegmentInput(NamedTuple):
 
 
 def initial_state(model: RMT, batch: int, capacity: int = 0) -> MemoryState:
-    """The learned memory for `batch` samples; an empty RMT-R buffer of `capacity` rows."""
+    """The learned memory for `batch` samples; an empty RMT-R buffer of `capacity` rows;
+    ARMT's empty associations."""
     cfg = model.config
     memory = model.initial_memory(batch)
     buffer = valid = None
     if cfg.retrieval:
         buffer = jnp.zeros((batch, capacity, 2, cfg.mem_tokens, cfg.d_model), memory.dtype)
         valid = jnp.zeros((batch, capacity), bool)
-    return MemoryState(memory, buffer, valid, jnp.zeros((), jnp.int32))
+    return MemoryState(memory, buffer, valid, jnp.zeros((), jnp.int32),
+                       model.initial_associations(batch))
 
 
 def split_segments(context, context_mask, segment_len: int):
@@ -95,14 +101,30 @@ def bptt_stop_mask(lengths: jax.Array, bptt_segments: int | None) -> jax.Array:
 def segment_step(model: RMT, state: MemoryState, seg: SegmentInput,
                  return_attention: bool = False):
     """One segment of the recurrence -> (next MemoryState, attention maps or None)."""
-    m = state.memory
-    m = jnp.where(seg.stop_gradient[:, None, None], jax.lax.stop_gradient(m), m)
+    if model.config.memory == "none":
+        return state._replace(step=state.step + 1), None
+    stop = seg.stop_gradient
+
+    def cut(x):  # [B, ...]: the incoming state's gradient stops where `stop`
+        return jnp.where(stop.reshape(-1, *(1,) * (x.ndim - 1)), jax.lax.stop_gradient(x), x)
+
     k_read = k_seg = None
     if seg.key is not None:
         k_read, k_seg = jax.random.split(seg.key)
-    read = model.read_memory(m, state.buffer, state.buffer_valid, k_read)
-    new_m, maps = model.segment(read, m, seg.tokens, seg.lengths, k_seg, return_attention)
     nonempty = seg.lengths > 0  # [B]
+    if state.assoc is not None:
+        # ARMT carries only its associations; every segment writes the learned memory
+        assoc = Associations(*map(cut, state.assoc))
+        write = model.initial_memory(seg.tokens.shape[0])
+        _, maps, new_assoc = model.segment(write[:, :0], write, seg.tokens, seg.lengths, k_seg,
+                                           return_attention, assoc)
+        new_assoc = Associations(*(jnp.where(nonempty.reshape(-1, *(1,) * (new.ndim - 1)),
+                                             new, old)
+                                   for new, old in zip(new_assoc, assoc, strict=True)))
+        return state._replace(step=state.step + 1, assoc=new_assoc), maps
+    m = cut(state.memory)
+    read = model.read_memory(m, state.buffer, state.buffer_valid, k_read)
+    new_m, maps, _ = model.segment(read, m, seg.tokens, seg.lengths, k_seg, return_attention)
     new_m = jnp.where(nonempty[:, None, None], new_m.astype(m.dtype), m)
     buffer, valid = state.buffer, state.buffer_valid
     if buffer is not None:

@@ -4,7 +4,8 @@
 and one jitted function scans each chunk and returns the carried `MemoryState` (its input
 state is donated). Device memory stays flat for RMT; for RMT-R it grows only with the
 retrieval buffer, which is preallocated when the total length is known (an array input) and
-otherwise doubled as needed (so the chunk function recompiles O(log chunks) times).
+otherwise doubled as needed (so the chunk function recompiles O(log chunks) times); ARMT's
+associations are constant in size. Without memory only the last window is read.
 
 The last chunk is padded with masked tokens to the full chunk shape: padded segments are
 empty and leave the memory unchanged, so the result equals one `scan_segments` over the
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rmt_jax.core.answer import in_context_layout
+from rmt_jax.core.answer import in_context_layout, window_len
 from rmt_jax.core.model import RMT
 from rmt_jax.core.recurrence import MemoryState, initial_state, scan_segments, split_segments
 
@@ -153,7 +154,10 @@ def stream_in_context(model: RMT, context, question, question_length, *, answer_
                                      np.asarray(question_length), slots,
                                      model.config.segment_len, xp=np)
     seg_len = model.config.segment_len
-    if tokens.shape[1] > seg_len:
+    if model.config.memory == "none":  # nothing to carry: the backbone reads the last window
+        seg_len = window_len(model.config, tokens.shape[1])
+        state = initial_state(model, rows.shape[0])
+    elif tokens.shape[1] > seg_len:
         state = stream_infer(model, tokens[:, :-seg_len], mask=real[:, :-seg_len],
                              chunk_segments=chunk_segments)
     else:

@@ -1,0 +1,43 @@
+r"""The memory variants side by side on qa1: `qa1_cpu`'s recipe with one change, the memory.
+
+    python -m launch.train --config=configs/compare_qa1_cpu.py:armt --workdir=/tmp/cmp_armt
+
+The argument names the memory: `rmt` (qa1_cpu as it is), `rmt_r` (self-retrieval over past
+memory states, the official block), `rmt_r_shared` (RMT-R with this project's earlier block:
+one LayerNorm, no biases, no learned first read), `armt` (associative memory in every
+layer, d_mem = d_model / 4) or `full` (no memory: the backbone over one window of 4,096
+tokens, as long as the curriculum's longest stage; a longer input is read through its last
+4,096 tokens). Everything else is qa1_cpu's:
+the model, the curriculum (bare stories, then 1..32 segments of 128 tokens), the optimizer,
+the seed. No evaluation during training: the comparison spends its minutes on training and
+evaluates afterwards (results/compare_qa1_cpu/README.md has the commands).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import qa1_cpu
+
+VARIANTS = ("rmt", "rmt_r", "rmt_r_shared", "armt", "full")
+
+
+def get_config(arg: str | None = "rmt") -> ml_collections.ConfigDict:
+    variant = arg or "rmt"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown memory variant {variant!r}: expected one of {VARIANTS}")
+    config = qa1_cpu.get_config()
+    config.eval.every = 0
+    if variant in ("rmt_r", "rmt_r_shared"):
+        config.model.memory = "rmt_r"
+        config.model.retrieval_dropout = 0.1
+        config.model.retrieval_variant = "official" if variant == "rmt_r" else "shared_norm"
+    elif variant == "armt":
+        config.model.memory = "armt"
+        config.model.d_mem = config.model.d_model // 4
+    elif variant == "full":
+        config.model.memory = "none"
+        config.model.mem_tokens = 0
+        config.model.max_positions = max(config.curriculum.segments) * config.model.segment_len
+        config.eval.batch_size = 8  # attention weights of [b, heads, 4096, 4096]
+    return config
