@@ -67,17 +67,13 @@ def make_composer(config: ml_collections.ConfigDict, *, allow_reuse: bool = Fals
     return Composer(haystack, make_tokenizer(config), allow_reuse=allow_reuse, recipe=recipe)
 
 
-def _memory(m: ml_collections.ConfigDict) -> str:
-    """`model.memory`; configs saved before it had `model.retrieval` (True: RMT-R)."""
-    if "memory" in m:
-        return m.memory
-    return "rmt_r" if m.get("retrieval", False) else "rmt"
-
-
 def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
     """`config.model` as a validated `ModelConfig` (0 / '' mean: the tokenizer's, all, auto)."""
     m = config.model
-    return ModelConfig(
+    # the fields as ModelConfig.from_fields reads them, which also maps a config saved
+    # before `memory` (its `retrieval` bool) and before RMT-R's official block
+    legacy = {"retrieval": m.retrieval} if "memory" not in m and "retrieval" in m else {}
+    return ModelConfig.from_fields(dict(
         layers=m.layers,
         d_model=m.d_model,
         heads=m.heads,
@@ -90,13 +86,12 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelCon
         ),
         param_dtype=m.param_dtype,
         dtype=m.dtype,
-        memory=_memory(m),
+        **legacy,
+        **({"memory": m.memory} if "memory" in m else {}),
         d_mem=m.get("d_mem", 0),
         dropout=m.dropout,
         retrieval_dropout=m.get("retrieval_dropout"),
-        # configs saved before it: the block they were trained with
-        retrieval_variant=m.get("retrieval_variant", "shared_norm" if _memory(m) == "rmt_r"
-                                else None),
+        **({"retrieval_variant": m.retrieval_variant} if "retrieval_variant" in m else {}),
         remat_policy=m.remat_policy,
         scan_unroll=m.get("scan_unroll", 1),  # absent from configs saved before it existed
         bptt_segments=m.bptt_segments or None,
@@ -105,7 +100,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelCon
         positions=m.get("positions", "learned"),  # configs saved before it: learned
         init_std=m.get("init_std", 0.02),  # configs saved before it: GPT-2's 0.02
         scaled_residual_init=m.get("scaled_residual_init", True),  # before it: GPT-2's
-    )
+    ))
 
 
 def _pad(ids: np.ndarray, size: int) -> np.ndarray:

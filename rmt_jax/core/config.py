@@ -176,12 +176,12 @@ class ModelConfig:
         `memory` replaced `retrieval: bool` (when every model kept a retrieval dropout) and
         before RMT-R's block followed the official code."""
         fields = dict(fields)
-        if "retrieval" in fields:
+        if "retrieval" in fields:  # saved before `memory`, and before the official block
             fields.setdefault("memory", "rmt_r" if fields.pop("retrieval") else "rmt")
-        if fields.get("memory", "rmt") != "rmt_r":
-            fields["retrieval_dropout"] = None
-        elif "retrieval_variant" not in fields:  # RMT-R saved before the official block
-            fields["retrieval_variant"] = "shared_norm"
+            if fields["memory"] != "rmt_r":
+                fields["retrieval_dropout"] = None
+            else:
+                fields.setdefault("retrieval_variant", "shared_norm")
         if "attention_map_layers" in fields:
             fields["attention_map_layers"] = tuple(fields["attention_map_layers"])
         return cls(**fields)
