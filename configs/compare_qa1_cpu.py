@@ -11,6 +11,14 @@ tokens, as long as the curriculum's longest stage; a longer input is read throug
 the model, the curriculum (bare stories, then 1..32 segments of 128 tokens), the optimizer,
 the seed. No evaluation during training: the comparison spends its minutes on training and
 evaluates afterwards (results/compare_qa1_cpu/README.md has the commands).
+
+`VARIANT,warm` trains the memory itself: every arm starts from the same backbone
+(`BACKBONE`, qa1_cpu's first two stages, bare stories then one segment of book text: it
+knows the lookup, and no memory path was ever trained) and goes straight to contexts of up
+to 2, 4 and 8 segments (1,000 steps a stage at most, then 8 to the end). The memory's own
+parameters start fresh (rmt_jax.warm_start); results/compare_qa1_cpu/warm/README.md.
+
+    python -m launch.train --config=configs/compare_qa1_cpu.py:armt,warm --workdir=/tmp/warm_armt
 """
 
 from __future__ import annotations
@@ -19,13 +27,16 @@ import ml_collections
 
 from configs import qa1_cpu
 
-VARIANTS = ("rmt", "rmt_r", "rmt_r_shared", "armt", "full")
+MEMORIES = ("rmt", "rmt_r", "rmt_r_shared", "armt", "full")
+VARIANTS = MEMORIES + tuple(f"{m},warm" for m in MEMORIES)
+# qa1_cpu's stages 0 and 1 (6,000 steps), exported: the shared start of the `warm` arms
+BACKBONE = "results/compare_qa1_cpu/warm/backbone"
 
 
 def get_config(arg: str | None = "rmt") -> ml_collections.ConfigDict:
-    variant = arg or "rmt"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown memory variant {variant!r}: expected one of {VARIANTS}")
+    variant, _, warm = (arg or "rmt").partition(",")
+    if variant not in MEMORIES or warm not in ("", "warm"):
+        raise ValueError(f"unknown variant {arg!r}: expected one of {VARIANTS}")
     config = qa1_cpu.get_config()
     config.eval.every = 0
     if variant in ("rmt_r", "rmt_r_shared"):
@@ -40,4 +51,8 @@ def get_config(arg: str | None = "rmt") -> ml_collections.ConfigDict:
         config.model.mem_tokens = 0
         config.model.max_positions = max(config.curriculum.segments) * config.model.segment_len
         config.eval.batch_size = 8  # attention weights of [b, heads, 4096, 4096]
+    if warm:
+        config.model.init_from = BACKBONE
+        config.curriculum.segments = (2, 4, 8)
+        config.curriculum.stage_steps = 1000
     return config

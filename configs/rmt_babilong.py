@@ -14,7 +14,9 @@ checkpoint folder (`config.json` + `model.safetensors` or `pytorch_model.bin`) o
 
 (A downloaded GPT-2 folder also holds the tokenizer: `--config.data.tokenizer=gpt2:/path/to/gpt2`.)
 A checkpoint of another shape, vocabulary or architecture stops with an `error:` line before
-anything is compiled or written.
+anything is compiled or written. `init_from` may also name one of our own models (a training
+workdir or an exported model, `rmt_jax/warm_start.py`): the shared parameters are copied, so
+an RMT's backbone can start RMT-R, ARMT or the full-attention baseline.
 
 The argument is a comma-separated list: one size (a name in `rmt_jax.core.config.PRESETS`, the
 project's one table of sizes: `smoke`, `quick`, `tiny`, `small`, `gpt2_small`, ...), the
@@ -123,8 +125,10 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.model.init_std = 0.02
     # GPT-2's output projections at init_std / sqrt(2 layers); False: at init_std
     config.model.scaled_residual_init = True
-    # A Hugging Face GPT-2 checkpoint for the backbone (folder or hub name, rmt_jax.pretrained):
-    # checked at every start, loaded on a fresh one only; '' = random initialisation.
+    # Weights to start from: a Hugging Face GPT-2 checkpoint for the backbone (folder or hub
+    # name, rmt_jax.pretrained), or one of our models (a training workdir or an exported
+    # model, any memory: rmt_jax.warm_start); checked at every start, loaded on a fresh one
+    # only; '' = random initialisation.
     config.model.init_from = ""
 
     config.data = ml_collections.ConfigDict()

@@ -69,6 +69,7 @@ from rmt_jax import (
     pretrained,
     scoring,
     sharding,
+    warm_start,
 )
 from rmt_jax.curriculum import (
     AheadOfTime,
@@ -187,10 +188,17 @@ class TrainingRun:
 
         # ---------------------------------------------------------------- model and optimizer
         model_config = input_pipeline.model_config(config, vocab_size)
-        # A GPT-2 checkpoint to start from is found and checked before anything is compiled,
-        # read or written; its weights are loaded in `_restore`, on a fresh start only.
-        self.gpt2 = (pretrained.open_checked(config.model.init_from, model_config)
-                     if config.model.get("init_from") else None)
+        # A model to start from (one of ours, or GPT-2) is found and checked before anything
+        # is compiled, read or written; its weights are loaded in `_restore`, on a fresh
+        # start only.
+        init_from = config.model.get("init_from")
+        self.init_source = self.init_loader = None
+        if init_from and warm_start.is_rmt_model(init_from):
+            self.init_source = warm_start.open_checked(init_from, model_config, config)
+            self.init_loader = warm_start.load_params
+        elif init_from:
+            self.init_source = pretrained.open_checked(init_from, model_config)
+            self.init_loader = pretrained.load_params
         # Before anything is read into the run or written: a resume under another config stops.
         changes = checkpointing.check_config_change(workdir, config, model_config,
                                                     allow=allow_config_change)
@@ -220,7 +228,8 @@ class TrainingRun:
 
     def _restore(self) -> None:
         """The train state sharded over the mesh: the newest checkpoint's, or a fresh one
-        (GPT-2's weights with config.model.init_from); the data iterators from its step."""
+        (with config.model.init_from's weights: GPT-2's or one of our models'); the data
+        iterators from its step."""
         config = self.config
         # ---------------------------------------------------------------- shard
         init = lambda: create_train_state(  # noqa: E731
@@ -240,12 +249,12 @@ class TrainingRun:
                                              set_aside=True)
         if restored is None:
             self.state = jax.jit(init, out_shardings=self.state_sharding)()
-            if self.gpt2 is not None:
-                self.state["params"] = pretrained.load_params(self.gpt2, self.state["params"],
-                                                              self.model_config)
-                logging.info("backbone initialised from GPT-2 weights in %s", self.gpt2.weights)
+            if self.init_source is not None:
+                self.state["params"] = self.init_loader(self.init_source, self.state["params"],
+                                                        self.model_config)
+                logging.info("parameters initialised from %s", self.init_source.source)
             self.step, self.cstate, data_state = 0, CurriculumState(), None
-            logging.info("starting from scratch: %d parameters",
+            logging.info("starting at step 0: %d parameters",
                          sum(x.size for x in jax.tree.leaves(self.state["params"])))
         else:
             self.state = {"params": restored.params, **restored.train}
