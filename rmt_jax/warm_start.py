@@ -4,11 +4,12 @@ FOLDER is a training workdir (its newest checkpoint) or an exported model
 (`launch.export_checkpoint`: its `best/` checkpoint): anything holding `model_config.json`.
 The new run's model may differ from it in the memory: a backbone trained with RMT can start
 RMT-R (the retrieval block starts fresh), ARMT (the associative layers start fresh, W_v at
-zero, so the model at step 0 computes what the backbone did) or full attention (the memory
-embedding is dropped). Every parameter the two models share is copied; the memory embedding
-and learned positions copy the rows both have (RMT-R's official block learns 2N first-read
-rows, RMT has N; a full-attention window needs more positions than a segment), the run's
-further rows stay as drawn.
+zero, so nothing is stored at first; its segments hold no read-memory tokens, so even the
+first segment is not computed exactly as the RMT backbone computed it) or full attention
+(the memory embedding is dropped). Every parameter the two models share is copied; the
+memory embedding and learned positions copy the rows both have (RMT-R's official block
+learns 2N first-read rows, RMT has N; a full-attention window needs more positions than a
+segment), the run's further rows stay as drawn.
 
 Contract:
   is_rmt_model(init_from) -> bool               a folder with model_config.json
