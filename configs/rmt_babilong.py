@@ -197,6 +197,8 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.train.async_checkpoint = True  # write checkpoints in the background
     config.train.seed = 0  # parameter init and dropout
     config.train.answer_rows = 16  # train-batch rows answered greedily at each log step (0: off)
+    # the batch's gradient accumulated over this many slices (memory of one slice, same step)
+    config.train.microbatches = 1
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1  # devices on the data axis (-1: all that the model axis leaves)

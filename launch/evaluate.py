@@ -10,8 +10,9 @@ r"""Evaluates a trained RMT checkpoint on BABILong: results.json, heatmap.png an
 
 Writes `{out_dir}/results.json` (accuracy = the official label-set score, exact match and
 count per task and length; the qa1..qa5 mean when all five ran) and `{out_dir}/heatmap.png`
-(accuracy by task and length). 1M and 10M contexts are streamed in chunks of segments,
-batch by batch.
+(accuracy by task and length), after every cell: stopped midway, the same command continues
+from the cells it finished (`--noresume` runs them all again). 1M and 10M contexts are
+streamed in chunks of segments, batch by batch.
 Bad arguments and a missing checkpoint stop before anything is written.
 """
 
@@ -55,6 +56,9 @@ _CHUNK_SEGMENTS = flags.DEFINE_integer("chunk_segments", 64,
                                        "Segments per streamed chunk (1M and 10M).")
 _ALLOW_REUSE = flags.DEFINE_bool("allow_reuse", False,
                                  "Let a sample reuse books (10M on the 35 offline books).")
+_RESUME = flags.DEFINE_bool(
+    "resume", True, "Continue an evaluation stopped midway: the finished cells of a partial "
+    "results.json in --out_dir made by the same evaluation are kept (--noresume: run all).")
 
 
 def main(argv):
@@ -83,6 +87,7 @@ def main(argv):
             chunk_segments=_CHUNK_SEGMENTS.value,
             allow_reuse=_ALLOW_REUSE.value,
             recipe=_RECIPE.value,
+            resume=_RESUME.value,
         )
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

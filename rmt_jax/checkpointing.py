@@ -18,8 +18,9 @@ serves; see rmt_jax.files):
 
 Resuming checks the run's config against the workdir's first (`check_config_change`): a
 changed field stops the run with an error naming it, before anything is written. Fields in
-`RUN_CADENCE` (logging, evaluation and checkpoint cadence, the mesh) may change freely;
-others only when named in `allow`; `PARAM_FIELDS` (parameter shapes and dtypes) never.
+`RUN_CADENCE` (logging, evaluation and checkpoint cadence, the mesh, the gradient's
+microbatches) may change freely; others only when named in `allow`; `PARAM_FIELDS`
+(parameter shapes and dtypes) never.
 The config files are written once the checks have passed (`write_configs`).
 
 Orbax writes each step to a temporary folder and renames it when complete, so a process
@@ -61,7 +62,8 @@ PARAM_FIELDS = ("layers", "d_model", "heads", "vocab_size", "mem_tokens", "max_p
 # Config fields (or sections) that steer how often the run logs, evaluates and saves, or
 # how it is laid out on devices, but not what it computes: free to change on resume.
 RUN_CADENCE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-               "train.async_checkpoint", "train.answer_rows", "eval", "mesh")
+               "train.async_checkpoint", "train.answer_rows", "train.microbatches", "eval",
+               "mesh")
 
 
 class _Absent:

@@ -30,6 +30,12 @@ The returned dict (and results.json) looks like
    'meta': {'source', 'num_samples', 'tasks', 'lengths', 'seconds': {task: {length}}, ...}}
 
 accuracy is the label-set score (the BABILong papers' number), in [0, 1].
+
+`evaluate_checkpoint` writes results.json (and the heatmap) after every cell, marked
+`meta['partial']` until the last one: an evaluation stopped midway (a signal, a killed
+process, a machine taken back) keeps every cell it finished, and the same command run again
+continues it, taking over the finished cells of a partial file made by the same evaluation
+(the same checkpoint step, source, samples, recipe and seed).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import jax
@@ -180,40 +186,49 @@ def encode_records(records: Sequence[dict], tokenizer, config) -> list[dict]:
 
 
 # -- running the model --------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
+_STATIC = ("graphdef", "max_new_tokens", "stop_id")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
 def _scan_and_generate(graphdef, params, context, context_mask, question, question_length, *,
-                       max_new_tokens: int):
+                       max_new_tokens: int, stop_id: int | None):
     return greedy_answer(nnx.merge(graphdef, params), context, context_mask, question,
-                         question_length, max_new_tokens=max_new_tokens)
+                         question_length, max_new_tokens=max_new_tokens, stop_id=stop_id)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
-def _generate(graphdef, params, state, question, question_length, *, max_new_tokens: int):
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _generate(graphdef, params, state, question, question_length, *, max_new_tokens: int,
+              stop_id: int | None):
     return generate_answer(nnx.merge(graphdef, params), state, question,
-                           max_new_tokens=max_new_tokens, question_lengths=question_length)
+                           max_new_tokens=max_new_tokens, question_lengths=question_length,
+                           stop_id=stop_id)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
-def _generate_in_context(graphdef, params, state, last, lengths, *, max_new_tokens: int):
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _generate_in_context(graphdef, params, state, last, lengths, *, max_new_tokens: int,
+                         stop_id: int | None):
     return generate_in_context(nnx.merge(graphdef, params), state, last, lengths,
-                               max_new_tokens=max_new_tokens)
+                               max_new_tokens=max_new_tokens, stop_id=stop_id)
 
 
-def answer_batch(model: RMT, batch: dict, *, max_new_tokens: int) -> np.ndarray:
-    """Greedy answer ids [B, max_new_tokens] for a collated batch (context in one scan)."""
+def answer_batch(model: RMT, batch: dict, *, max_new_tokens: int,
+                 stop_id: int | None = None) -> np.ndarray:
+    """Greedy answer ids [B, max_new_tokens] for a collated batch (context in one scan).
+    stop_id: the end-of-answer token, after which a row's slots are not generated (the
+    batch stops once every row has it)."""
     stop_point()  # a training run's evaluation stops here on SIGTERM (run_control)
     graphdef, params = nnx.split(model)
     ids = _scan_and_generate(graphdef, params, batch["context"], batch["context_mask"],
                              batch["question"], batch["question_length"],
-                             max_new_tokens=max_new_tokens)
+                             max_new_tokens=max_new_tokens, stop_id=stop_id)
     return np.asarray(ids)
 
 
 def answer_streaming(model: RMT, batch: dict, *, max_new_tokens: int,
-                     chunk_segments: int = 64) -> np.ndarray:
+                     chunk_segments: int = 64, stop_id: int | None = None) -> np.ndarray:
     """Greedy answer ids [B, max_new_tokens] for a collated batch, its context streamed in
     chunks of segments (`stream_infer` with the batch's mask: shorter rows end in padding,
-    whose empty segments leave their memory as it is)."""
+    whose empty segments leave their memory as it is); stop_id as in `answer_batch`."""
     stop_point()  # a training run's evaluation stops here on SIGTERM (run_control)
     graphdef, params = nnx.split(model)
     if model.config.answer_mode == "in_context":  # only the last segment holds the question
@@ -222,12 +237,12 @@ def answer_streaming(model: RMT, batch: dict, *, max_new_tokens: int,
             np.asarray(batch["question_length"]), answer_slots=max_new_tokens,
             mask=np.asarray(batch["context_mask"], bool), chunk_segments=chunk_segments)
         return np.asarray(_generate_in_context(graphdef, params, state, last, lengths,
-                                               max_new_tokens=max_new_tokens))
+                                               max_new_tokens=max_new_tokens, stop_id=stop_id))
     state = stream_infer(model, np.asarray(batch["context"]),
                          mask=np.asarray(batch["context_mask"], bool),
                          chunk_segments=chunk_segments)
     ids = _generate(graphdef, params, state, batch["question"], batch["question_length"],
-                    max_new_tokens=max_new_tokens)
+                    max_new_tokens=max_new_tokens, stop_id=stop_id)
     return np.asarray(ids)
 
 
@@ -260,16 +275,17 @@ def _batches(examples: Sequence[dict], batch_size: int) -> Iterable[tuple[dict, 
 
 
 def predict(model: RMT, examples: Sequence[dict], *, max_new_tokens: int, batch_size: int,
-            streaming: bool, chunk_segments: int = 64) -> list[np.ndarray]:
+            streaming: bool, chunk_segments: int = 64,
+            stop_id: int | None = None) -> list[np.ndarray]:
     """Answer ids for every example, in batches of exactly `batch_size` rows (the last one
-    padded) scanned at once or streamed chunk by chunk."""
+    padded) scanned at once or streamed chunk by chunk; stop_id as in `answer_batch`."""
     out = []
     for batch, real in _batches(examples, batch_size):
         if streaming:
             ids = answer_streaming(model, batch, max_new_tokens=max_new_tokens,
-                                   chunk_segments=chunk_segments)
+                                   chunk_segments=chunk_segments, stop_id=stop_id)
         else:
-            ids = answer_batch(model, batch, max_new_tokens=max_new_tokens)
+            ids = answer_batch(model, batch, max_new_tokens=max_new_tokens, stop_id=stop_id)
         out.extend(ids[:real])
     return out
 
@@ -319,6 +335,8 @@ def evaluate_model(
     stream_from: str = DEFAULT_STREAM_FROM,
     chunk_segments: int = 64,
     data: str | None = None,
+    done: dict | None = None,
+    on_cell: Callable[[dict], None] | None = None,
 ) -> dict:
     """Accuracy and exact match of `model` on every (task, length) cell (see module doc).
 
@@ -329,6 +347,9 @@ def evaluate_model(
     seed: 0 gives the records of the default materialized test splits.
     stream_from: lengths of at least this many tokens run through `stream_infer`.
     data: what source='published' reads (see `babilong_tfds.published`).
+    done: results of an earlier run of this evaluation: its cells are taken over, not run.
+    on_cell: called with the results so far (meta['partial'] True) after each cell run
+        while others remain.
     """
     task_list, length_list = check_options(tasks, lengths, source=source,
                                            num_samples=num_samples, batch_size=batch_size,
@@ -337,47 +358,64 @@ def evaluate_model(
     babi_root = babi_root if babi_root is not None else config.data.babi_dir
     max_new_tokens = config.data.max_answer_len
     results, examples, seconds = {}, {}, {}
-    for task in task_list:
-        for length in length_list:
-            start = time.perf_counter()
-            records = _with_stop_points(iter_records(
-                task, length, num_samples, source=source, composer=composer,
-                babi_root=babi_root, data_dir=data_dir, tfds_name=tfds_name, seed=seed,
-                data=data))
-            # Up to 512k: every sample at once, padded to the cell's longest (one compile).
-            # Streamed (1M, 10M): batch by batch, so the host holds one batch of contexts.
-            streaming = LENGTHS[length] >= stream_tokens
-            rows = min(batch_size, num_samples)  # every batch of the cell has this shape
-            groups = _groups(records, rows) if streaming else [list(records)]
-            ids, targets, questions = [], [], []
-            for group in groups:
-                encoded = encode_records(group, tokenizer, config)
-                ids += predict(model, encoded, max_new_tokens=max_new_tokens, batch_size=rows,
-                               streaming=streaming, chunk_segments=chunk_segments)
-                targets += [_text(r["target"]) for r in group]
-                questions += [_text(r["question"]) for r in group]
-                del encoded, group  # this batch's contexts go before the next one is made
-            outputs = [input_pipeline.decode_answer(i, tokenizer) for i in ids]
-            cell, cell_examples = metric.score_cell(targets, outputs, questions, task,
-                                                    num_examples=EXAMPLES_PER_CELL)
-            results.setdefault(task, {})[length] = cell
-            examples.setdefault(task, {})[length] = cell_examples
-            seconds.setdefault(task, {})[length] = round(time.perf_counter() - start, 3)
-            logging.info("%s %s: accuracy %.3f, exact match %.3f over %d samples (%.1f s)",
-                         task, length, results[task][length]["accuracy"],
-                         results[task][length]["exact_match"], len(targets),
-                         seconds[task][length])
+    meta = {"source": source, "num_samples": num_samples, "tasks": task_list,
+            "lengths": length_list, "seed": seed, "seconds": seconds}
+    if source == "tfds":
+        meta["tfds_name"] = tfds_name
+    if source == "published":
+        meta["data"] = data
+    cells = [(task, length) for task in task_list for length in length_list]
+    for n, (task, length) in enumerate(cells):
+        if length in (done or {}).get("results", {}).get(task, {}):
+            results.setdefault(task, {})[length] = done["results"][task][length]
+            examples.setdefault(task, {})[length] = (
+                done.get("examples", {}).get(task, {}).get(length, []))
+            seconds.setdefault(task, {})[length] = (
+                done["meta"].get("seconds", {}).get(task, {}).get(length))
+            logging.info("%s %s: accuracy %.3f, kept from the earlier run", task, length,
+                         results[task][length]["accuracy"])
+            continue
+        start = time.perf_counter()
+        records = _with_stop_points(iter_records(
+            task, length, num_samples, source=source, composer=composer,
+            babi_root=babi_root, data_dir=data_dir, tfds_name=tfds_name, seed=seed,
+            data=data))
+        # Up to 512k: every sample at once, padded to the cell's longest (one compile).
+        # Streamed (1M, 10M): batch by batch, so the host holds one batch of contexts.
+        streaming = LENGTHS[length] >= stream_tokens
+        rows = min(batch_size, num_samples)  # every batch of the cell has this shape
+        groups = _groups(records, rows) if streaming else [list(records)]
+        ids, targets, questions = [], [], []
+        for group in groups:
+            encoded = encode_records(group, tokenizer, config)
+            ids += predict(model, encoded, max_new_tokens=max_new_tokens, batch_size=rows,
+                           streaming=streaming, chunk_segments=chunk_segments,
+                           stop_id=int(tokenizer.eos_id))
+            targets += [_text(r["target"]) for r in group]
+            questions += [_text(r["question"]) for r in group]
+            del encoded, group  # this batch's contexts go before the next one is made
+        outputs = [input_pipeline.decode_answer(i, tokenizer) for i in ids]
+        cell, cell_examples = metric.score_cell(targets, outputs, questions, task,
+                                                num_examples=EXAMPLES_PER_CELL)
+        results.setdefault(task, {})[length] = cell
+        examples.setdefault(task, {})[length] = cell_examples
+        seconds.setdefault(task, {})[length] = round(time.perf_counter() - start, 3)
+        logging.info("%s %s: accuracy %.3f, exact match %.3f over %d samples (%.1f s)",
+                     task, length, results[task][length]["accuracy"],
+                     results[task][length]["exact_match"], len(targets),
+                     seconds[task][length])
+        if on_cell is not None and n + 1 < len(cells):
+            on_cell(_assemble(results, examples, dict(meta, partial=True), length_list))
+    return _assemble(results, examples, meta, length_list)
+
+
+def _assemble(results: dict, examples: dict, meta: dict, lengths: Sequence[str]) -> dict:
     out = {"results": results}
-    mean = metric.leaderboard_means(results, length_list)
+    mean = metric.leaderboard_means(results, lengths)
     if mean:
         out["mean_qa1_qa5"] = mean
     out["examples"] = examples
-    out["meta"] = {"source": source, "num_samples": num_samples, "tasks": task_list,
-                   "lengths": length_list, "seed": seed, "seconds": seconds}
-    if source == "tfds":
-        out["meta"]["tfds_name"] = tfds_name
-    if source == "published":
-        out["meta"]["data"] = data
+    out["meta"] = meta
     return out
 
 
@@ -543,12 +581,15 @@ def evaluate_checkpoint(
     allow_reuse: bool = False,
     data: str | None = None,
     recipe: str = "config",
+    resume: bool = True,
 ) -> dict:
     """Restores a checkpoint of `workdir`, evaluates it, writes results to `out_dir`
-    (default `workdir/eval`). Every argument is checked before anything is written.
-    `allow_reuse` lets a sample use a book twice: 10M on the 35 offline books needs it.
-    `recipe`: how samples are made on the fly ('files', 'generated'): 'config' as the
-    training config says, 'official' as the published generator does (`official_recipe`)."""
+    (default `workdir/eval`) after every cell. Every argument is checked before anything is
+    written. `allow_reuse` lets a sample use a book twice: 10M on the 35 offline books needs
+    it. `recipe`: how samples are made on the fly ('files', 'generated'): 'config' as the
+    training config says, 'official' as the published generator does (`official_recipe`).
+    `resume`: a partial results.json in `out_dir` left by the same evaluation (stopped
+    midway) gives its finished cells; False runs every cell again."""
     check_options(tasks, lengths, source=source, num_samples=num_samples,
                   batch_size=batch_size, data=data)
     if recipe not in RECIPES:
@@ -571,15 +612,53 @@ def evaluate_checkpoint(
         None if source in ("tfds", "published")
         else input_pipeline.make_composer(config, allow_reuse=allow_reuse)
     )
+    data_cfg = config.data
+    identity = {"workdir": workdir, "step": int(restored_step),
+                "recipe": {k: data_cfg.get(k) for k in OFFICIAL_RECIPE}}
+    out_dir = out_dir if out_dir is not None else os.path.join(workdir, "eval")
+    title = f"RMT step {int(restored_step)}: accuracy (%) on BABILong"
+    done = None
+    if resume:
+        same = dict(identity, source=source, num_samples=num_samples, seed=0)
+        if source == "tfds":
+            same["tfds_name"] = tfds_name
+        if source == "published":
+            same["data"] = data
+        done = partial_results(out_dir, same)
+
+    def finish(results: dict) -> dict:
+        results["meta"].update(identity, step_requested="latest" if step is None else step)
+        write_results(results, out_dir, title=title)
+        return results
+
     results = evaluate_model(model, config, composer, tokenizer, tasks=tasks, lengths=lengths,
                              num_samples=num_samples, source=source, data_dir=data_dir,
                              batch_size=batch_size, tfds_name=tfds_name, stream_from=stream_from,
-                             chunk_segments=chunk_segments, data=data)
-    data_cfg = config.data
-    results["meta"].update(workdir=workdir, step=int(restored_step),
-                           step_requested="latest" if step is None else step,
-                           recipe={k: data_cfg.get(k) for k in OFFICIAL_RECIPE})
-    out_dir = out_dir if out_dir is not None else os.path.join(workdir, "eval")
-    write_results(results, out_dir, title=f"RMT step {int(restored_step)}: accuracy (%) on "
-                  "BABILong")
+                             chunk_segments=chunk_segments, data=data, done=done,
+                             on_cell=finish)
+    return finish(results)
+
+
+def partial_results(out_dir: str | os.PathLike, identity: dict) -> dict | None:
+    """The results.json in `out_dir` when an evaluation with these `identity` fields (meta
+    keys: workdir, step, source, num_samples, seed, recipe; tfds_name or data where the
+    source reads them) stopped there midway, else None."""
+    path = run_path(out_dir) / RESULTS_FILE
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # none there, or unreadable: every cell runs (and replaces it)
+    meta = results.get("meta") if isinstance(results, dict) else None
+    if not isinstance(meta, dict) or not meta.get("partial"):
+        return None
+    for key, value in identity.items():
+        if meta.get(key) != value:
+            logging.info("%s holds a partial evaluation of another %s (%r, now %r): every cell "
+                         "runs again", path, key, meta.get(key), value)
+            return None
+    if not isinstance(results.get("results"), dict):
+        return None
+    cells = sorted(f"{t} {n}" for t, c in results["results"].items() for n in c)
+    logging.info("continuing the partial evaluation in %s (%s done; --noresume runs them "
+                 "again)", path, ", ".join(cells))
     return results

@@ -106,6 +106,7 @@ def check_run_config(config: ml_collections.ConfigDict) -> None:
                              ("train.checkpoint_every", t.checkpoint_every, 1),
                              ("train.keep_checkpoints", t.keep_checkpoints, 1),
                              ("train.answer_rows", t.answer_rows, 0),
+                             ("train.microbatches", t.get("microbatches", 1), 1),
                              ("eval.every", config.eval.every, 0)):
         if value < low:
             raise ValueError(f"{name}={value} must be >= {low}: set --config.{name}")
@@ -173,6 +174,13 @@ class TrainingRun:
         if config.train.batch_size % data_size:
             raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by "
                              f"the {data_size} devices of the data axis")
+        micro = config.train.get("microbatches", 1)
+        if config.train.batch_size % (micro * data_size):
+            raise ValueError(
+                f"train.batch_size={config.train.batch_size} does not split into "
+                f"train.microbatches={micro} slices of whole rows on each of the {data_size} "
+                f"devices of the data axis: set --config.train.microbatches to a divisor of "
+                f"{config.train.batch_size // data_size}")
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
         self.replicated = NamedSharding(self.mesh, P())
         logging.info("mesh %s on %d processes", dict(self.mesh.shape), jax.process_count())
@@ -278,10 +286,12 @@ class TrainingRun:
         # compiled in the background while this one trains (AheadOfTime, prepare_next).
         state_sharding, batch_sharding = self.state_sharding, self.batch_sharding
         self.train_step = AheadOfTime(jax.jit(
-            make_train_step(self.graphdef, self.tx), in_shardings=(state_sharding, batch_sharding),
+            make_train_step(self.graphdef, self.tx, self.config.train.get("microbatches", 1)),
+            in_shardings=(state_sharding, batch_sharding),
             out_shardings=(state_sharding, self.replicated), donate_argnums=0))
         self.answer_fn = AheadOfTime(jax.jit(
-            make_answer_fn(self.graphdef, self.config.data.max_answer_len),
+            make_answer_fn(self.graphdef, self.config.data.max_answer_len,
+                           None if self.tokenizer is None else int(self.tokenizer.eos_id)),
             in_shardings=(state_sharding["params"], batch_sharding), out_shardings=batch_sharding))
         self.eval_step = jax.jit(make_eval_step(self.graphdef),
                                  in_shardings=(state_sharding["params"], batch_sharding),

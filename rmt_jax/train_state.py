@@ -73,16 +73,57 @@ def model_graphdef(model_config: ModelConfig) -> nnx.GraphDef:
 
 
 # -- steps ------------------------------------------------------------------------------------
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation) -> Callable:
-    """(state, batch) -> (state, metrics): one AdamW step on the answer-token loss."""
+def split_microbatches(batch: dict, microbatches: int) -> dict:
+    """Every [B, ...] leaf as [microbatches, B / microbatches, ...], microbatch j holding rows
+    j, j + microbatches, ...: each device's rows (the batch is split over the data axis in
+    contiguous blocks) go to every microbatch alike."""
+    def split(x):
+        x = jnp.asarray(x)
+        rows = x.shape[0] // microbatches
+        return jnp.swapaxes(x.reshape(rows, microbatches, *x.shape[1:]), 0, 1)
 
-    def train_step(state: dict, batch: dict):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    return jax.tree.map(split, batch)
 
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    microbatches: int = 1) -> Callable:
+    """(state, batch) -> (state, metrics): one AdamW step on the answer-token loss.
+
+    microbatches > 1: the batch's gradient is accumulated over that many slices of it in a
+    `lax.scan` (activation memory of one slice), each slice weighted by its answer tokens, so
+    the loss, accuracy and gradient are the whole batch's (up to float rounding); only the
+    dropout masks differ (slice j's key is fold_in(step key, j)).
+    """
+
+    def grad_of(params, batch, key):
         def loss_of(params):
             return loss_fn(nnx.merge(graphdef, params), batch, key)
 
-        (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+        return jax.value_and_grad(loss_of, has_aux=True)(params)
+
+    def accumulated(params, batch, key):
+        def one(carry, xs):
+            j, micro = xs
+            (loss, aux), grads = grad_of(params, micro, jax.random.fold_in(key, j))
+            n = aux["answer_tokens"]
+            loss_sum, correct, count, total = carry
+            total = jax.tree.map(lambda t, g: t + n * g.astype(t.dtype), total, grads)
+            return (loss_sum + n * loss, correct + n * aux["accuracy"], count + n, total), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        start = (jnp.float32(0), jnp.float32(0), jnp.float32(0), zeros)
+        (loss_sum, correct, count, total), _ = jax.lax.scan(
+            one, start, (jnp.arange(microbatches), split_microbatches(batch, microbatches)))
+        count = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g, p: (g / count).astype(p.dtype), total, params)
+        return (loss_sum / count, {"accuracy": correct / count}), grads
+
+    def train_step(state: dict, batch: dict):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        if microbatches > 1:
+            (loss, aux), grads = accumulated(state["params"], batch, key)
+        else:
+            (loss, aux), grads = grad_of(state["params"], batch, key)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = {"loss": loss, "accuracy": aux["accuracy"],
@@ -93,13 +134,15 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation) ->
     return train_step
 
 
-def make_answer_fn(graphdef: nnx.GraphDef, max_new_tokens: int) -> Callable:
-    """(params, batch) -> greedy answer tokens [B, max_new_tokens] after the context."""
+def make_answer_fn(graphdef: nnx.GraphDef, max_new_tokens: int,
+                   stop_id: int | None = None) -> Callable:
+    """(params, batch) -> greedy answer tokens [B, max_new_tokens] after the context (with
+    `stop_id`, the end-of-answer token, generation stops once every row has produced it)."""
 
     def answer(params, batch):
         return greedy_answer(nnx.merge(graphdef, params), batch["context"],
                              batch["context_mask"], batch["question"], batch["question_length"],
-                             max_new_tokens=max_new_tokens)
+                             max_new_tokens=max_new_tokens, stop_id=stop_id)
 
     return answer
 

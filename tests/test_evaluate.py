@@ -132,7 +132,8 @@ def test_oracle_and_constant_models_through_batches(setup, monkeypatch):
     config, tokenizer, composer = setup
     calls = []
 
-    def oracle(model, batch, *, max_new_tokens):
+    def oracle(model, batch, *, max_new_tokens, stop_id):
+        assert stop_id == tokenizer.eos_id  # generation stops at the end of the answer
         calls.append(batch["context"].shape)
         return batch["answer"][:, :max_new_tokens]
 
@@ -146,7 +147,7 @@ def test_oracle_and_constant_models_through_batches(setup, monkeypatch):
 
     kitchen = np.asarray([*tokenizer.encode("kitchen"), tokenizer.eos_id], np.int32)
     monkeypatch.setattr(evaluate_lib, "answer_batch",
-                        lambda model, batch, *, max_new_tokens: np.tile(
+                        lambda model, batch, *, max_new_tokens, stop_id: np.tile(
                             kitchen, (len(batch["context"]), 1)))
     results = evaluate_lib.evaluate_model(None, config, composer, tokenizer, tasks="qa1",
                                           lengths="0k", num_samples=12, batch_size=5)
@@ -174,7 +175,7 @@ def test_tfds_source_reads_the_materialized_split(setup, manual_dir, tmp_path, m
         assert tokenizer.decode(b["input_ids"]) == evaluate_lib._text(a["input"])
         assert list(b["input_ids"]) == tokenizer.encode(evaluate_lib._text(a["input"]))
     monkeypatch.setattr(evaluate_lib, "answer_batch",
-                        lambda model, batch, *, max_new_tokens: batch["answer"])
+                        lambda model, batch, *, max_new_tokens, stop_id: batch["answer"])
     results = evaluate_lib.evaluate_model(None, config, None, tokenizer, tasks="qa1",
                                           lengths="0k", num_samples=10, source="tfds",
                                           data_dir=tmp_path,
@@ -321,6 +322,53 @@ def test_official_recipe_makes_samples_as_the_published_generator(setup, tmp_pat
     assert results["meta"]["recipe"] == evaluate_lib.OFFICIAL_RECIPE
 
 
+def test_a_stopped_evaluation_keeps_its_cells_and_the_rerun_continues(setup, tmp_path,
+                                                                     monkeypatch):
+    """results.json is written after every cell (marked partial); the same evaluation run
+    again takes the finished cells over and runs only the rest; another step, --noresume or
+    a finished file run everything."""
+    config, tokenizer, _ = setup
+    make_workdir(tmp_path / "work", config, tokenizer, steps=(3, 7), best=3)
+    real_predict, ran = evaluate_lib.predict, []
+
+    def predict(model, examples, **kwargs):
+        ran.append(len(ran))
+        if stop_at == len(ran):
+            raise KeyboardInterrupt  # the process is stopped during this cell
+        return real_predict(model, examples, **kwargs)
+
+    monkeypatch.setattr(evaluate_lib, "predict", predict)
+    args = {"tasks": "qa1,qa2", "lengths": "0k", "num_samples": 2, "batch_size": 2,
+            "step": "latest", "out_dir": tmp_path / "out"}
+    stop_at = 2
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_lib.evaluate_checkpoint(tmp_path / "work", **args)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["meta"]["partial"] is True and saved["meta"]["step"] == 7
+    assert list(saved["results"]) == ["qa1"]
+    assert (tmp_path / "out" / "heatmap.png").exists()
+
+    stop_at, ran[:] = None, []
+    results = evaluate_lib.evaluate_checkpoint(tmp_path / "work", **args)
+    assert len(ran) == 1  # qa2 only
+    assert results["results"]["qa1"] == saved["results"]["qa1"]
+    final = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert "partial" not in final["meta"] and set(final["results"]) == {"qa1", "qa2"}
+
+    # a finished file is not continued: every cell runs again
+    ran[:] = []
+    evaluate_lib.evaluate_checkpoint(tmp_path / "work", **args)
+    assert len(ran) == 2
+    # a partial file of another checkpoint step, or resume=False: every cell runs
+    for kwargs in ({"step": 3}, {"resume": False}):
+        stop_at, ran[:] = 2, []
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_lib.evaluate_checkpoint(tmp_path / "work", **args)
+        stop_at, ran[:] = None, []
+        evaluate_lib.evaluate_checkpoint(tmp_path / "work", **{**args, **kwargs})
+        assert len(ran) == 2, kwargs
+
+
 # -- the launcher -------------------------------------------------------------------------
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "launch.evaluate", *args], cwd=REPO,
@@ -398,7 +446,7 @@ def test_published_source_reads_an_exported_folder(setup, exported, monkeypatch)
         encoded = evaluate_lib.encode_records([a], tokenizer, config)[0]
         assert list(encoded["context"][encoded["context_mask"]]) == list(b["input_ids"])
     monkeypatch.setattr(evaluate_lib, "answer_batch",
-                        lambda model, batch, *, max_new_tokens: batch["answer"])
+                        lambda model, batch, *, max_new_tokens, stop_id: batch["answer"])
     results = evaluate_lib.evaluate_model(None, config, None, tokenizer, tasks="qa1",
                                           lengths="0k", num_samples=10, source="published",
                                           data=str(exported))

@@ -190,3 +190,32 @@ def test_streamed_equals_one_scan(memory):
     np.testing.assert_allclose(state.memory, state_scan.memory, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(last, last_scan)
     np.testing.assert_array_equal(lengths, len_scan)
+
+
+@pytest.mark.parametrize("mode", ["in_context", "separate"])
+def test_stop_id_ends_generation_with_the_same_answers(mode):
+    """With stop_id, every row's tokens up to its first stop token are the full loop's, and a
+    batch whose rows all stop at once generates nothing after it."""
+    model = make_model() if mode == "in_context" else with_associations(
+        RMT(get_config("test"), rngs=nnx.Rngs(0)))
+    b = make_batch(5)
+    args = (b["context"], b["context_mask"], b["question"], b["question_length"])
+
+    def run(stop_id, *a):
+        return np.asarray(jit(lambda m, *x: greedy_answer(m, *x, max_new_tokens=SLOTS,
+                                                          stop_id=stop_id), model)(*a))
+
+    full = run(None, *args)
+    for stop in {int(t) for t in full[:, 1]} | {int(full[0, 0])}:
+        out = run(stop, *args)
+        for row_full, row in zip(full, out, strict=True):
+            hits = np.flatnonzero(row_full == stop)
+            end = hits[0] + 1 if hits.size else SLOTS
+            np.testing.assert_array_equal(row[:end], row_full[:end])
+    # three copies of row 0: all stop at the first token, nothing is generated after it
+    same = tuple(np.repeat(np.asarray(x)[:1], 3, axis=0) for x in args)
+    first = run(None, *same)
+    assert (first[:, 1:] != 0).any()  # the full loop writes there
+    out = run(int(first[0, 0]), *same)
+    np.testing.assert_array_equal(out[:, 0], first[:, 0])
+    assert (out[:, 1:] == 0).all()

@@ -195,8 +195,8 @@ def test_each_stage_is_compiled_before_it_starts(tmp_path, monkeypatch):
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     make = train_state.make_train_step
 
-    def make_nan_at_step_5(graphdef, tx):
-        step_fn = make(graphdef, tx)
+    def make_nan_at_step_5(graphdef, tx, microbatches):
+        step_fn = make(graphdef, tx, microbatches)
 
         def poisoned(state, batch):
             new_state, metrics = step_fn(state, batch)
@@ -230,14 +230,16 @@ SHARDED_LOSSES = textwrap.dedent("""
     from rmt_jax import train_lib
     assert len(jax.devices()) == 8, jax.devices()
     out = {}
-    for data, model in ((1, 1), (8, 1), (4, 2)):
-        workdir = os.path.join(sys.argv[1], f"{data}x{model}")
+    for data, model, micro in ((1, 1, 1), (8, 1, 1), (4, 2, 1), (4, 1, 2)):
+        name = f"{data}x{model}" + (f"/{micro}" if micro > 1 else "")
+        workdir = os.path.join(sys.argv[1], name.replace("/", "_"))
         config = tiny_config({"mesh.data": data, "mesh.model": model, "train.num_steps": 4,
                               "train.log_every": 1, "train.checkpoint_every": 100,
                               "curriculum.segments": (2,), "eval.every": 0,
-                              "train.answer_rows": 0, "train.async_checkpoint": False})
+                              "train.answer_rows": 0, "train.async_checkpoint": False,
+                              "train.microbatches": micro})
         train_lib.train_and_evaluate(config, workdir)
-        out[f"{data}x{model}"] = [r["train/loss"] for r in read_metrics(workdir)]
+        out[name] = [r["train/loss"] for r in read_metrics(workdir)]
     print(json.dumps(out))
 """)
 
@@ -289,8 +291,42 @@ def test_data_and_model_parallel_losses_match_one_device(tmp_path):
     losses = json.loads(proc.stdout.strip().splitlines()[-1])
     reference = np.array(losses["1x1"])
     assert len(reference) == 4 and np.isfinite(reference).all()
-    for mesh in ("8x1", "4x2"):
+    for mesh in ("8x1", "4x2", "4x1/2"):  # 4x1/2: the gradient over 2 microbatches
         np.testing.assert_allclose(losses[mesh], reference, rtol=1e-5, err_msg=mesh)
+
+
+def test_microbatches_give_the_whole_batch_step():
+    """Accumulated over 4 slices, the step's loss, accuracy, gradient norm and new parameters
+    are the whole batch's (no dropout in this config)."""
+    from rmt_jax import input_pipeline
+
+    config = tiny_config({"curriculum.segments": (2,)})
+    data = SyntheticData(config, process_index=0, process_count=1)
+    batch = {k: v for k, v in next(data.iterator(0)).items() if k in train_lib.MODEL_INPUTS}
+    model_config = input_pipeline.model_config(config, config.model.vocab_size)
+    import optax
+
+    tx = optax.sgd(1.0)  # new parameters = old - gradient: they compare the gradients
+    state = train_state.create_train_state(model_config, tx, seed=0)
+    graphdef = train_state.model_graphdef(model_config)
+    outs = {m: jax.jit(train_state.make_train_step(graphdef, tx, m))(state, batch)
+            for m in (1, 4)}
+    (whole, metrics), (sliced, sliced_metrics) = outs[1], outs[4]
+    for k in ("loss", "accuracy", "grad_norm"):
+        np.testing.assert_allclose(sliced_metrics[k], metrics[k], rtol=1e-5, err_msg=k)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 sliced["params"], whole["params"])
+    assert not np.allclose(jax.tree.leaves(whole["params"])[0],
+                           jax.tree.leaves(state["params"])[0])  # the step moved them
+
+
+def test_microbatches_that_do_not_split_the_batch_are_an_error(tmp_path):
+    config = tiny_config({"train.microbatches": 3})  # batch 8
+    with pytest.raises(ValueError, match="train.microbatches=3.*divisor of 8"):
+        train_lib.train_and_evaluate(config, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(ValueError, match="train.microbatches=0 must be >= 1"):
+        train_lib.train_and_evaluate(tiny_config({"train.microbatches": 0}), tmp_path / "w")
 
 
 def test_every_parameter_has_a_sharding_rule_and_an_unknown_one_is_an_error():

@@ -162,12 +162,36 @@ def _cross_entropy(model: RMT, hidden, targets, weights):
     return loss, {"accuracy": accuracy, "answer_tokens": count}
 
 
+def _greedy_loop(step, tokens: jax.Array, max_new_tokens: int,
+                 stop_id: int | None) -> jax.Array:
+    """Runs `step(i, tokens) -> (tokens, next token [B])` for i = 0..max_new_tokens-1, or,
+    with `stop_id`, until every row has produced it (its slots after that stay as they were:
+    decoding stops at the first stop token, so the answers are the same, in fewer steps)."""
+    if stop_id is None:
+        return jax.lax.fori_loop(0, max_new_tokens, lambda i, t: step(i, t)[0], tokens)
+
+    def cond(carry):
+        i, _, done = carry
+        return (i < max_new_tokens) & ~done.all()
+
+    def body(carry):
+        i, tokens, done = carry
+        tokens, nxt = step(i, tokens)
+        return i + 1, tokens, done | (nxt == stop_id)
+
+    done = jnp.zeros(tokens.shape[:1], bool)
+    return jax.lax.while_loop(cond, body, (jnp.int32(0), tokens, done))[1]
+
+
 def generate_answer(model: RMT, state: MemoryState, question: jax.Array, *,
-                    max_new_tokens: int, question_lengths: jax.Array | None = None) -> jax.Array:
+                    max_new_tokens: int, question_lengths: jax.Array | None = None,
+                    stop_id: int | None = None) -> jax.Array:
     """Greedy answer tokens [B, max_new_tokens] after `question` [B, Qq], given the final state.
 
     question_lengths [B] (default Qq): real question tokens per row (right padding). Each
     step re-runs the short answer segment (no KV cache: answers are a few tokens).
+    stop_id: the end-of-answer token: generation stops once every row has produced it (the
+    slots after a row's stop token are then left 0; the text up to it is the same).
     """
     question = jnp.asarray(question, jnp.int32)
     batch, q_len = question.shape
@@ -181,22 +205,23 @@ def generate_answer(model: RMT, state: MemoryState, question: jax.Array, *,
     tokens = jnp.pad(question, ((0, 0), (0, max_new_tokens)))
     rows = jnp.arange(batch)
 
-    def body(i, tokens):
+    def step(i, tokens):
         h = model.answer_hidden(read, tokens, assoc=state.assoc)  # [B, Qq + new, d]
-        last = h[rows, lengths - 1 + i]  # [B, d]
-        return tokens.at[rows, lengths + i].set(model.logits(last).argmax(-1).astype(jnp.int32))
+        nxt = model.logits(h[rows, lengths - 1 + i]).argmax(-1).astype(jnp.int32)  # [B]
+        return tokens.at[rows, lengths + i].set(nxt), nxt
 
-    tokens = jax.lax.fori_loop(0, max_new_tokens, body, tokens)
+    tokens = _greedy_loop(step, tokens, max_new_tokens, stop_id)
     return jnp.take_along_axis(tokens, lengths[:, None] + jnp.arange(max_new_tokens), axis=1)
 
 
 def generate_in_context(model: RMT, state: MemoryState, last: jax.Array, lengths: jax.Array, *,
-                        max_new_tokens: int) -> jax.Array:
+                        max_new_tokens: int, stop_id: int | None = None) -> jax.Array:
     """Greedy answer tokens [B, max_new_tokens] filling the answer slots of the last segment.
 
     last [B, L]: the last segment of an `in_context_layout` made with max_new_tokens empty
     slots, real tokens first (lengths [B] of them); state: the memory after the segments
     before it. Each step re-runs the last segment (no KV cache: answers are a few tokens).
+    stop_id: as in `generate_answer`.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
@@ -204,26 +229,27 @@ def generate_in_context(model: RMT, state: MemoryState, last: jax.Array, lengths
     rows = jnp.arange(last.shape[0])
     first = jnp.asarray(lengths, jnp.int32) - max_new_tokens  # [B] first slot
 
-    def body(i, tokens):
+    def step(i, tokens):
         h = model.answer_hidden(read, tokens, assoc=state.assoc)  # [B, L, d]
         nxt = model.logits(h[rows, first - 1 + i]).argmax(-1).astype(jnp.int32)  # [B]
-        return tokens.at[rows, first + i].set(nxt)
+        return tokens.at[rows, first + i].set(nxt), nxt
 
-    tokens = jax.lax.fori_loop(0, max_new_tokens, body, jnp.asarray(last, jnp.int32))
+    tokens = _greedy_loop(step, jnp.asarray(last, jnp.int32), max_new_tokens, stop_id)
     return jnp.take_along_axis(tokens, first[:, None] + jnp.arange(max_new_tokens), axis=1)
 
 
 def greedy_answer(model: RMT, context, context_mask, question, question_length, *,
-                  max_new_tokens: int) -> jax.Array:
+                  max_new_tokens: int, stop_id: int | None = None) -> jax.Array:
     """Greedy answer tokens [B, max_new_tokens] for a batch, in the model's answer_mode
-    (the context scanned in one `scan_segments`)."""
+    (the context scanned in one `scan_segments`); stop_id as in `generate_answer`."""
     if model.config.answer_mode == "in_context":
         question = jnp.asarray(question, jnp.int32)
         slots = jnp.zeros((question.shape[0], max_new_tokens), jnp.int32)
         tokens, mask = in_context_layout(context, context_mask, question, question_length,
                                          slots, model.config.segment_len)
         state, last, lengths = _last_segment(model, tokens, mask)
-        return generate_in_context(model, state, last, lengths, max_new_tokens=max_new_tokens)
+        return generate_in_context(model, state, last, lengths, max_new_tokens=max_new_tokens,
+                                   stop_id=stop_id)
     state, _ = scan_segments(model, context, context_mask)
     return generate_answer(model, state, question, max_new_tokens=max_new_tokens,
-                           question_lengths=question_length)
+                           question_lengths=question_length, stop_id=stop_id)
