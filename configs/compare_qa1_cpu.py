@@ -51,6 +51,10 @@ def get_config(arg: str | None = "rmt") -> ml_collections.ConfigDict:
         config.model.mem_tokens = 0
         config.model.max_positions = max(config.curriculum.segments) * config.model.segment_len
         config.eval.batch_size = 8  # attention weights of [b, heads, 4096, 4096]
+        # the gradient over 8 slices of 4 rows: the same step in the memory of 4 rows (the
+        # arm of the warm comparison, at batch 32 in one piece, was killed for memory at
+        # 1,024 tokens)
+        config.train.microbatches = 8
     if warm:
         config.model.init_from = BACKBONE
         config.curriculum.segments = (2, 4, 8)

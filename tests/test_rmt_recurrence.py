@@ -251,6 +251,23 @@ def test_retrieval_is_causal_in_outputs_and_gradients():
     assert bool(state_a.buffer_valid.all())
 
 
+@pytest.mark.parametrize("memory", VARIANTS)
+def test_a_later_segment_never_reaches_an_earlier_one(memory):
+    """Every layer's attention in segments 1..3 (which sees what the state carried in: RMT's
+    read memory, RMT-R's retrieval, ARMT's reads of the associations in every layer) is the
+    same bit for bit when segments 4 and 5 change; segment 4's is not."""
+    model = make_model(**VARIANTS[memory], attention_map_layers=(0, 1))
+    context = random_tokens((2, 5 * SEG), seed=8)
+    later = context.copy()
+    later[:, 3 * SEG:] = random_tokens((2, 2 * SEG), seed=9)
+    run = jit(lambda m, c: scan_segments(m, c, return_attention=True), model)
+    (state_a, maps_a), (state_b, maps_b) = run(context), run(later)
+    for layer in maps_a:
+        np.testing.assert_array_equal(maps_a[layer][:3], maps_b[layer][:3])
+        assert float(jnp.abs(maps_a[layer][3] - maps_b[layer][3]).max()) > 1e-4
+    assert float(jnp.abs(carried(state_a) - carried(state_b)).max()) > 1e-4
+
+
 @pytest.mark.parametrize("variant", ["official", "shared_norm"])
 def test_retrieval_reads_only_valid_states(variant):
     model = RMT(get_config("test", memory="rmt_r", retrieval_variant=variant), rngs=nnx.Rngs(0))
