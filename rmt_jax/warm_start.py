@@ -137,8 +137,10 @@ def load_params(ckpt: RmtCheckpoint, params: nnx.State, cfg: ModelConfig) -> nnx
             return leaf
         value = source[key]
         if value.shape != leaf.shape:  # ROWS: the rows both have; the run's others as drawn
-            rows = min(value.shape[0], leaf.shape[0])
-            value = np.concatenate([value[:rows], np.asarray(leaf, np.float32)[rows:]])
+            # on the devices, in the leaf's sharding: its rows may live on other hosts
+            head = value[:min(value.shape[0], leaf.shape[0])]
+            return jax.jit(lambda x: x.at[:len(head)].set(head.astype(x.dtype)),
+                           out_shardings=leaf.sharding)(leaf)
         value = value.astype(leaf.dtype)
         return jax.make_array_from_callback(leaf.shape, leaf.sharding, lambda i: value[i])
 
