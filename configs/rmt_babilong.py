@@ -121,6 +121,9 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.model.answer_mode = "in_context"
     # 'learned' (GPT-2's embeddings) | 'alibi' (a recency bias in attention) | 'rope'
     config.model.positions = "learned"
+    # learned positions of their own for the write tokens ('own', ARMT as its reference code
+    # runs GPT-2) or the positions after the tokens ('follow'); only with learned positions
+    config.model.write_positions = "own" if memory == "armt" else "follow"
     # std of fresh weights: 0.02 is GPT-2's (gpt2_small loads GPT-2's weights anyway)
     config.model.init_std = 0.02
     # GPT-2's output projections at init_std / sqrt(2 layers); False: at init_std

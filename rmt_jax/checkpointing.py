@@ -58,7 +58,8 @@ CORRUPT_DIR = "checkpoints_corrupt"
 # ModelConfig fields that set the shapes or dtypes of the parameters: a checkpoint cannot be
 # resumed under other values (tests/test_run_layer_resume.py holds this list to the model).
 PARAM_FIELDS = ("layers", "d_model", "heads", "vocab_size", "mem_tokens", "max_positions",
-                "memory", "d_mem", "retrieval_variant", "param_dtype", "positions")
+                "memory", "d_mem", "retrieval_variant", "param_dtype", "positions",
+                "write_positions")
 # Config fields (or sections) that steer how often the run logs, evaluates and saves, or
 # how it is laid out on devices, but not what it computes: free to change on resume.
 RUN_CADENCE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",

@@ -98,6 +98,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelCon
         attention_impl=m.attention_impl or None,
         answer_mode=m.get("answer_mode", "separate"),  # configs saved before it: 'separate'
         positions=m.get("positions", "learned"),  # configs saved before it: learned
+        write_positions=m.get("write_positions", "follow"),  # configs saved before it
         init_std=m.get("init_std", 0.02),  # configs saved before it: GPT-2's 0.02
         scaled_residual_init=m.get("scaled_residual_init", True),  # before it: GPT-2's
     ))

@@ -36,7 +36,8 @@ memory is drawn, as the official RMT code does, from a normal distribution with 
 deviation of the loaded token embedding (about 0.14 for GPT-2 small; the fresh model's
 memory has std `ModelConfig.init_std`, the scale of a fresh token embedding): the
 same seed's draw, rescaled, so a run stays reproducible. Rows of `wpe` past
-`max_positions` are dropped (`max_positions` must not exceed the checkpoint's `n_positions`).
+`max_positions` are dropped (`max_positions` must not exceed the checkpoint's `n_positions`);
+with `write_positions='own'` the write tokens' own rows after them stay freshly drawn.
 """
 
 from __future__ import annotations
@@ -324,6 +325,10 @@ def load_params(ckpt: Gpt2Checkpoint, params: nnx.State, cfg: ModelConfig) -> nn
             return leaf
         seen.add(key)
         value = arrays[key]
+        if key == ("wpe",) and value.shape[0] + cfg.own_write_rows == leaf.shape[0]:
+            # write_positions='own': GPT-2's rows, then the write tokens' own as drawn
+            return jax.jit(lambda x: x.at[:len(value)].set(value.astype(x.dtype)),
+                           out_shardings=leaf.sharding)(leaf)
         if value.shape != leaf.shape:
             raise ValueError(f"init_from={ckpt.source!r}: {'/'.join(map(str, key))} has shape "
                              f"{value.shape} after mapping, the model {leaf.shape}")

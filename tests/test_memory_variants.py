@@ -160,6 +160,8 @@ def test_full_attention_decodes_as_trained_and_streams_the_window():
     (["--config.model.retrieval_dropout=0.2"], "retrieval_dropout=0.2 is RMT-R's"),
     (["--config.model.retrieval_variant=official"], "retrieval_variant='official' is RMT-R's"),
     (["--config.model.memory=none"], "memory='none' has no memory tokens but mem_tokens=2"),
+    (["--config.model.write_positions=own", "--config.model.positions=rope"],
+     "it needs positions='learned' and a memory"),
 ])
 def test_bad_memory_options_stop_the_trainer_before_anything_is_written(tmp_path, overrides,
                                                                         message):
@@ -171,3 +173,50 @@ def test_bad_memory_options_stop_the_trainer_before_anything_is_written(tmp_path
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 1 and last.startswith("error: ") and message in last, last
     assert not workdir.exists() or not any(workdir.iterdir())
+
+
+@pytest.mark.parametrize("memory", ["armt", "rmt"])
+def test_own_write_positions_are_the_rows_after_max_positions(memory):
+    """write_positions='own': the write tokens read rows max_positions.. of the position
+    table, whatever the segment's length; the rows past the real tokens, which 'follow' gives
+    the write tokens, then change nothing that is carried."""
+    overrides = {"memory": memory, "d_mem": 8} if memory == "armt" else {}
+    context = random_tokens((2, 2 * SEG), seed=11)
+    mask = np.ones_like(context, bool)
+    mask[:, SEG + 5:] = False  # the second segment holds 5 real tokens
+
+    def carried_with(model, rows):
+        """What is carried after both segments, with random changes to `rows` of wpe."""
+        wpe = np.asarray(model.wpe[...])
+        changed = wpe.copy()
+        changed[rows] += np.random.RandomState(0).normal(size=changed[rows].shape)
+        try:
+            model.wpe[...] = changed
+            state, _ = scan_segments(model, context, mask)
+        finally:
+            model.wpe[...] = wpe
+        return np.asarray(state.memory if state.assoc is None else state.assoc.matrix)
+
+    own, follow = make_model(**overrides, write_positions="own"), make_model(**overrides)
+    cfg = own.config
+    assert own.wpe.shape == (cfg.max_positions + cfg.mem_tokens, cfg.d_model)
+    past_tokens = slice(cfg.read_tokens + SEG, cfg.max_positions)  # no real token sits there
+    base = carried_with(own, slice(0, 0))
+    assert np.abs(carried_with(own, slice(cfg.max_positions, None)) - base).max() > 1e-3
+    np.testing.assert_array_equal(carried_with(own, past_tokens), base)
+    # 'follow' puts the first segment's write tokens there
+    assert np.abs(carried_with(follow, past_tokens)
+                  - carried_with(follow, slice(0, 0))).max() > 1e-3
+
+
+def test_write_positions_options_are_checked():
+    with pytest.raises(ValueError, match="unknown write_positions 'wrap'"):
+        get_config("test", write_positions="wrap")
+    with pytest.raises(ValueError, match="positions='alibi', memory='rmt': it needs"):
+        get_config("test", write_positions="own", positions="alibi")
+    with pytest.raises(ValueError, match="memory='none'"):
+        get_config("test", write_positions="own", memory="none", mem_tokens=0,
+                   answer_mode="in_context")
+    # the write tokens no longer take regular positions: a segment needs N fewer of them
+    cfg = get_config("test", write_positions="own")
+    assert cfg.segment_positions - cfg.mem_tokens <= cfg.max_positions

@@ -187,6 +187,19 @@ def test_memory_rescaled_to_the_embedding_std_and_retrieval_kept(tmp_path):
     np.testing.assert_array_equal(model.wpe[...], tensors["wpe.weight"][: cfg.max_positions])
 
 
+def test_armt_own_write_positions_take_gpt2_rows_and_keep_their_own(tmp_path):
+    """write_positions='own' (the ARMT reference's wrap_pos): GPT-2's position rows, then the
+    write tokens' N rows as freshly drawn."""
+    tensors = random_gpt2()
+    cfg = CFG.replace(memory="armt", d_mem=8, write_positions="own")
+    fresh = RMT(cfg, rngs=nnx.Rngs(3))
+    model = loaded(write_checkpoint(tmp_path / "ckpt", tensors), cfg, seed=3)
+    p = cfg.max_positions
+    assert model.wpe.shape == (p + cfg.mem_tokens, cfg.d_model)
+    np.testing.assert_array_equal(model.wpe[...][:p], tensors["wpe.weight"][:p])
+    np.testing.assert_array_equal(model.wpe[...][p:], fresh.wpe[...][p:])
+
+
 def test_loading_keeps_the_parameter_dtype(tmp_path):
     model = loaded(write_checkpoint(tmp_path / "ckpt", random_gpt2()),
                    CFG.replace(param_dtype="bfloat16", dtype="bfloat16"))

@@ -10,9 +10,10 @@ import sys
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
 from configs import rmt_babilong
-from rmt_jax import checkpointing, train_lib, warm_start
+from rmt_jax import RMT, checkpointing, train_lib, warm_start
 from tests.conftest import REPO
 from tests.test_train_lib import read_metrics
 
@@ -101,11 +102,16 @@ def test_an_exported_model_is_a_source_too(source, tmp_path):
     ckpt = warm_start.open_checked(str(tmp_path / "exported"), model_config, cfg)
     assert ckpt.step == "best"
     assert ("associative", 0, "wv") in ckpt.fresh and ckpt.dropped == ()
-    assert ckpt.partial == ()  # ARMT has RMT's N memory rows
+    # ARMT has RMT's N memory rows; its position table N rows more, the write tokens' own
+    assert model_config.write_positions == "own" and ckpt.partial == (("wpe",),)
     loss, model = start_from(tmp_path / "exported", tmp_path / "run", "armt")
     src, _, _ = checkpointing.restore_for_inference(source)
-    np.testing.assert_array_equal(model.wte[...],  # through bfloat16 and back
-                                  np.asarray(src.wte[...]).astype("bfloat16").astype(np.float32))
+    bf16 = lambda x: np.asarray(x).astype("bfloat16").astype(np.float32)  # noqa: E731
+    np.testing.assert_array_equal(model.wte[...], bf16(src.wte[...]))  # through bfloat16
+    p = model_config.max_positions
+    np.testing.assert_array_equal(model.wpe[...][:p], bf16(src.wpe[...]))
+    fresh = RMT(model_config, rngs=nnx.Rngs(cfg.train.seed)).wpe[...][p:]
+    np.testing.assert_allclose(model.wpe[...][p:], fresh, rtol=1e-5, atol=1e-7)  # as drawn
     assert np.isfinite(loss)
 
 

@@ -33,6 +33,11 @@ Memory variants (`memory`), all through one `segment_step` (rmt_jax.core.recurre
         No read tokens; the state is constant in size.
   none  no memory: the backbone alone over the last `max_positions` tokens in one window (the
         full-attention baseline; 'in_context' answers only).
+
+Write tokens' positions (`write_positions`, learned positions only): 'follow' gives them the
+positions after the segment's tokens; 'own' gives the N write tokens N learned positions of
+their own, rows max_positions..max_positions+N-1 of the position table, the same in every
+segment whatever its length (the ARMT reference's `wrap_pos`, its default with GPT-2).
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ ANSWER_MODES = ("in_context", "separate")
 # at 0 in every segment in all three.
 POSITIONS = ("learned", "alibi", "rope")
 MEMORIES = ("rmt", "rmt_r", "armt", "none")
+WRITE_POSITIONS = ("follow", "own")
 ARMT_NU = 3  # DPFP's nu in the published ARMT: d_key = 2 * nu * d_mem
 DEFAULT_RETRIEVAL_DROPOUT = 0.1  # RMT-R's, when retrieval_dropout is None
 # RMT-R's retrieval block (rmt_jax.core.model.MemoryRetrieval): 'official' as the published code
@@ -88,6 +94,7 @@ class ModelConfig:
     attention_impl: str | None = None  # jax.nn.dot_product_attention implementation; 'cudnn' on GPU
     answer_mode: str = "separate"    # 'in_context' (question in the last segment) | 'separate'
     positions: str = "learned"       # 'learned' (GPT-2) | 'alibi' | 'rope'
+    write_positions: str = "follow"  # 'follow' | 'own' (learned rows of their own; see above)
     # Std of fresh weight matrices and embeddings (output projections / sqrt(2 layers), learned
     # positions / 2). 0.02 is GPT-2's; from scratch at small width it leaves the attention
     # logits near zero and training stalls at qa1's last-room shortcut, 1/sqrt(d_model) does not
@@ -132,7 +139,16 @@ class ModelConfig:
         if self.d_model % self.heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by heads={self.heads}: "
                              "pick heads that divide d_model (e.g. d_model=768, heads=12)")
-        if self.segment_positions > self.max_positions:
+        if self.write_positions not in WRITE_POSITIONS:
+            raise ValueError(f"unknown write_positions {self.write_positions!r}: expected one "
+                             f"of {WRITE_POSITIONS}")
+        if self.write_positions == "own" and (self.positions != "learned"
+                                              or self.memory == "none"):
+            raise ValueError(
+                f"write_positions='own' gives write tokens learned positions of their own, but "
+                f"positions={self.positions!r}, memory={self.memory!r}: it needs "
+                "positions='learned' and a memory (else set write_positions='follow')")
+        if self.segment_positions - self.own_write_rows > self.max_positions:
             raise ValueError(
                 f"a segment needs {self.segment_positions} positions ({self.read_tokens} read "
                 f"memory + {self.segment_len} tokens + {self.mem_tokens} write memory) but "
@@ -227,6 +243,11 @@ class ModelConfig:
     def segment_positions(self) -> int:
         """Length of one segment's input: read memory, tokens, write memory."""
         return self.read_tokens + self.segment_len + self.mem_tokens
+
+    @property
+    def own_write_rows(self) -> int:
+        """Rows of the position table past max_positions: the write tokens' own (N), or 0."""
+        return self.mem_tokens if self.write_positions == "own" else 0
 
     @property
     def compute_dtype(self) -> jnp.dtype:

@@ -314,7 +314,9 @@ class RMT(nnx.Module):
         pd = cfg.params_dtype
         self.wte = _normal(rngs, (cfg.vocab_size, cfg.d_model), cfg.init_std, pd)
         # GPT-2's learned positions; ALiBi and RoPE act inside the attention instead
-        self.wpe = (_normal(rngs, (cfg.max_positions, cfg.d_model), cfg.init_std / 2, pd)
+        # (write_positions='own': N more rows, the write tokens' own)
+        self.wpe = (_normal(rngs, (cfg.max_positions + cfg.own_write_rows, cfg.d_model),
+                            cfg.init_std / 2, pd)
                     if cfg.positions == "learned" else None)
         self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.layers)])
         self.ln_f = LayerNorm(cfg)
@@ -343,7 +345,14 @@ class RMT(nnx.Module):
         there are written, and the updated associations returned (else `assoc` as given).
         """
         cfg = self.config
-        if self.wpe is not None:
+        if self.wpe is not None and cfg.own_write_rows and write_pos is not None:
+            # the write tokens at their own rows, max_positions + j; the rest at 0..t-1
+            b, t = x.shape[:2]
+            pos = jnp.broadcast_to(jnp.arange(t), (b, t))
+            pos = pos.at[jnp.arange(b)[:, None], write_pos].set(
+                cfg.max_positions + jnp.arange(write_pos.shape[1]))
+            x = x + jnp.take(self.wpe[...], pos, axis=0).astype(cfg.compute_dtype)
+        elif self.wpe is not None:
             x = x + self.wpe[: x.shape[1]].astype(cfg.compute_dtype)
         x = dropout(x, cfg.dropout, _fold(key, cfg.layers))
         maps = {} if return_attention else None
