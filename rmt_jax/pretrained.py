@@ -52,6 +52,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from rmt_jax import sharding
 from rmt_jax.core.config import ModelConfig
 from rmt_jax.core.model import LAYER_NORM_EPSILON, RMT
 
@@ -327,13 +328,11 @@ def load_params(ckpt: Gpt2Checkpoint, params: nnx.State, cfg: ModelConfig) -> nn
         value = arrays[key]
         if key == ("wpe",) and value.shape[0] + cfg.own_write_rows == leaf.shape[0]:
             # write_positions='own': GPT-2's rows, then the write tokens' own as drawn
-            return jax.jit(lambda x: x.at[:len(value)].set(value.astype(x.dtype)),
-                           out_shardings=leaf.sharding)(leaf)
+            return sharding.set_leading_rows(leaf, value)
         if value.shape != leaf.shape:
             raise ValueError(f"init_from={ckpt.source!r}: {'/'.join(map(str, key))} has shape "
                              f"{value.shape} after mapping, the model {leaf.shape}")
-        value = value.astype(leaf.dtype)
-        return jax.make_array_from_callback(leaf.shape, leaf.sharding, lambda i: value[i])
+        return sharding.place_like(value, leaf)
 
     new = jax.tree_util.tree_map_with_path(replace, params)
     unused = sorted(set(arrays) - seen)

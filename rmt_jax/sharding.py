@@ -110,3 +110,18 @@ def global_batch(batch: dict, sharding: NamedSharding) -> dict:
     """Per-process numpy batches -> global arrays split over 'data'."""
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
             for k, v in batch.items()}
+
+
+def place_like(value: np.ndarray, like: jax.Array) -> jax.Array:
+    """A host array (the same on every process) as `like`'s dtype, shape and sharding: each
+    process places only its own shards."""
+    value = np.asarray(value).astype(like.dtype)
+    return jax.make_array_from_callback(like.shape, like.sharding, lambda i: value[i])
+
+
+def set_leading_rows(array: jax.Array, rows: np.ndarray) -> jax.Array:
+    """`array` with its first len(rows) rows replaced by `rows` (a host array, the same on
+    every process), computed on the devices in `array`'s sharding: no process needs the
+    rows of `array` that other hosts hold."""
+    return jax.jit(lambda x: x.at[:len(rows)].set(rows.astype(x.dtype)),
+                   out_shardings=array.sharding)(array)

@@ -37,7 +37,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from rmt_jax import checkpointing
+from rmt_jax import checkpointing, sharding
 from rmt_jax.core.config import ModelConfig
 from rmt_jax.core.model import RMT
 from rmt_jax.pretrained import _key
@@ -138,11 +138,8 @@ def load_params(ckpt: RmtCheckpoint, params: nnx.State, cfg: ModelConfig) -> nnx
         value = source[key]
         if value.shape != leaf.shape:  # ROWS: the rows both have; the run's others as drawn
             # on the devices, in the leaf's sharding: its rows may live on other hosts
-            head = value[:min(value.shape[0], leaf.shape[0])]
-            return jax.jit(lambda x: x.at[:len(head)].set(head.astype(x.dtype)),
-                           out_shardings=leaf.sharding)(leaf)
-        value = value.astype(leaf.dtype)
-        return jax.make_array_from_callback(leaf.shape, leaf.sharding, lambda i: value[i])
+            return sharding.set_leading_rows(leaf, value[:leaf.shape[0]])
+        return sharding.place_like(value, leaf)
 
     new = jax.tree_util.tree_map_with_path(replace, params)
     logging.info("initialised from %s (step %s, memory=%s): %d parameters copied whole; the "
