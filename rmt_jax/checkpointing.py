@@ -223,7 +223,10 @@ def check_config_change(workdir: str | os.PathLike, config: ml_collections.Confi
         return changes
     # A field that the code added (or dropped) since the workdir was made is taken as it is:
     # old workdirs stay resumable. (A checkpoint that does not fit still raises at restore.)
-    added = {k: v for k, v in changes.items() if ABSENT in v}
+    # So is a model field now unset (a placeholder: it does not apply to this model, as
+    # model.retrieval_dropout for an RMT, whose old configs held RMT-R's 0.1).
+    added = {k: v for k, v in changes.items()
+             if ABSENT in v or (k.startswith("model.") and v[1] is None)}
     if added:
         logging.warning("config fields added or dropped since %s was made: %s", workdir,
                         _describe(added))

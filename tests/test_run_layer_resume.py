@@ -123,6 +123,42 @@ def test_a_workdir_from_before_a_new_config_field_resumes(trained, tmp_path, cap
     assert "model.scan_unroll (absent) -> 1" in caplog.text
 
 
+def test_a_model_field_now_unset_resumes(trained, tmp_path, caplog):
+    """Old RMT configs held RMT-R's retrieval_dropout (0.1); today it is unset (None) for any
+    other memory: the workdir resumes with a warning, without --allow_config_change."""
+    import json
+
+    workdir = copy_of(trained, tmp_path)
+    path = workdir / checkpointing.CONFIG_FILE
+    saved = json.loads(path.read_text())
+    assert saved["model"]["retrieval_dropout"] is None
+    saved["model"]["retrieval_dropout"] = 0.1
+    path.write_text(json.dumps(saved))
+    with caplog.at_level(logging.INFO):
+        assert train_lib.train_and_evaluate(tiny_config(RUN), workdir)["step"] == 3
+    assert "model.retrieval_dropout 0.1 -> null" in caplog.text
+    # a real change of a model field is still refused
+    config = tiny_config({**RUN, "model.dropout": 0.5})
+    with pytest.raises(checkpointing.ConfigChangeError, match="model.dropout"):
+        train_lib.train_and_evaluate(config, workdir)
+
+
+def test_the_committed_qa1_cpu_workdir_takes_its_readme_resume_command():
+    """results/qa1_cpu/train_workdir is kept to be resumed (results/qa1_cpu/README.md): the
+    config of the README's last training command passes the resume check."""
+    from configs import qa1_cpu
+
+    workdir = REPO / "results" / "qa1_cpu" / "train_workdir"
+    if not (workdir / checkpointing.CONFIG_FILE).exists():
+        pytest.skip(f"{workdir} is not in this checkout")
+    config = qa1_cpu.get_config("")
+    config.curriculum.stage_steps = 2000
+    model_config = input_pipeline.model_config(config, 8192)  # the shipped sentencepiece's
+    allow = ["curriculum.advance_accuracy", "curriculum.stage_steps"]
+    changes = checkpointing.check_config_change(workdir, config, model_config, allow)
+    assert set(changes) <= {"curriculum.advance_accuracy", "curriculum.stage_steps"}
+
+
 def test_only_a_checkpoint_that_fails_to_read_is_set_aside_each_under_its_own_name(
         trained, tmp_path, caplog):
     workdir = copy_of(trained, tmp_path)
