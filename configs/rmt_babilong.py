@@ -116,6 +116,9 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.model.scan_unroll = 1  # segments per iteration of the scan loop (1: no unrolling)
     config.model.bptt_segments = 0  # back-propagate through the last k segments; 0 = all
     config.model.attention_impl = ""  # '' lets JAX choose; 'cudnn' on NVIDIA GPUs
+    # queries per attention block in windows longer than this (0: whole windows); the
+    # full-attention baseline's windows of thousands of tokens need blocks on a CPU
+    config.model.attention_chunk = 512 if memory == "none" else 0
     # 'in_context': question and answer end the last context segment (the official fine-tuning);
     # 'separate': an extra answer segment reads them after the context (rmt_jax.core.answer)
     config.model.answer_mode = "in_context"

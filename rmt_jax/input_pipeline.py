@@ -96,6 +96,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelCon
         scan_unroll=m.get("scan_unroll", 1),  # absent from configs saved before it existed
         bptt_segments=m.bptt_segments or None,
         attention_impl=m.attention_impl or None,
+        attention_chunk=m.get("attention_chunk", 0),  # configs saved before it: 0
         answer_mode=m.get("answer_mode", "separate"),  # configs saved before it: 'separate'
         positions=m.get("positions", "learned"),  # configs saved before it: learned
         write_positions=m.get("write_positions", "follow"),  # configs saved before it

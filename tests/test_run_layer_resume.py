@@ -238,7 +238,8 @@ def test_param_fields_are_the_fields_that_change_parameter_shapes():
                 "max_positions": 40, "memory": "rmt_r", "param_dtype": "bfloat16",
                 "segment_len": 9, "dtype": "bfloat16", "dropout": 0.2,
                 "remat_policy": "full", "scan_unroll": 2,
-                "bptt_segments": 1, "attention_impl": "xla", "answer_mode": "separate",
+                "bptt_segments": 1, "attention_impl": "xla", "attention_chunk": 4,
+                "answer_mode": "separate",
                 "positions": "rope", "init_std": 0.1, "scaled_residual_init": False,
                 "write_positions": "own"}
     # fields that only exist with a memory variant: (the variant, the field changed)

@@ -162,25 +162,33 @@ def _cross_entropy(model: RMT, hidden, targets, weights):
     return loss, {"accuracy": accuracy, "answer_tokens": count}
 
 
-def _greedy_loop(step, tokens: jax.Array, max_new_tokens: int,
-                 stop_id: int | None) -> jax.Array:
-    """Runs `step(i, tokens) -> (tokens, next token [B])` for i = 0..max_new_tokens-1, or,
-    with `stop_id`, until every row has produced it (its slots after that stay as they were:
-    decoding stops at the first stop token, so the answers are the same, in fewer steps)."""
-    if stop_id is None:
-        return jax.lax.fori_loop(0, max_new_tokens, lambda i, t: step(i, t)[0], tokens)
-
-    def cond(carry):
-        i, _, done = carry
-        return (i < max_new_tokens) & ~done.all()
+def _cached_greedy(model: RMT, read: jax.Array, tokens: jax.Array, first: jax.Array,
+                   max_new_tokens: int, stop_id: int | None, assoc) -> jax.Array:
+    """tokens [B, L] with max_new_tokens empty slots from first [B] on -> the slots filled
+    greedily, each from the position before it: one pass over the window [read; tokens]
+    keeps every layer's keys and values, then each new token runs alone at its position
+    (a KV cache: the window is not run again per token). With `stop_id`, decoding stops
+    once every row has produced it (the slots after a row's stop token are then left as they
+    were; the text up to it is the same)."""
+    r = read.shape[1]
+    rows = jnp.arange(tokens.shape[0])
+    hidden, caches = model.answer_prefill(read, tokens, assoc)
+    h = hidden[rows, first - 1]  # [B, d]: predicts slot 0
 
     def body(carry):
-        i, tokens, done = carry
-        tokens, nxt = step(i, tokens)
-        return i + 1, tokens, done | (nxt == stop_id)
+        i, tokens, caches, h, done = carry
+        nxt = model.logits(h).argmax(-1).astype(jnp.int32)  # [B]
+        tokens = tokens.at[rows, first + i].set(jnp.where(done, tokens[rows, first + i], nxt))
+        done = done | (nxt == stop_id) if stop_id is not None else done
+        h, caches = model.answer_decode(nxt, r + first + i, caches, assoc)
+        return i + 1, tokens, caches, h, done
+
+    def cond(carry):
+        i, done = carry[0], carry[-1]
+        return (i < max_new_tokens) & ~done.all()
 
     done = jnp.zeros(tokens.shape[:1], bool)
-    return jax.lax.while_loop(cond, body, (jnp.int32(0), tokens, done))[1]
+    return jax.lax.while_loop(cond, body, (jnp.int32(0), tokens, caches, h, done))[1]
 
 
 def generate_answer(model: RMT, state: MemoryState, question: jax.Array, *,
@@ -188,8 +196,8 @@ def generate_answer(model: RMT, state: MemoryState, question: jax.Array, *,
                     stop_id: int | None = None) -> jax.Array:
     """Greedy answer tokens [B, max_new_tokens] after `question` [B, Qq], given the final state.
 
-    question_lengths [B] (default Qq): real question tokens per row (right padding). Each
-    step re-runs the short answer segment (no KV cache: answers are a few tokens).
+    question_lengths [B] (default Qq): real question tokens per row (right padding). The
+    answer segment runs once; each new token then runs alone at its position (KV cache).
     stop_id: the end-of-answer token: generation stops once every row has produced it (the
     slots after a row's stop token are then left 0; the text up to it is the same).
     """
@@ -203,14 +211,7 @@ def generate_answer(model: RMT, state: MemoryState, question: jax.Array, *,
                else jnp.asarray(question_lengths, jnp.int32))
     read = model.read_memory(state.memory, state.buffer, state.buffer_valid)
     tokens = jnp.pad(question, ((0, 0), (0, max_new_tokens)))
-    rows = jnp.arange(batch)
-
-    def step(i, tokens):
-        h = model.answer_hidden(read, tokens, assoc=state.assoc)  # [B, Qq + new, d]
-        nxt = model.logits(h[rows, lengths - 1 + i]).argmax(-1).astype(jnp.int32)  # [B]
-        return tokens.at[rows, lengths + i].set(nxt), nxt
-
-    tokens = _greedy_loop(step, tokens, max_new_tokens, stop_id)
+    tokens = _cached_greedy(model, read, tokens, lengths, max_new_tokens, stop_id, state.assoc)
     return jnp.take_along_axis(tokens, lengths[:, None] + jnp.arange(max_new_tokens), axis=1)
 
 
@@ -220,21 +221,15 @@ def generate_in_context(model: RMT, state: MemoryState, last: jax.Array, lengths
 
     last [B, L]: the last segment of an `in_context_layout` made with max_new_tokens empty
     slots, real tokens first (lengths [B] of them); state: the memory after the segments
-    before it. Each step re-runs the last segment (no KV cache: answers are a few tokens).
-    stop_id: as in `generate_answer`.
+    before it. The last segment runs once; each new token then runs alone at its position
+    (KV cache). stop_id: as in `generate_answer`.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
     read = model.read_memory(state.memory, state.buffer, state.buffer_valid)
-    rows = jnp.arange(last.shape[0])
     first = jnp.asarray(lengths, jnp.int32) - max_new_tokens  # [B] first slot
-
-    def step(i, tokens):
-        h = model.answer_hidden(read, tokens, assoc=state.assoc)  # [B, L, d]
-        nxt = model.logits(h[rows, first - 1 + i]).argmax(-1).astype(jnp.int32)  # [B]
-        return tokens.at[rows, first + i].set(nxt), nxt
-
-    tokens = _greedy_loop(step, jnp.asarray(last, jnp.int32), max_new_tokens, stop_id)
+    tokens = _cached_greedy(model, read, jnp.asarray(last, jnp.int32), first, max_new_tokens,
+                            stop_id, state.assoc)
     return jnp.take_along_axis(tokens, first[:, None] + jnp.arange(max_new_tokens), axis=1)
 
 

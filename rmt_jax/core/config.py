@@ -92,6 +92,10 @@ class ModelConfig:
     bptt_segments: int | None = None  # back-propagate through the last k segments; None = all
     attention_map_layers: tuple[int, ...] = ()  # layers whose attention weights are returned
     attention_impl: str | None = None  # jax.nn.dot_product_attention implementation; 'cudnn' on GPU
+    # Queries per block when a window is longer (0: one block). XLA's attention holds the
+    # [b, h, t, t] weights of a window at once (17.8 GB at 4,096 tokens, batch 8, on a CPU);
+    # blocks hold [b, h, chunk, t] (recomputed in the backward pass). Not with attention_impl.
+    attention_chunk: int = 0
     answer_mode: str = "separate"    # 'in_context' (question in the last segment) | 'separate'
     positions: str = "learned"       # 'learned' (GPT-2) | 'alibi' | 'rope'
     write_positions: str = "follow"  # 'follow' | 'own' (learned rows of their own; see above)
@@ -182,6 +186,13 @@ class ModelConfig:
         if self.positions == "rope" and self.head_dim % 2:
             raise ValueError(f"positions='rope' needs an even head_dim, got {self.head_dim} "
                              f"(d_model={self.d_model}, heads={self.heads}): change heads")
+        if self.attention_chunk < 0:
+            raise ValueError(f"attention_chunk={self.attention_chunk} must be >= 0 (0: the "
+                             "whole window at once)")
+        if self.attention_chunk and self.attention_impl:
+            raise ValueError(f"attention_chunk={self.attention_chunk} runs the attention in "
+                             f"blocks itself; attention_impl={self.attention_impl!r} runs it "
+                             "whole: set one of them")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of "
                              f"{ATTENTION_IMPLS} (None lets JAX choose; 'cudnn' needs a GPU)")

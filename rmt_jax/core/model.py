@@ -122,15 +122,41 @@ def alibi_bias(heads: int, t: int) -> jax.Array:
     return -alibi_slopes(heads)[None, :, None, None] * jnp.maximum(distance, 0.0)[None, None]
 
 
-def rotary(x: jax.Array, base: float = 10000.0) -> jax.Array:
-    """Rotary position embedding of x [b, t, h, hd] at positions 0..t-1 (the two halves of
-    each head are rotated as pairs)."""
+def rotary(x: jax.Array, base: float = 10000.0, positions: jax.Array | None = None
+           ) -> jax.Array:
+    """Rotary position embedding of x [b, t, h, hd] at positions 0..t-1, or at `positions`
+    [b, t] (the two halves of each head are rotated as pairs)."""
     t, hd = x.shape[1], x.shape[-1]
     freq = base ** (-jnp.arange(0, hd // 2, dtype=jnp.float32) * 2.0 / hd)  # [hd/2]
-    angle = jnp.arange(t, dtype=jnp.float32)[:, None] * freq[None, :]  # [t, hd/2]
-    cos, sin = jnp.cos(angle)[None, :, None, :], jnp.sin(angle)[None, :, None, :]
+    pos = jnp.arange(t)[None] if positions is None else positions  # [1 or b, t]
+    angle = pos.astype(jnp.float32)[..., None] * freq  # [1 or b, t, hd/2]
+    cos, sin = jnp.cos(angle)[:, :, None, :], jnp.sin(angle)[:, :, None, :]
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).astype(x.dtype)
+
+
+def chunked_attention(q, k, v, chunk: int, slopes: jax.Array | None = None) -> jax.Array:
+    """Causal attention of q, k, v [b, t, h, hd] -> [b, t, h, hd], `chunk` queries at a time
+    (the last block padded): the weights of one block, [b, h, chunk, t], exist at once
+    instead of [b, h, t, t], and the backward pass recomputes them. slopes [h]: ALiBi's."""
+    b, t, h, hd = q.shape
+    blocks = -(-t // chunk)
+    padded = jnp.pad(q, ((0, 0), (0, blocks * chunk - t), (0, 0), (0, 0)))
+    padded = padded.reshape(b, blocks, chunk, h, hd).swapaxes(0, 1)  # [n, b, chunk, h, hd]
+
+    @jax.checkpoint
+    def block(args):
+        qi, start = args
+        # [b, chunk, h, hd] x [b, s, h, hd] -> [b, h, chunk, s]
+        logits = jnp.einsum("bqhe,bshe->bhqs", qi, k).astype(jnp.float32) / math.sqrt(hd)
+        behind = (start + jnp.arange(chunk))[:, None] - jnp.arange(t)[None, :]  # [chunk, s]
+        if slopes is not None:
+            logits = logits - slopes[None, :, None, None] * jnp.maximum(behind, 0)
+        weights = jax.nn.softmax(jnp.where(behind >= 0, logits, -jnp.inf), axis=-1)
+        return jnp.einsum("bhqs,bshe->bqhe", weights.astype(v.dtype), v)
+
+    y = jax.lax.map(block, (padded, jnp.arange(blocks) * chunk))  # [n, b, chunk, h, hd]
+    return y.swapaxes(0, 1).reshape(b, blocks * chunk, h, hd)[:, :t]
 
 
 class CausalSelfAttention(nnx.Module):
@@ -143,16 +169,30 @@ class CausalSelfAttention(nnx.Module):
         self.dtype = cfg.compute_dtype
         self.implementation = cfg.attention_impl
         self.positions = cfg.positions
+        self.chunk = cfg.attention_chunk
 
-    def __call__(self, x: jax.Array, return_weights: bool = False):
-        """x [b, t, d] -> (y [b, t, d], weights [b, h, t, t] float32 or None)."""
+    def _qkv(self, x: jax.Array, positions: jax.Array | None = None):
+        """x [b, t, d] -> q, k, v [b, t, h, hd] (RoPE applied at 0..t-1 or `positions`)."""
         dt = self.dtype
         # [b, t, d] -> [b, t, 3, h, hd]
         qkv = jnp.einsum("btd,dkhe->btkhe", x, self.qkv[...].astype(dt))
         qkv = qkv + self.qkv_bias[...].astype(dt)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [b, t, h, hd]
         if self.positions == "rope":
-            q, k = rotary(q), rotary(k)
+            q, k = rotary(q, positions=positions), rotary(k, positions=positions)
+        return q, k, v
+
+    def _project_out(self, y: jax.Array) -> jax.Array:
+        # [b, t, h, hd] -> [b, t, d]
+        dt = self.dtype
+        return (jnp.einsum("bthe,hed->btd", y, self.out[...].astype(dt))
+                + self.out_bias[...].astype(dt))
+
+    def __call__(self, x: jax.Array, return_weights: bool = False):
+        """x [b, t, d] -> (y [b, t, d], weights [b, h, t, t] float32 or None, (k, v) each
+        [b, t, h, hd]: the keys and values a decoding step attends to)."""
+        dt = self.dtype
+        q, k, v = self._qkv(x)
         t = x.shape[1]
         bias = alibi_bias(q.shape[2], t) if self.positions == "alibi" else None
         weights = None
@@ -166,13 +206,36 @@ class CausalSelfAttention(nnx.Module):
             weights = jax.nn.softmax(jnp.where(causal, logits, -jnp.inf), axis=-1)
             # [b, h, t, s] x [b, s, h, hd] -> [b, t, h, hd]
             y = jnp.einsum("bhts,bshe->bthe", weights.astype(dt), v)
+        elif self.chunk and t > self.chunk:
+            slopes = alibi_slopes(q.shape[2]) if self.positions == "alibi" else None
+            y = chunked_attention(q, k, v, self.chunk, slopes)
         else:
             y = jax.nn.dot_product_attention(
                 q, k, v, bias=None if bias is None else bias.astype(dt), is_causal=True,
                 implementation=self.implementation)
-        # [b, t, h, hd] -> [b, t, d]
-        y = jnp.einsum("bthe,hed->btd", y, self.out[...].astype(dt)) + self.out_bias[...].astype(dt)
-        return y, weights
+        return self._project_out(y), weights, (k, v)
+
+    def decode(self, x: jax.Array, pos: jax.Array, cache: tuple[jax.Array, jax.Array]):
+        """One new position per row: x [b, 1, d] at positions pos [b] of a window whose keys
+        and values are `cache` ([b, T, h, hd] each, from `__call__` over the window) ->
+        (y [b, 1, d], the cache with this position's key and value). The query attends to
+        the window's positions up to pos, as the full pass's causal mask lets it."""
+        dt = self.dtype
+        q, k, v = self._qkv(x, pos[:, None])
+        rows = jnp.arange(x.shape[0])
+        keys = cache[0].at[rows, pos].set(k[:, 0])
+        values = cache[1].at[rows, pos].set(v[:, 0])
+        # [b, h, hd] x [b, s, h, hd] -> [b, h, s]
+        logits = jnp.einsum("bhe,bshe->bhs", q[:, 0], keys).astype(jnp.float32)
+        logits = logits / math.sqrt(q.shape[-1])
+        behind = pos[:, None] - jnp.arange(keys.shape[1])[None, :]  # [b, s]
+        if self.positions == "alibi":
+            slopes = alibi_slopes(q.shape[2])
+            logits = logits - (slopes[None, :, None]
+                               * jnp.maximum(behind, 0).astype(jnp.float32)[:, None, :])
+        weights = jax.nn.softmax(jnp.where((behind >= 0)[:, None, :], logits, -jnp.inf), -1)
+        y = jnp.einsum("bhs,bshe->bhe", weights.astype(dt), values)[:, None]  # [b, 1, h, hd]
+        return self._project_out(y), (keys, values)
 
 
 class Block(nnx.Module):
@@ -189,10 +252,17 @@ class Block(nnx.Module):
         self.rate = cfg.dropout
 
     def __call__(self, x, key=None, return_weights=False):
-        y, weights = self.attn(self.ln1(x), return_weights)
+        """-> (x, attention weights or None, the attention's keys and values)."""
+        y, weights, kv = self.attn(self.ln1(x), return_weights)
         x = x + dropout(y, self.rate, _fold(key, 0))
         x = x + dropout(self.mlp(self.ln2(x)), self.rate, _fold(key, 1))
-        return x, weights
+        return x, weights, kv
+
+    def decode(self, x, pos, cache):
+        """One new position per row (CausalSelfAttention.decode), no dropout."""
+        y, cache = self.attn.decode(self.ln1(x), pos, cache)
+        x = x + y
+        return x + self.mlp(self.ln2(x)), cache
 
 
 class MemoryRetrieval(nnx.Module):
@@ -344,6 +414,12 @@ class RMT(nnx.Module):
         ARMT: every block first reads `assoc`; with `write_pos` [b, n] the blocks' outputs
         there are written, and the updated associations returned (else `assoc` as given).
         """
+        h, maps, assoc, _ = self._blocks(x, key, return_attention, assoc, write_pos)
+        return h, maps, assoc
+
+    def _blocks(self, x, key, return_attention, assoc, write_pos):
+        """`transformer`, and every layer's keys and values (unused ones cost nothing under
+        jit)."""
         cfg = self.config
         if self.wpe is not None and cfg.own_write_rows and write_pos is not None:
             # the write tokens at their own rows, max_positions + j; the rest at 0..t-1
@@ -356,12 +432,13 @@ class RMT(nnx.Module):
             x = x + self.wpe[: x.shape[1]].astype(cfg.compute_dtype)
         x = dropout(x, cfg.dropout, _fold(key, cfg.layers))
         maps = {} if return_attention else None
-        matrices, norms = [], []
+        matrices, norms, caches = [], [], []
         for i, block in enumerate(self.blocks):
             if assoc is not None:
                 x = x + self.associative[i].read(assoc.matrix[:, i], assoc.norm[:, i], x)
             want = return_attention and i in cfg.attention_map_layers
-            x, weights = block(x, _fold(key, i), want)
+            x, weights, kv = block(x, _fold(key, i), want)
+            caches.append(kv)
             if want:
                 maps[f"layer_{i}"] = weights
             if assoc is not None and write_pos is not None:
@@ -371,7 +448,7 @@ class RMT(nnx.Module):
                 norms.append(norm)
         if matrices:
             assoc = Associations(jnp.stack(matrices, 1), jnp.stack(norms, 1))
-        return self.ln_f(x), maps, assoc
+        return self.ln_f(x), maps, assoc, caches
 
     def logits(self, h: jax.Array) -> jax.Array:
         """[..., d] -> [..., vocab] float32 through the tied embedding."""
@@ -439,19 +516,46 @@ class RMT(nnx.Module):
         memory = jnp.take_along_axis(h, write_pos[:, :, None], axis=1)  # [b, n, d]
         return memory, maps, assoc
 
-    def answer_hidden(self, read, query, key=None,
-                      assoc: Associations | None = None) -> jax.Array:
-        """The answer segment [read; query]: read [b, R, d], query [b, Q] -> [b, Q, d]
-        (ARMT: every layer reads `assoc`; nothing is written)."""
+    def _answer_window(self, read, query) -> jax.Array:
         r = read.shape[1]
         if r + query.shape[1] > self.config.max_positions:
             raise ValueError(
                 f"the answer segment needs {r + query.shape[1]} positions ({r} memory + "
                 f"{query.shape[1]} query tokens) but max_positions={self.config.max_positions}: "
                 "shorten the question/answer or raise max_positions")
-        h, _, _ = self.transformer(jnp.concatenate([read, self.embed(query)], axis=1), key,
-                                   assoc=assoc)
-        return h[:, r:]
+        return jnp.concatenate([read, self.embed(query)], axis=1)
+
+    def answer_hidden(self, read, query, key=None,
+                      assoc: Associations | None = None) -> jax.Array:
+        """The answer segment [read; query]: read [b, R, d], query [b, Q] -> [b, Q, d]
+        (ARMT: every layer reads `assoc`; nothing is written)."""
+        h, _, _ = self.transformer(self._answer_window(read, query), key, assoc=assoc)
+        return h[:, read.shape[1]:]
+
+    def answer_prefill(self, read, query, assoc: Associations | None = None):
+        """`answer_hidden` without dropout, and the keys and values of every layer over the
+        window [read; query] (a list of (k, v), each [b, R + Q, h, hd]) for `answer_decode`."""
+        h, _, _, caches = self._blocks(self._answer_window(read, query), None, False, assoc,
+                                       None)
+        return h[:, read.shape[1]:], caches
+
+    def answer_decode(self, tokens: jax.Array, pos: jax.Array, caches,
+                      assoc: Associations | None = None):
+        """A token per row, tokens [b], placed at window position pos [b] (the memory's read
+        rows count) of the window `answer_prefill` ran over -> (its hidden state after ln_f
+        [b, d], the caches updated). The hidden state equals the full pass's over the window
+        with the token in place, up to rounding (the positions after pos are masked)."""
+        cfg = self.config
+        x = self.embed(tokens[:, None])  # [b, 1, d]
+        if self.wpe is not None:
+            x = x + jnp.take(self.wpe[...], pos, axis=0)[:, None].astype(cfg.compute_dtype)
+        updated = []
+        for i, block in enumerate(self.blocks):
+            if assoc is not None:
+                x = x + self.associative[i].read(assoc.matrix[:, i], assoc.norm[:, i], x)
+            x, cache = block.decode(x, pos, caches[i])
+            updated.append(cache)
+        return self.ln_f(x)[:, 0], updated
 
 
 def count_params(model: nnx.Module, *, exclude_embeddings: bool = False) -> int:
