@@ -135,6 +135,17 @@ def rotary(x: jax.Array, base: float = 10000.0, positions: jax.Array | None = No
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).astype(x.dtype)
 
 
+def attend(q, k, v, behind, slopes: jax.Array | None = None):
+    """q [b, tq, h, hd] over k, v [b, s, h, hd]; behind (broadcast to [b, h, tq, s]): how far
+    key s lies behind each query (negative: after it, masked); slopes [h]: ALiBi's, a bias of
+    -slope * distance -> (y [b, tq, h, hd], weights [b, h, tq, s] float32)."""
+    logits = jnp.einsum("bqhe,bshe->bhqs", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
+    if slopes is not None:
+        logits = logits - slopes[:, None, None] * jnp.maximum(behind, 0)
+    weights = jax.nn.softmax(jnp.where(behind >= 0, logits, -jnp.inf), axis=-1)
+    return jnp.einsum("bhqs,bshe->bqhe", weights.astype(v.dtype), v), weights
+
+
 def chunked_attention(q, k, v, chunk: int, slopes: jax.Array | None = None) -> jax.Array:
     """Causal attention of q, k, v [b, t, h, hd] -> [b, t, h, hd], `chunk` queries at a time
     (the last block padded): the weights of one block, [b, h, chunk, t], exist at once
@@ -147,13 +158,8 @@ def chunked_attention(q, k, v, chunk: int, slopes: jax.Array | None = None) -> j
     @jax.checkpoint
     def block(args):
         qi, start = args
-        # [b, chunk, h, hd] x [b, s, h, hd] -> [b, h, chunk, s]
-        logits = jnp.einsum("bqhe,bshe->bhqs", qi, k).astype(jnp.float32) / math.sqrt(hd)
         behind = (start + jnp.arange(chunk))[:, None] - jnp.arange(t)[None, :]  # [chunk, s]
-        if slopes is not None:
-            logits = logits - slopes[None, :, None, None] * jnp.maximum(behind, 0)
-        weights = jax.nn.softmax(jnp.where(behind >= 0, logits, -jnp.inf), axis=-1)
-        return jnp.einsum("bhqs,bshe->bqhe", weights.astype(v.dtype), v)
+        return attend(qi, k, v, behind, slopes)[0]
 
     y = jax.lax.map(block, (padded, jnp.arange(blocks) * chunk))  # [n, b, chunk, h, hd]
     return y.swapaxes(0, 1).reshape(b, blocks * chunk, h, hd)[:, :t]
@@ -194,25 +200,17 @@ class CausalSelfAttention(nnx.Module):
         dt = self.dtype
         q, k, v = self._qkv(x)
         t = x.shape[1]
-        bias = alibi_bias(q.shape[2], t) if self.positions == "alibi" else None
+        slopes = alibi_slopes(q.shape[2]) if self.positions == "alibi" else None
         weights = None
         if return_weights:
-            # [b, t, h, hd] x [b, s, h, hd] -> [b, h, t, s]
-            logits = jnp.einsum("bthe,bshe->bhts", q, k).astype(jnp.float32)
-            logits = logits / math.sqrt(q.shape[-1])
-            if bias is not None:
-                logits = logits + bias
-            causal = jnp.tril(jnp.ones((t, t), bool))
-            weights = jax.nn.softmax(jnp.where(causal, logits, -jnp.inf), axis=-1)
-            # [b, h, t, s] x [b, s, h, hd] -> [b, t, h, hd]
-            y = jnp.einsum("bhts,bshe->bthe", weights.astype(dt), v)
+            y, weights = attend(q, k, v, jnp.arange(t)[:, None] - jnp.arange(t)[None, :],
+                                slopes)
         elif self.chunk and t > self.chunk:
-            slopes = alibi_slopes(q.shape[2]) if self.positions == "alibi" else None
             y = chunked_attention(q, k, v, self.chunk, slopes)
         else:
-            y = jax.nn.dot_product_attention(
-                q, k, v, bias=None if bias is None else bias.astype(dt), is_causal=True,
-                implementation=self.implementation)
+            bias = None if slopes is None else alibi_bias(q.shape[2], t).astype(dt)
+            y = jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=True,
+                                             implementation=self.implementation)
         return self._project_out(y), weights, (k, v)
 
     def decode(self, x: jax.Array, pos: jax.Array, cache: tuple[jax.Array, jax.Array]):
@@ -220,21 +218,13 @@ class CausalSelfAttention(nnx.Module):
         and values are `cache` ([b, T, h, hd] each, from `__call__` over the window) ->
         (y [b, 1, d], the cache with this position's key and value). The query attends to
         the window's positions up to pos, as the full pass's causal mask lets it."""
-        dt = self.dtype
         q, k, v = self._qkv(x, pos[:, None])
         rows = jnp.arange(x.shape[0])
         keys = cache[0].at[rows, pos].set(k[:, 0])
         values = cache[1].at[rows, pos].set(v[:, 0])
-        # [b, h, hd] x [b, s, h, hd] -> [b, h, s]
-        logits = jnp.einsum("bhe,bshe->bhs", q[:, 0], keys).astype(jnp.float32)
-        logits = logits / math.sqrt(q.shape[-1])
-        behind = pos[:, None] - jnp.arange(keys.shape[1])[None, :]  # [b, s]
-        if self.positions == "alibi":
-            slopes = alibi_slopes(q.shape[2])
-            logits = logits - (slopes[None, :, None]
-                               * jnp.maximum(behind, 0).astype(jnp.float32)[:, None, :])
-        weights = jax.nn.softmax(jnp.where((behind >= 0)[:, None, :], logits, -jnp.inf), -1)
-        y = jnp.einsum("bhs,bshe->bhe", weights.astype(dt), values)[:, None]  # [b, 1, h, hd]
+        behind = pos[:, None, None, None] - jnp.arange(keys.shape[1])  # [b, 1, 1, s]
+        slopes = alibi_slopes(q.shape[2]) if self.positions == "alibi" else None
+        y = attend(q, keys, values, behind, slopes)[0]  # [b, 1, h, hd]
         return self._project_out(y), (keys, values)
 
 
