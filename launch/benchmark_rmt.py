@@ -11,7 +11,8 @@ Each run prints a table row and one JSON line, and appends the record to --out (
   infer   scan over the segments, then the answer segment with the LM head at its last
           position only (no LM head per segment).
   train   one AdamW step (clip 1.0) with full back-propagation through every segment; model
-          and optimizer state are donated.
+          and optimizer state are donated. The loss covers the query's last 4 tokens and, as
+          in the trainer, the LM head runs at those 4 positions only.
   stream  `stream_infer` over --stream_tokens host tokens in chunks of --chunk_segments;
           reports time and the host RSS along the stream (flat for RMT).
 
@@ -73,7 +74,8 @@ flags.DEFINE_enum("memory", "rmt", ["rmt", "rmt_r", "armt"],
                   "memory variant: RMT, RMT-R (self-retrieval) or ARMT (associative)")
 flags.DEFINE_bool("retrieval", False, "RMT-R: the same as --memory=rmt_r")
 flags.DEFINE_integer("d_mem", 0, "ARMT's key width; 0 = d_model / 4")
-flags.DEFINE_string("attention_impl", None, "None (JAX picks), 'xla' or 'cudnn'")
+flags.DEFINE_string("attention_impl", None, "None ('einsum' on a CPU, else JAX picks), "
+                    "'einsum', 'xla' or 'cudnn'")
 flags.DEFINE_string("remat_policy", "none", "remat policy of the segment step (train)")
 flags.DEFINE_integer("scan_unroll", 1, "segments per iteration of the scan loop")
 flags.DEFINE_string("profile_dir", None, "trace one more call with jax.profiler into this folder "
@@ -85,10 +87,14 @@ flags.DEFINE_integer("chunk_segments", 256, "segments per jitted chunk (mode=str
 flags.DEFINE_integer("peak_matmul_n", 0, "size of the bf16 peak matmul; 0 = 8192 GPU, 1024 CPU")
 flags.DEFINE_bool("peer", False, "also run the peer PyTorch benchmark with the same shape")
 flags.DEFINE_string("peer_script", "../shared/bench/peer_rmt_torch.py", "peer script path")
+flags.DEFINE_enum("peer_head", "auto", ["auto", "0", "1"],
+                  "the peer's LM head: 1 on every segment (the official code), 0 none; auto: 1 "
+                  "for train, 0 for infer")
 flags.DEFINE_string("out", None, "JSON file to append the records to")
 flags.DEFINE_string("tag", "", "a name for this run, kept in its record")
 
 DTYPE_NAMES = {"bf16": "bfloat16", "fp32": "float32"}
+ANSWER_SLOTS = 4  # train: answer tokens at the end of the query, where the loss and LM head go
 
 
 def build_config():
@@ -159,7 +165,8 @@ def forward_flops(cfg, model, batch, segments, query_len, head_positions) -> flo
 
 
 def timed(compiled, args, repeats, rebind=None):
-    """Median seconds of `compiled(*args)`; `rebind` threads donated outputs back into args.
+    """(median, fastest) seconds of `compiled(*args)`; `rebind` threads donated outputs back
+    into args. The fastest call is the steadier figure on a CPU shared with other work.
 
     With --profile_dir, one more call after the timed ones runs under `jax.profiler.trace`.
     """
@@ -175,7 +182,7 @@ def timed(compiled, args, repeats, rebind=None):
     if FLAGS.profile_dir:
         with jax.profiler.trace(FLAGS.profile_dir, create_perfetto_trace=True):
             jax.block_until_ready(compiled(*args))
-    return statistics.median(times[1:]), out
+    return (statistics.median(times[1:]), min(times[1:])), out
 
 
 # -- modes ----------------------------------------------------------------------------------
@@ -183,9 +190,11 @@ def make_batch(cfg, rng):
     context = rng.integers(0, cfg.vocab_size, (FLAGS.batch, FLAGS.segments * cfg.segment_len))
     query = rng.integers(0, cfg.vocab_size, (FLAGS.batch, FLAGS.query_len))
     loss_mask = np.zeros(query.shape, np.float32)
-    loss_mask[:, -4:] = 1.0
+    loss_mask[:, -ANSWER_SLOTS:] = 1.0
+    # `answer` tells loss_fn where the answer lies, so the LM head runs at those slots only,
+    # as in the trainer's batches (rmt_jax.input_pipeline)
     return dict(context=context.astype(np.int32), query=query.astype(np.int32),
-                loss_mask=loss_mask)
+                loss_mask=loss_mask, answer=query[:, -ANSWER_SLOTS:].astype(np.int32))
 
 
 def run_infer(cfg, model, batch):
@@ -224,7 +233,7 @@ def run_train(cfg, model, batch):
     seconds, _ = timed(compiled, (state, batch), FLAGS.repeats,
                        rebind=lambda args, out: (out[0], args[1]))
     flops = 3 * forward_flops(cfg, model, FLAGS.batch, FLAGS.segments, FLAGS.query_len,
-                              FLAGS.query_len)
+                              ANSWER_SLOTS)
     return seconds, compile_s, flops
 
 
@@ -262,13 +271,14 @@ def run_stream(cfg, model):
 def run_peer(cfg):
     """The peer PyTorch loop with the same shape; None when torch is missing."""
     script = Path(FLAGS.peer_script)
+    head = FLAGS.peer_head if FLAGS.peer_head != "auto" else "1" if FLAGS.mode == "train" else "0"
     if not script.exists():
         return {"peer": "missing", "script": str(script)}
     cmd = [sys.executable, str(script), f"--layers={cfg.layers}", f"--d={cfg.d_model}",
            f"--heads={cfg.heads}", f"--vocab={cfg.vocab_size}", f"--seg={cfg.segment_len}",
            f"--mem={cfg.mem_tokens}", f"--batch={FLAGS.batch}", f"--segments={FLAGS.segments}",
            f"--mode={FLAGS.mode}", f"--dtype={FLAGS.dtype}", f"--repeats={FLAGS.repeats}",
-           "--head=1" if FLAGS.mode == "train" else "--head=0"]
+           f"--head={head}"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     if done.returncode:
         return {"peer": "failed", "stderr_tail": done.stderr[-500:]}
@@ -321,7 +331,8 @@ def main(argv):
                   batch=FLAGS.batch, dtype=FLAGS.dtype, param_dtype=FLAGS.param_dtype,
                   mode=FLAGS.mode, memory=cfg.memory, d_mem=cfg.d_mem,
                   retrieval=cfg.retrieval, params=count_params(model),
-                  remat_policy=cfg.remat_policy, attention_impl=cfg.attention_impl or "auto",
+                  remat_policy=cfg.remat_policy, attention_impl=cfg.attention_impl or (
+                      "einsum" if jax.default_backend() == "cpu" else "auto"),
                   scan_unroll=cfg.scan_unroll, xla_flags=os.environ.get("XLA_FLAGS", ""),
                   keep_host_memory=host_memory.keep(),
                   device=f"{device.platform}:{device.device_kind}",
@@ -339,13 +350,14 @@ def main(argv):
 
     batch = make_batch(cfg, np.random.default_rng(0))
     run = run_infer if FLAGS.mode == "infer" else run_train
-    seconds, compile_s, flops = run(cfg, model, batch)
+    (seconds, fastest), compile_s, flops = run(cfg, model, batch)
     peak_gib, memory_kind = peak_memory()
     n = FLAGS.peak_matmul_n or (8192 if device.platform == "gpu" else 1024)
     peak_flops = measure_bf16_peak(n)
     tokens = FLAGS.batch * FLAGS.segments * cfg.segment_len
     record.update(segments=FLAGS.segments, query_len=FLAGS.query_len,
                   median_s=round(seconds, 4), tokens_per_s=round(tokens / seconds, 1),
+                  min_s=round(fastest, 4), tokens_per_s_fastest=round(tokens / fastest, 1),
                   compile_s=round(compile_s, 2), peak_memory_gib=round(peak_gib, 3),
                   memory_kind=memory_kind, model_flops_per_s=round(flops / seconds, 1),
                   bf16_peak_flops_per_s=round(peak_flops, 1), peak_matmul_n=n,

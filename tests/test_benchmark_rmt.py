@@ -11,8 +11,8 @@ from .conftest import REPO
 
 SHAPE_KEYS = {"layers", "d_model", "heads", "vocab", "segment_len", "mem_tokens", "batch",
               "segments", "dtype", "mode", "remat_policy", "attention_impl", "retrieval"}
-FIGURES = {"tokens_per_s", "compile_s", "peak_memory_gib", "model_flops_per_s",
-           "bf16_peak_flops_per_s", "mfu"}
+FIGURES = {"tokens_per_s", "tokens_per_s_fastest", "min_s", "compile_s", "peak_memory_gib",
+           "model_flops_per_s", "bf16_peak_flops_per_s", "mfu"}
 
 
 @pytest.mark.parametrize("mode,extra", [("infer", ["--scan_unroll=2", "--profile_dir=PROF",
@@ -38,6 +38,8 @@ def test_benchmark_writes_a_full_record(tmp_path, mode, extra):
         assert record["profile"]["events"] > 0
         assert 0 < record["profile"]["busy_fraction"] <= 1
     assert all(record[k] > 0 for k in FIGURES)
+    assert record["min_s"] <= record["median_s"]
+    assert record["attention_impl"] == "einsum"  # the CPU's default
     # the printed JSON line is the record
     assert json.loads(done.stdout.strip().splitlines()[-1]) == record
 
@@ -78,3 +80,22 @@ def test_benchmark_needs_no_data_stack():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and "imported" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("flag,head", [(None, "1"), ("--peer_head=0", "0")])
+def test_peer_gets_the_shape_and_the_head_asked_for(tmp_path, flag, head):
+    """--peer runs the peer script with our shape; the LM head is on every segment for a
+    training step unless --peer_head=0 (a stand-in script echoes its arguments)."""
+    peer = tmp_path / "peer.py"
+    peer.write_text("import json, sys\nprint(json.dumps({'argv': sys.argv[1:], "
+                    "'tokens_per_s': 1.0}))\n")
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "launch.benchmark_rmt", "--preset=test", "--mode=train",
+           "--batch=2", "--segments=3", "--repeats=1", "--peak_matmul_n=64", "--dtype=fp32",
+           "--peer", f"--peer_script={peer}", f"--out={out}", *([flag] if flag else [])]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (record,) = json.loads(out.read_text())
+    argv = record["peer"]["argv"]
+    assert f"--head={head}" in argv and "--batch=2" in argv and "--segments=3" in argv
+    assert "--mode=train" in argv and "--layers=2" in argv

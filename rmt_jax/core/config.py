@@ -51,7 +51,7 @@ REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable", "everythi
                   "dots_with_no_batch_dims_saveable", "checkpoint_dots")
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16,
           "bf16": jnp.bfloat16}
-ATTENTION_IMPLS = (None, "xla", "cudnn")
+ATTENTION_IMPLS = (None, "einsum", "xla", "cudnn")
 # Where the question and answer go (rmt_jax.core.answer): 'in_context' appends them to the context
 # (the official BABILong fine-tuning), 'separate' reads them in an extra answer segment.
 ANSWER_MODES = ("in_context", "separate")
@@ -91,7 +91,9 @@ class ModelConfig:
     scan_unroll: int = 1             # segments per iteration of the scan's loop (lax.scan unroll)
     bptt_segments: int | None = None  # back-propagate through the last k segments; None = all
     attention_map_layers: tuple[int, ...] = ()  # layers whose attention weights are returned
-    attention_impl: str | None = None  # jax.nn.dot_product_attention implementation; 'cudnn' on GPU
+    # 'einsum' (model.causal_attention, hand-written backward), or jax.nn.dot_product_attention's
+    # 'xla' | 'cudnn'; None: 'einsum' on a CPU backend, else what jax.nn picks
+    attention_impl: str | None = None
     # Queries per block when a window is longer (0: one block). XLA's attention holds the
     # [b, h, t, t] weights of a window at once (17.8 GB at 4,096 tokens, batch 8, on a CPU);
     # blocks hold [b, h, chunk, t] (recomputed in the backward pass). Not with attention_impl.
@@ -195,7 +197,8 @@ class ModelConfig:
                              "whole: set one of them")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of "
-                             f"{ATTENTION_IMPLS} (None lets JAX choose; 'cudnn' needs a GPU)")
+                             f"{ATTENTION_IMPLS} (None: 'einsum' on a CPU, else JAX chooses; "
+                             "'cudnn' needs a GPU)")
 
     @classmethod
     def from_fields(cls, fields: dict) -> ModelConfig:

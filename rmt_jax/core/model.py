@@ -2,9 +2,9 @@
 
 Backbone: positions restarting at 0 in every segment (`config.positions`: GPT-2's learned
 embeddings by default, or an ALiBi recency bias, or rotary queries and keys), pre-LN blocks
-with causal self-attention through `jax.nn.dot_product_attention` and a GELU MLP of width
-4d, a final LayerNorm, and an LM head tied to the token embedding: GPT-2's computation, so GPT-2
-checkpoints load into it (`rmt_jax.pretrained`; `RMT.lm_logits` is then GPT-2's LM).
+with causal self-attention and a GELU MLP of width 4d, a final LayerNorm, and an LM head
+tied to the token embedding: GPT-2's computation, so GPT-2 checkpoints load into it
+(`rmt_jax.pretrained`; `RMT.lm_logits` is then GPT-2's LM).
 
 One segment's input is `[read memory (R); tokens (L); write memory (N)]`, R = N for RMT and
 R = 2N (`[m; r]`) for RMT-R. The final-layer outputs *after* the final LayerNorm at the N
@@ -24,8 +24,11 @@ the first segment needs no special case.
 Padding inside a segment needs no attention mask: a segment with `length` real tokens is
 laid out as `[read; tokens[:length]; write; pad...]`, so the pads sit after every position
 that matters and causal attention hides them; the write tokens get the positions they would
-have in an unpadded segment of `length` tokens. The fused attention kernel therefore always
-runs with `is_causal=True` and nothing else.
+have in an unpadded segment of `length` tokens. Attention is therefore always plain causal.
+It runs through `jax.nn.dot_product_attention` (cuDNN's fused kernel on a GPU), or, on a CPU
+(`config.attention_impl` None there, or 'einsum'), through `causal_attention`: the same
+einsums with a hand-written backward pass, which XLA's CPU backend runs about 15% faster per
+training step than the differentiated `jax.nn` path (results/benchmark_rmt_cpu.md).
 
 Dropout takes explicit keys (None = deterministic), so a key split per segment gives every
 segment of a `scan` its own masks.
@@ -36,6 +39,7 @@ LayerNorm statistics, attention-map softmax and logits are computed in float32.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -146,6 +150,38 @@ def attend(q, k, v, behind, slopes: jax.Array | None = None):
     return jnp.einsum("bhqs,bshe->bqhe", weights.astype(v.dtype), v), weights
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def causal_attention(q, k, v, alibi: bool = False) -> jax.Array:
+    """Causal attention of q, k, v [b, t, h, hd] -> [b, t, h, hd] (`attend`'s arithmetic:
+    float32 logits and softmax), with ALiBi's bias when `alibi`. Its backward pass is written
+    out: dv = pᵀ dy, dp = dy vᵀ, ds = p (dp - rowsum(dy * y)) / sqrt(hd), dq = ds k,
+    dk = dsᵀ q; the row sums come from dy * y ([b, t, h]) instead of p * dp ([b, h, t, t])."""
+    return _causal_attention_fwd(q, k, v, alibi)[0]
+
+
+def _causal_attention_fwd(q, k, v, alibi):
+    t = q.shape[1]
+    slopes = alibi_slopes(q.shape[2]) if alibi else None
+    y, p = attend(q, k, v, jnp.arange(t)[:, None] - jnp.arange(k.shape[1])[None, :], slopes)
+    return y, (q, k, v, p, y)
+
+
+def _causal_attention_bwd(alibi, residuals, dy):
+    del alibi  # the bias is a constant: no gradient
+    q, k, v, p, y = residuals
+    f32 = jnp.float32
+    dv = jnp.einsum("bhqs,bqhe->bshe", p.astype(v.dtype), dy.astype(v.dtype))
+    dp = jnp.einsum("bqhe,bshe->bhqs", dy, v, preferred_element_type=f32)
+    rows = (dy.astype(f32) * y.astype(f32)).sum(-1).transpose(0, 2, 1)[..., None]  # [b,h,t,1]
+    ds = (p * (dp - rows) / math.sqrt(q.shape[-1])).astype(q.dtype)
+    dq = jnp.einsum("bhqs,bshe->bqhe", ds, k)
+    dk = jnp.einsum("bhqs,bqhe->bshe", ds, q)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)
+
+
 def chunked_attention(q, k, v, chunk: int, slopes: jax.Array | None = None) -> jax.Array:
     """Causal attention of q, k, v [b, t, h, hd] -> [b, t, h, hd], `chunk` queries at a time
     (the last block padded): the weights of one block, [b, h, chunk, t], exist at once
@@ -207,6 +243,9 @@ class CausalSelfAttention(nnx.Module):
                                 slopes)
         elif self.chunk and t > self.chunk:
             y = chunked_attention(q, k, v, self.chunk, slopes)
+        elif self.implementation == "einsum" or (self.implementation is None
+                                                 and jax.default_backend() == "cpu"):
+            y = causal_attention(q, k, v, self.positions == "alibi")
         else:
             bias = None if slopes is None else alibi_bias(q.shape[2], t).astype(dt)
             y = jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=True,
