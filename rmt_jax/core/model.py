@@ -27,7 +27,7 @@ that matters and causal attention hides them; the write tokens get the positions
 have in an unpadded segment of `length` tokens. Attention is therefore always plain causal.
 It runs through `jax.nn.dot_product_attention` (cuDNN's fused kernel on a GPU), or, on a CPU
 (`config.attention_impl` None there, or 'einsum'), through `causal_attention`: the same
-einsums with a hand-written backward pass, which XLA's CPU backend runs about 15% faster per
+einsums with a hand-written backward pass, which XLA's CPU backend runs up to a fifth faster per
 training step than the differentiated `jax.nn` path (results/benchmark_rmt_cpu.md).
 
 Dropout takes explicit keys (None = deterministic), so a key split per segment gives every
