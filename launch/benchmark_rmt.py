@@ -331,8 +331,7 @@ def main(argv):
                   batch=FLAGS.batch, dtype=FLAGS.dtype, param_dtype=FLAGS.param_dtype,
                   mode=FLAGS.mode, memory=cfg.memory, d_mem=cfg.d_mem,
                   retrieval=cfg.retrieval, params=count_params(model),
-                  remat_policy=cfg.remat_policy, attention_impl=cfg.attention_impl or (
-                      "einsum" if jax.default_backend() == "cpu" else "auto"),
+                  remat_policy=cfg.remat_policy, attention_impl=cfg.attention_path or "auto",
                   scan_unroll=cfg.scan_unroll, xla_flags=os.environ.get("XLA_FLAGS", ""),
                   keep_host_memory=host_memory.keep(),
                   device=f"{device.platform}:{device.device_kind}",

@@ -272,6 +272,14 @@ class ModelConfig:
         return DTYPES[self.param_dtype]
 
     @property
+    def attention_path(self) -> str | None:
+        """attention_impl with None resolved on a CPU backend: 'einsum' there; elsewhere None
+        (jax.nn.dot_product_attention picks)."""
+        if self.attention_impl is None and jax.default_backend() == "cpu":
+            return "einsum"
+        return self.attention_impl
+
+    @property
     def checkpoint_policy(self):
         """The `jax.checkpoint` policy, or None for 'full' (save nothing)."""
         if self.remat_policy in ("none", "full"):

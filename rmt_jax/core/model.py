@@ -209,7 +209,7 @@ class CausalSelfAttention(nnx.Module):
         self.out = _normal(rngs, (h, hd, d), out_std, pd)
         self.out_bias = _zeros((d,), pd)
         self.dtype = cfg.compute_dtype
-        self.implementation = cfg.attention_impl
+        self.implementation = cfg.attention_path
         self.positions = cfg.positions
         self.chunk = cfg.attention_chunk
 
@@ -243,8 +243,7 @@ class CausalSelfAttention(nnx.Module):
                                 slopes)
         elif self.chunk and t > self.chunk:
             y = chunked_attention(q, k, v, self.chunk, slopes)
-        elif self.implementation == "einsum" or (self.implementation is None
-                                                 and jax.default_backend() == "cpu"):
+        elif self.implementation == "einsum":
             y = causal_attention(q, k, v, self.positions == "alibi")
         else:
             bias = None if slopes is None else alibi_bias(q.shape[2], t).astype(dt)
