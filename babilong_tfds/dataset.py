@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from babilong_tfds.babi import SPLITS, BabiSample, load_babi
+from babilong_tfds.babi_generator import check_recency
 from babilong_tfds.compose import Composer, Composition, CompositionError, Placement
 from babilong_tfds.tasks import LENGTHS, TASKS, check_length, check_task
 
@@ -136,9 +137,12 @@ class StoryPool:
         babi_root: str | Path | None = None,
         seed: int = 0,
         synonyms: bool = False,
+        question_recency: float | None = None,
     ):
         self.task = check_task(task)
         self.synonyms = synonyms  # generated stories: also our verbs, not only bAbI's
+        # generated stories: the chance to ask about the last two statements (None: bAbI's)
+        self.question_recency = check_recency(question_recency)
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
         self.split = split
@@ -231,7 +235,7 @@ class StoryPool:
         sim_seed = self.seed * len(SPLITS) + SPLITS.index(self.split)
         for _ in range(MAX_GENERATED_TRIES):
             story = generate_story(self.task, sim_seed, int(rng.integers(1 << 62)),
-                                   synonyms=self.synonyms)
+                                   synonyms=self.synonyms, recency=self.question_recency)
             sample = story[int(rng.integers(len(story)))]
             if composer.fits(sample, length, limit):
                 return sample
@@ -325,6 +329,7 @@ class BabilongSource:
         with_text: bool = False,
         synonyms: bool = False,
         max_tokens: int | None = None,
+        question_recency: float | None = None,
     ):
         if not tasks or not lengths:
             raise ValueError("BabilongSource needs at least one task and one length")
@@ -343,6 +348,9 @@ class BabilongSource:
         self.num_records = int(num_records)
         self.with_text = with_text
         self.synonyms = synonyms  # 'generated': our verbs too (babilong_tfds.babi_generator)
+        # 'generated': the chance a question asks about one of the last two statements
+        # (None: each task's own, as in bAbI; babilong_tfds.babi_generator)
+        self.question_recency = check_recency(question_recency)
         # stories whose facts take more tokens are not drawn (a bare 0-token story is its
         # facts alone: this bounds its size)
         if max_tokens is not None and max_tokens < 1:
@@ -359,6 +367,7 @@ class BabilongSource:
                 babi_root=self.babi_root,
                 seed=self.seed,
                 synonyms=self.synonyms,
+                question_recency=self.question_recency,
             )
             for t in self.tasks
         }

@@ -141,6 +141,10 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.data.tasks = ",".join(tasks)  # tasks mixed in every batch
     config.data.babi_source = "generated"  # 'generated' (fresh stories) or 'files'
     config.data.babi_synonyms = False  # generated stories: also verbs bAbI never uses
+    # generated training stories: the chance a question asks about one of the last two
+    # statements (None: bAbI's own, 0.6 for qa1; 0.0: any person alike). Held-out and test
+    # questions keep bAbI's.
+    config.data.question_recency = ml_collections.config_dict.placeholder(float)
     config.data.babi_dir = "../shared/data/babi"  # bAbI files (for 'files' and evaluation)
     config.data.haystack_dir = "../shared/data/haystack"  # books for the background
     # How samples are made: the project's legacy options, named (babilong_tfds.compose.Recipe;

@@ -247,6 +247,7 @@ class TrainData:
             num_records=STREAM_RECORDS,
             # configs saved before the option were trained with the synonyms
             synonyms=data.get("babi_synonyms", True),
+            question_recency=data.get("question_recency"),
             # a bare story (size 0) must fit the stage's context too
             max_tokens=self.curriculum.stage(stage).context_len,
         )

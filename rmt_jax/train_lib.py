@@ -61,6 +61,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from babilong_tfds.babi_generator import check_recency
 from rmt_jax import (
     checkpointing,
     early_stopping,
@@ -110,6 +111,11 @@ def check_run_config(config: ml_collections.ConfigDict) -> None:
                              ("eval.every", config.eval.every, 0)):
         if value < low:
             raise ValueError(f"{name}={value} must be >= {low}: set --config.{name}")
+    try:
+        check_recency(config.data.get("question_recency"))
+    except ValueError as error:
+        raise ValueError(f"data.question_recency: {error}: set --config.data.question_recency"
+                         ) from None
 
 
 def _without_params(state: dict) -> dict:

@@ -3,6 +3,7 @@ independent solver and with the statistics of the original v1.1 files."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -196,3 +197,44 @@ def test_default_wording_is_the_files_own_and_synonyms_are_an_option(task):
     assert extra and all(any(w in p for w in ours) for p in extra), sorted(extra)[:5]
     with pytest.raises(ValueError, match="synonyms must be True or False"):
         GeneratedBabi(task, 0, synonyms="yes")
+
+
+def _recent_share(samples: list[BabiSample]) -> float:
+    """The share of questions whose supporting statement is one of the last two."""
+    return sum(max(s.supporting) >= len(s.facts) - 2 for s in samples) / len(samples)
+
+
+def _last_place_share(samples: list[BabiSample]) -> float:
+    """The share of qa1 questions that 'the last place named' answers."""
+    return sum(s.facts[-1].rstrip(".").split()[-1] == s.answer for s in samples) / len(samples)
+
+
+def test_question_recency_sets_how_often_the_last_two_statements_are_asked():
+    n = 3000
+    default = generate_samples("qa1", seed=3, num_samples=n)
+    # None is the task's own chance, byte for byte the stories drawn without the option
+    assert generate_samples("qa1", seed=3, num_samples=n, recency=None) == default
+    uniform = generate_samples("qa1", seed=3, num_samples=n, recency=0.0)
+    always = generate_samples("qa1", seed=3, num_samples=n, recency=1.0)
+    assert all(s.origin.startswith("generated@0:qa1:3:") for s in uniform)
+    assert all(s.origin.startswith("generated@1:qa1:3:") for s in always)
+    # the same seed, the same stories again
+    assert generate_samples("qa1", seed=3, num_samples=n, recency=0.0) == uniform
+    shares = [_recent_share(x) for x in (uniform, default, always)]
+    assert shares[0] < shares[1] - 0.1 < shares[2] - 0.2, shares
+    assert shares[2] > 0.97, shares  # 1.0: a recent question whenever there is one
+    # the last-place shortcut pays less when any person may be asked
+    assert _last_place_share(uniform) < _last_place_share(default) - 0.08
+    # every answer is still right: the supporting statement names the answer
+    for s in uniform[:500]:
+        assert all(s.answer in s.facts[i] for i in s.supporting)
+    # a task without the knob ignores it
+    assert generate_samples("qa4", seed=3, num_samples=50, recency=0.0) == [
+        dataclasses.replace(s, origin=s.origin.replace("generated:", "generated@0:"))
+        for s in generate_samples("qa4", seed=3, num_samples=50)]
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "0.5", True, float("nan")])
+def test_question_recency_out_of_range_is_an_error(bad):
+    with pytest.raises(ValueError, match="question recency must be a number from 0 to 1"):
+        GeneratedBabi("qa1", 0, recency=bad)

@@ -241,3 +241,22 @@ def test_a_started_iterator_raises_its_errors_in_the_caller():
 
     with pytest.raises(RuntimeError, match="no data"):
         next(curriculum.StartedIterator(Source()))
+
+
+def test_question_recency_reaches_the_training_stories(config, composer):
+    from rmt_jax.train_lib import check_run_config
+
+    assert config.data.question_recency is None  # bAbI's own chance by default
+    assert ip.TrainData(config, composer)._source(1, [0]).question_recency is None
+    uniform = config.copy_and_resolve_references()
+    uniform.data.question_recency = 0.0
+    source = ip.TrainData(uniform, composer)._source(1, [0])
+    assert source.question_recency == 0.0
+    assert all(p.question_recency == 0.0 for p in source._pools.values())
+    # the records drawn are the simulator's stories under that recency
+    assert all(source[i]["origin"].startswith("generated@0:") for i in range(4))
+    check_run_config(uniform)
+    uniform.data.question_recency = 1.5
+    with pytest.raises(ValueError, match="data.question_recency: question recency must be a "
+                                         "number from 0 to 1"):
+        check_run_config(uniform)

@@ -76,23 +76,9 @@ def value_and_grad(f, model):
 
 
 @pytest.mark.parametrize("memory", VARIANTS)
-def test_scan_equals_loop_outputs_and_grads(memory):
-    model = make_model(**VARIANTS[memory], dropout=0.1)
-    context = random_tokens((2, 3 * SEG - 3))
-    key = jax.random.key(1)
-    (v_scan, scan_state), g_scan = value_and_grad(objective(scan_segments, context, key=key),
-                                                  model)
-    (v_loop, loop_state), g_loop = value_and_grad(objective(loop_segments, context, key=key),
-                                                  model)
-    assert rel_err(scan_state, loop_state) <= 1e-5
-    assert abs(float(v_scan - v_loop)) <= 1e-5 * abs(float(v_loop))
-    assert rel_err(g_scan, g_loop) <= 1e-5
-    assert rel_err(g_scan, jax.tree.map(jnp.zeros_like, g_loop)) > 0.5  # grads are not zero
-
-
-@pytest.mark.parametrize("memory", VARIANTS)
-def test_unrolled_scan_equals_loop(memory, monkeypatch):
-    """scan_unroll=2 over 3 segments (not a multiple) gives the loop's outputs and gradients."""
+def test_scan_equals_loop_outputs_and_grads(memory, monkeypatch):
+    """The scan (and the scan unrolled by 2 over 3 segments, not a multiple) gives the
+    loop's outputs and gradients."""
     unrolls = []
     scan = jax.lax.scan
 
@@ -101,17 +87,21 @@ def test_unrolled_scan_equals_loop(memory, monkeypatch):
         return scan(*args, **kwargs)
 
     monkeypatch.setattr(jax.lax, "scan", recording_scan)
-    context = random_tokens((2, 3 * SEG - 3), seed=4)
-    key = jax.random.key(2)
-    (v_scan, scan_state), g_scan = value_and_grad(
-        objective(scan_segments, context, key=key),
-        make_model(**VARIANTS[memory], dropout=0.1, scan_unroll=2))
-    (v_loop, loop_state), g_loop = value_and_grad(
-        objective(loop_segments, context, key=key), make_model(**VARIANTS[memory], dropout=0.1))
-    assert 2 in unrolls  # the segment scan was unrolled
-    assert rel_err(scan_state, loop_state) <= 1e-5
-    assert abs(float(v_scan - v_loop)) <= 1e-5 * abs(float(v_loop))
-    assert rel_err(g_scan, g_loop) <= 1e-5
+    model = make_model(**VARIANTS[memory], dropout=0.1)
+    context = random_tokens((2, 3 * SEG - 3))
+    key = jax.random.key(1)
+    (v_loop, loop_state), g_loop = value_and_grad(objective(loop_segments, context, key=key),
+                                                  model)
+    for unroll in (1, 2):
+        unrolls.clear()
+        (v_scan, scan_state), g_scan = value_and_grad(
+            objective(scan_segments, context, key=key),
+            make_model(**VARIANTS[memory], dropout=0.1, scan_unroll=unroll))
+        assert unroll in unrolls  # the segment scan was unrolled as asked
+        assert rel_err(scan_state, loop_state) <= 1e-5
+        assert abs(float(v_scan - v_loop)) <= 1e-5 * abs(float(v_loop))
+        assert rel_err(g_scan, g_loop) <= 1e-5
+        assert rel_err(g_scan, jax.tree.map(jnp.zeros_like, g_loop)) > 0.5  # grads not zero
 
 
 def test_dropout_key_changes_output_and_none_is_deterministic():

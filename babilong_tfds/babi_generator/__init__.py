@@ -14,6 +14,12 @@ Contract:
 - Wording: the statements use the verbs and sentence openers of the bAbI files
   (`vocab.BABI_WORDING`); `synonyms=True` adds a few of our own (`vocab.SYNONYM_WORDING`:
   'walked', 'collected', 'Later', ...) and marks the origin 'generated+synonyms:...'.
+- Question recency: in the people-and-objects tasks (`actors.TASKS`: qa1-3, qa5-13) a
+  question asks about one of the last two statements with the task's own chance (qa1: 0.6,
+  as in bAbI), which makes "the last place named" right on about 60% of qa1 questions;
+  `recency=p` sets that chance (0.0: any person or object alike). The other tasks have no
+  such knob and ignore it. A story drawn with a `recency` is marked
+  'generated@{recency}:...' in its origin.
 
 The worlds: `actors` (people moving and handling objects: qa1-3, qa5-13), `relations`
 (places and sizes: qa4, qa17-19) and `logic` (time, deduction, induction, motives: qa14-16,
@@ -30,7 +36,7 @@ from babilong_tfds.babi import BabiSample
 from babilong_tfds.babi_generator import actors, logic, relations, vocab
 from babilong_tfds.tasks import TASKS, check_task
 
-__all__ = ["GeneratedBabi", "PARAMETERS", "generate_samples", "generate_story"]
+__all__ = ["GeneratedBabi", "PARAMETERS", "check_recency", "generate_samples", "generate_story"]
 
 _MAX_INDEX = 1 << 64
 
@@ -78,9 +84,21 @@ def _check_params(task: str, params: dict) -> dict[str, int]:
     return out
 
 
-def _entries(task: str, rng: random.Random, p: dict[str, int], words: vocab.Wording):
+def check_recency(recency) -> float | None:
+    """`recency` as a float in [0, 1], or None; a ValueError naming the range otherwise."""
+    if recency is None:
+        return None
+    if isinstance(recency, bool) or not isinstance(recency, numbers.Real) or not (
+            0.0 <= float(recency) <= 1.0):
+        raise ValueError(f"question recency must be a number from 0 to 1 (the chance to ask "
+                         f"about one of the last two statements) or None, got {recency!r}")
+    return float(recency)
+
+
+def _entries(task: str, rng: random.Random, p: dict[str, int], words: vocab.Wording,
+             recency: float | None = None):
     if task in actors.TASKS:
-        return actors.story(task, rng, p["num_actors"], p["num_questions"], words)
+        return actors.story(task, rng, p["num_actors"], p["num_questions"], words, recency)
     if task == "qa4":
         return relations.two_arg_story(rng, p["num_questions"])
     if task == "qa14":
@@ -101,15 +119,19 @@ def _entries(task: str, rng: random.Random, p: dict[str, int], words: vocab.Word
 class GeneratedBabi:
     """An unlimited, reproducible source of one task's stories: `.story(index)`."""
 
-    def __init__(self, task: str, seed: int, *, synonyms: bool = False, **params: int | None):
+    def __init__(self, task: str, seed: int, *, synonyms: bool = False,
+                 recency: float | None = None, **params: int | None):
         self.task = check_task(task)
         self.seed = _check_int("seed", seed, 0)
         self.params = _check_params(task, params)
         if not isinstance(synonyms, bool):
             raise ValueError(f"synonyms must be True or False, got {synonyms!r}")
         self.words = vocab.wording(synonyms)
+        self.recency = check_recency(recency)
         self._task_no = TASKS.index(task) + 1
-        self._origin = f"generated{'+synonyms' if synonyms else ''}:{task}:{self.seed}:"
+        mark = ("+synonyms" if synonyms else "") + (
+            "" if self.recency is None else f"@{self.recency:g}")
+        self._origin = f"generated{mark}:{task}:{self.seed}:"
         # The story's RNG seed: (seed, task number, index) packed into disjoint bits.
         self._base = (self.seed * 32 + self._task_no) << 64
 
@@ -123,7 +145,8 @@ class GeneratedBabi:
         origin = self._origin + str(index)
         facts: list[str] = []
         out = []
-        for e in _entries(task, random.Random(self._base | index), self.params, self.words):
+        for e in _entries(task, random.Random(self._base | index), self.params, self.words,
+                          self.recency):
             if type(e) is str:
                 facts.append(e)
             else:
@@ -150,13 +173,15 @@ class GeneratedBabi:
 
 
 def generate_story(task: str, seed: int, index: int, *, synonyms: bool = False,
-                   **params: int | None) -> list[BabiSample]:
+                   recency: float | None = None, **params: int | None) -> list[BabiSample]:
     """The samples of story `index` of `task` under `seed` (see the module contract)."""
-    return GeneratedBabi(task, seed, synonyms=synonyms, **params).story(index)
+    return GeneratedBabi(task, seed, synonyms=synonyms, recency=recency, **params).story(index)
 
 
 def generate_samples(task: str, seed: int, num_samples: int, start: int = 0, *,
-                     synonyms: bool = False, **params: int | None) -> list[BabiSample]:
+                     synonyms: bool = False, recency: float | None = None,
+                     **params: int | None) -> list[BabiSample]:
     """`num_samples` samples from the stories `start`, `start + 1`, ... (the last story
     may be cut short)."""
-    return GeneratedBabi(task, seed, synonyms=synonyms, **params).samples(num_samples, start)
+    return GeneratedBabi(task, seed, synonyms=synonyms, recency=recency,
+                         **params).samples(num_samples, start)

@@ -16,6 +16,7 @@ entries: a statement (str) or a question `(question, answer, supporting indices)
 
 from __future__ import annotations
 
+import copy
 import random
 
 from babilong_tfds.babi_generator import vocab
@@ -479,12 +480,18 @@ _STEPS = {
 
 
 def story(task: str, rng: random.Random, num_actors: int, num_questions: int,
-          words: vocab.Wording = vocab.BABI_WORDING) -> list[Entry]:
+          words: vocab.Wording = vocab.BABI_WORDING, recency: float | None = None) -> list[Entry]:
+    """`recency`: the chance that a question asks about one of the last two statements
+    when one can (None: the task's own, as bAbI's generator has it)."""
+    spec = TASKS[task]
+    if recency is not None:
+        spec = copy.copy(spec)
+        spec.recent = recency
     if task == "qa13":  # each round is one 'A and B went ...' with its 'Then they ...'
         step = lambda w: _together(w, True)  # noqa: E731
     else:
         step = _STEPS.get(task)
-    return _run(TASKS[task], rng, num_actors, num_questions, step=step, words=words)
+    return _run(spec, rng, num_actors, num_questions, step=step, words=words)
 
 
 MAX_ACTORS = {t: len(spec.actors) for t, spec in TASKS.items()}
