@@ -12,6 +12,9 @@ from rmt_jax.core.model import alibi_bias, alibi_slopes, chunked_attention
 from tests.test_memory_variants import batch
 from tests.test_rmt_recurrence import jit
 
+# numbers and behaviour, not speed: XLA's optimisations off (conftest.fast_compiles)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
 
 @pytest.mark.parametrize("alibi", [False, True])
 def test_chunked_attention_is_the_whole_windows(alibi):

@@ -11,6 +11,9 @@ from flax import nnx
 from rmt_jax import RMT, get_config, loss_fn
 from rmt_jax.core.model import alibi_bias, causal_attention
 
+# numbers and behaviour, not speed: XLA's optimisations off (conftest.fast_compiles)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
 
 def reference(q, k, v, alibi):
     bias = alibi_bias(q.shape[2], q.shape[1]).astype(q.dtype) if alibi else None

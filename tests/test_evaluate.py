@@ -19,6 +19,9 @@ from rmt_jax.core.model import RMT
 
 from .conftest import REPO
 
+# numbers and behaviour, not speed: XLA's optimisations off (conftest.fast_compiles)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
 # A label of qa1 that no hand-made "wrong" output may equal by chance.
 WRONG = {"kitchen": "garden"}
 

@@ -18,6 +18,9 @@ from rmt_jax.core.answer import (
 )
 from tests.test_rmt_recurrence import VARIANTS, jit, random_tokens, with_associations
 
+# numbers and behaviour, not speed: XLA's optimisations off (conftest.fast_compiles)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
 SEG, SLOTS = 8, 3
 CASES = [("learned", m) for m in ("rmt", "rmt_r", "armt", "none")] + [
     ("rope", "rmt"), ("alibi", "rmt"), ("rope", "armt"), ("alibi", "none")]

@@ -17,6 +17,9 @@ from tests.conftest import REPO
 from tests.test_rmt_recurrence import jit, make_model, random_tokens
 from tests.test_train_lib import subprocess_env
 
+# numbers and behaviour, not speed: XLA's optimisations off (conftest.fast_compiles)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
 SEG = 8
 
 

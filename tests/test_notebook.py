@@ -13,6 +13,9 @@ from rmt_jax import attention_maps, evaluate_lib, input_pipeline
 from .conftest import REPO
 from .test_evaluate import make_workdir, tiny_config, tiny_model
 
+# numbers and behaviour, not speed: XLA's optimisations off (conftest.fast_compiles)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
 NOTEBOOK = REPO / "notebooks" / "attention_maps.ipynb"
 
 

@@ -37,6 +37,9 @@ from rmt_jax.core.config import ModelConfig
 from rmt_jax.core.model import RMT
 from rmt_jax.core.recurrence import initial_state
 
+# numbers and behaviour, not speed: XLA's optimisations off (conftest.fast_compiles)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
 REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-4  # max abs difference of float32 logits and hidden states
 

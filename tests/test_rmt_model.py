@@ -22,6 +22,9 @@ from rmt_jax import (
 )
 from tests.test_rmt_recurrence import jit, make_model, random_tokens
 
+# numbers and behaviour, not speed: XLA's optimisations off (conftest.fast_compiles)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(heads=3), "d_model=32 is not divisible by heads=3"),

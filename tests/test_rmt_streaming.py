@@ -8,6 +8,9 @@ from flax import nnx
 from rmt_jax import RMT, answer_logits, get_config, scan_segments, stream_infer
 from tests.test_rmt_recurrence import VARIANTS, make_model
 
+# numbers and behaviour, not speed: XLA's optimisations off (conftest.fast_compiles)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
 SEG = 8
 
 

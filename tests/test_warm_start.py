@@ -17,6 +17,9 @@ from rmt_jax import RMT, checkpointing, train_lib, warm_start
 from tests.conftest import REPO
 from tests.test_train_lib import read_metrics
 
+# numbers and behaviour, not speed: XLA's optimisations off (conftest.fast_compiles)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
 
 def smoke(memory: str = "", **train) -> ml_collections.ConfigDict:
     config = rmt_babilong.get_config("smoke,synthetic" + (f",{memory}" if memory else ""))
