@@ -12,12 +12,15 @@ Writes `{out_dir}/results.json` (accuracy = the official label-set score, exact 
 count per task and length; the qa1..qa5 mean when all five ran) and `{out_dir}/heatmap.png`
 (accuracy by task and length), after every cell: stopped midway, the same command continues
 from the cells it finished (`--noresume` runs them all again). 1M and 10M contexts are
-streamed in chunks of segments, batch by batch.
+streamed in chunks of segments, batch by batch. `--model_override=FIELD=VALUE` changes a saved
+model field that leaves the parameters as they are (e.g. `attention_chunk=512` for a
+full-attention model saved with one window).
 Bad arguments and a missing checkpoint stop before anything is written.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 
@@ -61,6 +64,29 @@ _RESUME = flags.DEFINE_bool(
     "results.json in --out_dir made by the same evaluation are kept (--noresume: run all).")
 
 
+_MODEL_OVERRIDE = flags.DEFINE_multi_string(
+    "model_override", [], "FIELD=VALUE: a saved model field to change that leaves the "
+    "parameters as they are (how the model computes), e.g. attention_chunk=512 or "
+    "attention_impl=xla; repeat for more.")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """['attention_chunk=512', ...] -> {'attention_chunk': 512, ...}: Python literals, else
+    strings; a ValueError for an item without '='."""
+    out = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--model_override={item!r} is not FIELD=VALUE "
+                             "(e.g. --model_override=attention_chunk=512)")
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            value = text.strip()
+        out[name.strip()] = value
+    return out
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -88,6 +114,7 @@ def main(argv):
             allow_reuse=_ALLOW_REUSE.value,
             recipe=_RECIPE.value,
             resume=_RESUME.value,
+            model_overrides=parse_overrides(_MODEL_OVERRIDE.value),
         )
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -37,7 +37,7 @@ import dataclasses
 import json
 import logging as py_logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -424,17 +424,45 @@ class Checkpointer:
         manager.reload()
 
 
+def override_model_fields(config: ml_collections.ConfigDict, model_config: ModelConfig,
+                          overrides: Mapping[str, Any]) -> tuple[ml_collections.ConfigDict,
+                                                                 ModelConfig]:
+    """A saved model's config with some fields changed that leave its parameters as they
+    are (how it computes: `attention_chunk`, `attention_impl`, `scan_unroll`, ...); a
+    ValueError naming the field for an unknown one or one of `PARAM_FIELDS`."""
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    for name in overrides:
+        if name not in known:
+            raise ValueError(f"model override {name!r}: ModelConfig has no such field "
+                             f"(expected one of {', '.join(sorted(known - set(PARAM_FIELDS)))})")
+        if name in PARAM_FIELDS:
+            raise ValueError(f"model override {name!r}: it sets the parameters' shapes or "
+                             "dtypes, which a trained checkpoint fixes; only fields of how the "
+                             "model computes can change")
+    if not overrides:
+        return config, model_config
+    model_config = dataclasses.replace(model_config, **overrides)  # validated there
+    config = ml_collections.ConfigDict(config.to_dict())
+    for name, value in overrides.items():
+        if name in config.model:
+            config.model[name] = value
+    return config, model_config
+
+
 def restore_for_inference(workdir: str | os.PathLike, step: int | str | None = None,
+                          model_overrides: Mapping[str, Any] | None = None,
                           ) -> tuple[RMT, ml_collections.ConfigDict, int]:
     """(model, config, step) from a training workdir, parameters on the default device.
 
     step: None for the newest checkpoint that reads, an int for that step, 'best' for the
     best checkpoint (workdir/best). Moves nothing: a checkpoint that fails to read is
-    skipped with a warning.
+    skipped with a warning. model_overrides: saved model fields to change that leave the
+    parameters as they are (`override_model_fields`), e.g. {'attention_chunk': 512}.
     """
     workdir = files.run_path(workdir)
     files.check_backend(workdir)
     config, model_config = read_configs(workdir)
+    config, model_config = override_model_fields(config, model_config, model_overrides or {})
     abstract = nnx.eval_shape(lambda: RMT(model_config, rngs=nnx.Rngs(0)))
     graphdef, abstract_params = nnx.split(abstract)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -582,6 +582,7 @@ def evaluate_checkpoint(
     data: str | None = None,
     recipe: str = "config",
     resume: bool = True,
+    model_overrides: dict | None = None,
 ) -> dict:
     """Restores a checkpoint of `workdir`, evaluates it, writes results to `out_dir`
     (default `workdir/eval`) after every cell. Every argument is checked before anything is
@@ -589,7 +590,9 @@ def evaluate_checkpoint(
     it. `recipe`: how samples are made on the fly ('files', 'generated'): 'config' as the
     training config says, 'official' as the published generator does (`official_recipe`).
     `resume`: a partial results.json in `out_dir` left by the same evaluation (stopped
-    midway) gives its finished cells; False runs every cell again."""
+    midway) gives its finished cells; False runs every cell again. `model_overrides`: saved
+    model fields to change that leave the parameters as they are, e.g.
+    {'attention_chunk': 512} (`checkpointing.override_model_fields`)."""
     check_options(tasks, lengths, source=source, num_samples=num_samples,
                   batch_size=batch_size, data=data)
     if recipe not in RECIPES:
@@ -604,7 +607,8 @@ def evaluate_checkpoint(
             f"launch.train --config=configs/rmt_babilong.py:small,qa1 --workdir={workdir}")
     from rmt_jax import checkpointing
 
-    model, config, restored_step = checkpointing.restore_for_inference(workdir, step=step)
+    model, config, restored_step = checkpointing.restore_for_inference(
+        workdir, step=step, model_overrides=model_overrides)
     if recipe == "official":
         config = official_recipe(config)
     tokenizer = input_pipeline.make_tokenizer(config)
@@ -615,6 +619,8 @@ def evaluate_checkpoint(
     data_cfg = config.data
     identity = {"workdir": workdir, "step": int(restored_step),
                 "recipe": {k: data_cfg.get(k) for k in OFFICIAL_RECIPE}}
+    if model_overrides:
+        identity["model_overrides"] = dict(model_overrides)
     out_dir = out_dir if out_dir is not None else os.path.join(workdir, "eval")
     title = f"RMT step {int(restored_step)}: accuracy (%) on BABILong"
     done = None

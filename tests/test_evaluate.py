@@ -507,3 +507,39 @@ def test_a_tfrecord_build_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(tfds, "data_source", tfrecord_source)
     with pytest.raises(ValueError, match="rebuild it in array_record"):
         list(evaluate_lib.iter_records("qa1", "0k", 2, source="tfds", data_dir=tmp_path))
+
+
+def test_model_override_changes_how_a_saved_model_computes_and_refuses_its_shapes(setup,
+                                                                                  tmp_path):
+    config, tokenizer, _ = setup
+    make_workdir(tmp_path / "work", config, tokenizer, steps=(3,), best=None)
+    plain, _, _ = checkpointing.restore_for_inference(tmp_path / "work")
+    model, cfg, step = checkpointing.restore_for_inference(
+        tmp_path / "work", model_overrides={"attention_impl": "xla", "scan_unroll": 2})
+    assert step == 3 and model.config.attention_impl == "xla" and model.config.scan_unroll == 2
+    assert cfg.model.scan_unroll == 2
+    assert plain.config.attention_impl != "xla" and plain.config.scan_unroll == 1
+    a, b = nnx.state(plain, nnx.Param), nnx.state(model, nnx.Param)
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b),
+                                                     strict=True))
+    with pytest.raises(ValueError, match="'d_model': it sets the parameters' shapes"):
+        checkpointing.restore_for_inference(tmp_path / "work", model_overrides={"d_model": 8})
+    with pytest.raises(ValueError, match="'atention_chunk': ModelConfig has no such field"):
+        checkpointing.restore_for_inference(tmp_path / "work",
+                                            model_overrides={"atention_chunk": 8})
+    with pytest.raises(ValueError, match="scan_unroll"):  # ModelConfig's own check
+        checkpointing.restore_for_inference(tmp_path / "work", model_overrides={"scan_unroll": 0})
+
+    out = run_cli(f"--workdir={tmp_path / 'work'}", "--tasks=qa1", "--lengths=0k",
+                  "--num_samples=2", "--step=latest", "--model_override=attention_impl=xla",
+                  "--model_override=scan_unroll=2", f"--out_dir={tmp_path / 'ok'}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    meta = json.loads((tmp_path / "ok" / "results.json").read_text())["meta"]
+    assert meta["model_overrides"] == {"attention_impl": "xla", "scan_unroll": 2}
+    for flag, message in (("--model_override=mem_tokens=2", "'mem_tokens': it sets the"),
+                          ("--model_override=attention_chunk", "is not FIELD=VALUE")):
+        bad = run_cli(f"--workdir={tmp_path / 'work'}", "--tasks=qa1", "--lengths=0k",
+                      flag, f"--out_dir={tmp_path / 'bad'}")
+        assert bad.returncode == 1 and "error: " in bad.stderr and message in bad.stderr, (
+            bad.stderr[-2000:])
+        assert not (tmp_path / "bad").exists()

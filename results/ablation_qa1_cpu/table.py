@@ -27,6 +27,7 @@ CHANGES = {  # arm -> what it changes, against the arm named first
     "p_qa1_cpu_recipe": "`configs/qa1_cpu.py`'s recipe in the quickstart's 10 minutes: d 128, "
                         "4 heads, RoPE, init 0.088 unscaled, 1 memory token, segments of 128, "
                         "batch 32, lr 1e-3 constant; bare stories (1,500 steps) -> 1 segment",
+    "p_qa1_cpu_recipe_seed1": "p with train.seed=1, data.seed=1 (a second run of p)",
     "q_recency0": "p + training questions about any person alike (`data.question_recency=0`; "
                   "bAbI asks about one of the last two facts 60% of the time)",
     "r_batch16": "p with batch 16 (from 32) and 5,000 steps (2,500 a stage): about the same "
