@@ -29,13 +29,14 @@ falls back to v1.1 with a warning.
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from babilong_tfds.babi import SPLITS, BabiSample, load_babi
-from babilong_tfds.babi_generator import check_recency
+from babilong_tfds.babi_generator import PARAMETERS, check_recency
 from babilong_tfds.compose import Composer, Composition, CompositionError, Placement
 from babilong_tfds.tasks import LENGTHS, TASKS, check_length, check_task
 
@@ -50,6 +51,20 @@ def check_babi_source(babi_source: str) -> str:
             f"unknown babi_source {babi_source!r}: expected one of {', '.join(BABI_SOURCES)}"
         )
     return babi_source
+
+
+def check_story_questions(story_questions, babi_source: str = "generated") -> int:
+    """`story_questions` as an int >= 0 (0: each task's own story length); a ValueError
+    naming the fix otherwise, or when it is set for stories read from the bAbI files."""
+    if isinstance(story_questions, bool) or not isinstance(story_questions, numbers.Integral) \
+            or story_questions < 0:
+        raise ValueError(f"story_questions must be an integer >= 0 (0: each task's own story "
+                         f"length), got {story_questions!r}")
+    if story_questions and babi_source != "generated":
+        raise ValueError(f"story_questions={story_questions} shortens simulated stories, but "
+                         f"babi_source={babi_source!r} reads the bAbI files: use "
+                         "babi_source='generated' or story_questions=0")
+    return int(story_questions)
 
 
 def _task_no(task: str) -> int:
@@ -138,11 +153,14 @@ class StoryPool:
         seed: int = 0,
         synonyms: bool = False,
         question_recency: float | None = None,
+        story_questions: int = 0,
     ):
         self.task = check_task(task)
         self.synonyms = synonyms  # generated stories: also our verbs, not only bAbI's
         # generated stories: the chance to ask about the last two statements (None: bAbI's)
         self.question_recency = check_recency(question_recency)
+        # generated stories: end after at most this many questions (0: the task's own)
+        self.story_questions = check_story_questions(story_questions, babi_source)
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
         self.split = split
@@ -223,6 +241,14 @@ class StoryPool:
             picked.append(j)
         return picked
 
+    @functools.cached_property
+    def _story_params(self) -> dict[str, int]:
+        """The simulator's parameters: num_questions capped at `story_questions`."""
+        spec = PARAMETERS[self.task].get("num_questions")
+        if not self.story_questions or spec is None:
+            return {}
+        return {"num_questions": min(self.story_questions, spec[0])}
+
     def generated(
         self, composer: Composer, length: str | int, rng: np.random.Generator,
         limit: int | None = None,
@@ -235,7 +261,8 @@ class StoryPool:
         sim_seed = self.seed * len(SPLITS) + SPLITS.index(self.split)
         for _ in range(MAX_GENERATED_TRIES):
             story = generate_story(self.task, sim_seed, int(rng.integers(1 << 62)),
-                                   synonyms=self.synonyms, recency=self.question_recency)
+                                   synonyms=self.synonyms, recency=self.question_recency,
+                                   **self._story_params)
             sample = story[int(rng.integers(len(story)))]
             if composer.fits(sample, length, limit):
                 return sample
@@ -330,6 +357,7 @@ class BabilongSource:
         synonyms: bool = False,
         max_tokens: int | None = None,
         question_recency: float | None = None,
+        story_questions: int = 0,
     ):
         if not tasks or not lengths:
             raise ValueError("BabilongSource needs at least one task and one length")
@@ -351,6 +379,9 @@ class BabilongSource:
         # 'generated': the chance a question asks about one of the last two statements
         # (None: each task's own, as in bAbI; babilong_tfds.babi_generator)
         self.question_recency = check_recency(question_recency)
+        # 'generated': stories end after at most this many questions (0: each task's own),
+        # so that they are shorter (qa1 asks after every two statements)
+        self.story_questions = check_story_questions(story_questions, babi_source)
         # stories whose facts take more tokens are not drawn (a bare 0-token story is its
         # facts alone: this bounds its size)
         if max_tokens is not None and max_tokens < 1:
@@ -368,6 +399,7 @@ class BabilongSource:
                 seed=self.seed,
                 synonyms=self.synonyms,
                 question_recency=self.question_recency,
+                story_questions=self.story_questions,
             )
             for t in self.tasks
         }

@@ -182,6 +182,10 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.curriculum.max_stage_steps = 5000  # most steps of a stage
     # share of every batch drawn at the earlier stages' lengths (0: off; with mix_shorter=False)
     config.curriculum.mixed_length_ratio = 0.0
+    # one per stage, for simulated stories: each ends after at most this many questions (qa1
+    # asks one every two statements: 1 gives two-fact stories, the name lookup without the
+    # recency); 0 for the tasks' own lengths; () for none (rmt_jax.curriculum)
+    config.curriculum.story_questions = ()
     # 'in_context': a stage of k segments is k segments in all, the question and answer slots
     # (max_question_len + max_answer_len tokens) ending the last, as the official code counts
     # them; False: k segments of context, then the question and answer in one more

@@ -5,9 +5,12 @@ e.g. 1, 2, 4, 6, 8, 16, 32 as in the RMT papers). A fraction below 1 is one segm
 that share of its tokens: short first stages (0.25, 0.5) let a small model find the facts in
 a short context before the context grows. A 0 is the bare story (0k: the facts with no book
 text) in one segment, only stories whose facts fit it drawn: the plain lookup first, before
-any distractor text. `Curriculum.stage(i)` is the one answer to what a
-stage looks like (a `Stage`: the segments a sample is padded to, the context sizes drawn);
-the input pipelines, the synthetic data and the training loop ask it.
+any distractor text. `story_questions[i]` > 0 ends stage i's simulated stories after that
+many questions: shorter stories (qa1 asks one every two statements, so 1 gives two-fact
+stories, where the answer is found by the person's name alone, with no recency to learn).
+`Curriculum.stage(i)` is the one answer to what a stage looks like (a `Stage`: the segments
+a sample is padded to, the context sizes drawn, the story length); the input pipelines, the
+synthetic data and the training loop ask it.
 
 A stage ends after `stage_steps` steps, or earlier when the running train accuracy reaches
 `advance_accuracy` (if > 0); the last stage runs to the end of training (`advance`). The
@@ -63,6 +66,7 @@ class Stage:
     context_len: int = 0             # tokens a sample's context is padded to
     shorter_sizes: tuple[int, ...] = ()  # earlier stages' sizes, for `shorter_rows` rows
     shorter_rows: int = 0            # rows of a batch drawn at shorter_sizes
+    story_questions: int = 0         # simulated stories end after this many questions (0: own)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +88,9 @@ class Curriculum:
     max_stage_steps: int = 0       # heldout: most steps of a stage
     mixed_length_ratio: float = 0.0  # share of each batch at the earlier stages' lengths
     reserved: int = 0              # tokens of the last segment kept for question and answer
+    # per stage: simulated stories end after at most this many questions (qa1 asks one every
+    # two statements, so 1 gives two-fact stories); 0 or () for the tasks' own lengths
+    story_questions: tuple[int, ...] = ()
 
     def __post_init__(self):
         if not self.segments or any(s < 0 or (s > 1 and s != int(s))
@@ -117,6 +124,14 @@ class Curriculum:
                 f"= {self.reserved} tokens) leave no context token in a segment of "
                 f"{self.segment_len}: lower them, raise model.segment_len, or set "
                 "curriculum.whole_segments=False")
+        if self.story_questions and (
+                len(self.story_questions) != len(self.segments)
+                or any(isinstance(q, bool) or not isinstance(q, int) or q < 0
+                       for q in self.story_questions)):
+            raise ValueError(f"curriculum.story_questions={self.story_questions}: expected one "
+                             f"integer >= 0 per stage ({len(self.segments)} stages, as "
+                             "curriculum.segments has; 0: the tasks' own story length), or () "
+                             "for none")
         if not 0.0 <= self.mixed_length_ratio < 1.0:
             raise ValueError(f"curriculum.mixed_length_ratio={self.mixed_length_ratio} must "
                              "lie in [0, 1)")
@@ -145,7 +160,8 @@ class Curriculum:
                    heldout_samples=int(c.get("heldout_samples", 0)),
                    max_stage_steps=int(c.get("max_stage_steps", 0)),
                    mixed_length_ratio=float(c.get("mixed_length_ratio", 0.0)),
-                   reserved=reserved_tokens(config))
+                   reserved=reserved_tokens(config),
+                   story_questions=_int_tuple(c.get("story_questions", ())))
 
     @property
     def num_stages(self) -> int:
@@ -173,7 +189,9 @@ class Curriculum:
             rows = round(self.mixed_length_ratio * self.batch_size) if shorter else 0
         return Stage(index=index, count=count, segments=padded, context_sizes=tuple(sizes),
                      context_len=padded * self.segment_len - self.reserved,
-                     shorter_sizes=shorter, shorter_rows=rows)
+                     shorter_sizes=shorter, shorter_rows=rows,
+                     story_questions=(self.story_questions[index] if self.story_questions
+                                      else 0))
 
     def needs_accuracy(self, state: CurriculumState) -> bool:
         """Whether `advance` reads the step's accuracy (fetching it costs a device sync)."""
@@ -278,6 +296,14 @@ def record_heldout(curriculum: Curriculum, state: CurriculumState, *, step: int,
         else:
             state = dataclasses.replace(state, finished=True)
     return state, decision
+
+
+def _int_tuple(value) -> tuple:
+    """A config's tuple (or one int, as a flag gives it) as a tuple; entries that are whole
+    numbers become ints, the rest stay for `Curriculum` to reject."""
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    return tuple(int(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                 and float(v).is_integer() else v for v in items)
 
 
 def reserved_tokens(config: ml_collections.ConfigDict) -> int:

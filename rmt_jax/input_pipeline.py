@@ -248,6 +248,7 @@ class TrainData:
             # configs saved before the option were trained with the synonyms
             synonyms=data.get("babi_synonyms", True),
             question_recency=data.get("question_recency"),
+            story_questions=self.curriculum.stage(stage).story_questions,
             # a bare story (size 0) must fit the stage's context too
             max_tokens=self.curriculum.stage(stage).context_len,
         )

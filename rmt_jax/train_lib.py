@@ -111,6 +111,13 @@ def check_run_config(config: ml_collections.ConfigDict) -> None:
                              ("eval.every", config.eval.every, 0)):
         if value < low:
             raise ValueError(f"{name}={value} must be >= {low}: set --config.{name}")
+    if any(config.curriculum.get("story_questions", ())) and \
+            config.data.babi_source != "generated":
+        raise ValueError(f"curriculum.story_questions={tuple(config.curriculum.story_questions)}"
+                         f" shortens simulated stories, but data.babi_source="
+                         f"{config.data.babi_source!r} reads the bAbI files: set "
+                         "--config.data.babi_source=generated or --config.curriculum."
+                         "story_questions='()'")
     try:
         check_recency(config.data.get("question_recency"))
     except ValueError as error:

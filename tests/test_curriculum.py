@@ -204,3 +204,14 @@ def test_mixed_length_ratio_takes_rows_at_the_earlier_stages_lengths():
     assert c.stage(3).shorter_sizes == (4, 8, 16) and c.stage(3).context_sizes == (32,)
     off = Curriculum(segments=(1, 2), stage_steps=5, segment_len=8, batch_size=8)
     assert off.stage(1).shorter_rows == 0
+
+
+def test_story_questions_are_one_per_stage_and_checked():
+    c = Curriculum(segments=(0, 0, 1), stage_steps=5, segment_len=64, story_questions=(1, 0, 0))
+    assert [c.stage(i).story_questions for i in range(3)] == [1, 0, 0]
+    assert [c.stage(i).context_sizes for i in range(2)] == [(0,), (0,)]  # both bare stories
+    none = Curriculum(segments=(0, 1), stage_steps=5, segment_len=64)
+    assert [none.stage(i).story_questions for i in range(2)] == [0, 0]
+    for bad in ((1,), (1, -1), (1, True), (1, 0.5)):
+        with pytest.raises(ValueError, match=r"story_questions=.*one integer >= 0 per stage"):
+            Curriculum(segments=(0, 1), stage_steps=5, story_questions=bad)

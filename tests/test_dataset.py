@@ -187,3 +187,25 @@ def test_records_keep_the_question_as_the_file_writes_it(composer, babi_root):
     assert record["question"].endswith("? ") and record["question"].startswith("Where is")
     sample = StoryPool("qa1", "test", babi_root=babi_root).samples[0]
     assert sample.question == sample.file_question.strip() == "Where is John?"
+
+
+def test_story_questions_shorten_the_simulated_stories(composer, babi_root):
+    # qa1 asks after every two statements: one question is a two-fact story
+    short = BabilongSource(composer, ["qa1"], [0], seed=2, story_questions=1)
+    own = BabilongSource(composer, ["qa1"], [0], seed=2)
+    assert {len(short[i]["facts"]) for i in range(20)} == {2}
+    assert len({len(own[i]["facts"]) for i in range(20)}) > 1  # 2, 4, ... 10 facts
+    again = BabilongSource(composer, ["qa1"], [0], seed=2, story_questions=1)
+    assert all(list(short[i]["input_ids"]) == list(again[i]["input_ids"]) for i in range(3))
+    # a cap, never more than a task's own: qa4 asks once; qa20 has no such knob
+    def params(task):
+        return StoryPool(task, "train", babi_source="generated", story_questions=3)._story_params
+
+    assert params("qa4") == {"num_questions": 1}
+    assert params("qa1") == {"num_questions": 3}
+    assert params("qa20") == {}
+    with pytest.raises(ValueError, match="babi_source='files' reads the bAbI files"):
+        StoryPool("qa1", "train", babi_source="files", babi_root=babi_root, story_questions=1)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="story_questions must be an integer >= 0"):
+            BabilongSource(composer, ["qa1"], [0], story_questions=bad)

@@ -260,3 +260,25 @@ def test_question_recency_reaches_the_training_stories(config, composer):
     with pytest.raises(ValueError, match="data.question_recency: question recency must be a "
                                          "number from 0 to 1"):
         check_run_config(uniform)
+
+
+def test_story_questions_reach_a_stages_training_and_heldout_stories(config, composer):
+    from rmt_jax.early_stopping import Heldout
+    from rmt_jax.train_lib import check_run_config
+
+    assert tuple(config.curriculum.story_questions) == ()  # the tasks' own lengths by default
+    short = config.copy_and_resolve_references()
+    short.curriculum.segments = (0, 0, 1)
+    short.curriculum.story_questions = (1, 0, 0)
+    data = ip.TrainData(short, composer)
+    first, second = data._source(0, [0]), data._source(1, [0])
+    assert (first.story_questions, second.story_questions) == (1, 0)
+    qa1 = [r for r in (first[i] for i in range(16)) if r["task"] == "qa1"]
+    assert qa1 and {len(r["facts"]) for r in qa1} == {2}
+    heldout = Heldout(short, data.curriculum, composer=composer)
+    assert heldout._source(0).story_questions == 1 and heldout._source(2).story_questions == 0
+    check_run_config(short)
+    short.data.babi_source = "files"
+    with pytest.raises(ValueError, match=r"curriculum.story_questions=\(1, 0, 0\) shortens "
+                                         "simulated stories, but data.babi_source='files'"):
+        check_run_config(short)
