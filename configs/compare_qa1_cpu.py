@@ -58,5 +58,6 @@ def get_config(arg: str | None = "rmt") -> ml_collections.ConfigDict:
     if warm:
         config.model.init_from = BACKBONE
         config.curriculum.segments = (2, 4, 8)
+        config.curriculum.story_questions = ()
         config.curriculum.stage_steps = 1000
     return config

@@ -1,5 +1,4 @@
-r"""qa1 from scratch on 2 CPU cores: the recipe that left the last-room shortcut (with seed 0;
-seeds 1 and 2 stayed on it through 4,000 steps of the first stage: results/qa1_cpu/README.md).
+r"""qa1 from scratch on 2 CPU cores: the recipe that learns the lookup (results/qa1_cpu/README.md).
 
     python -m launch.train --config=configs/qa1_cpu.py --workdir=/tmp/rmt_qa1_cpu
 
@@ -7,19 +6,21 @@ The `quick` backbone widened to d 128 (2 layers), with what the qa1 ablation fou
 to learn the lookup at all (results/ablation_qa1_cpu/README.md, results/qa1_cpu/README.md):
 fresh weights at std 1/sqrt(d), the output projections too (no GPT-2 1/sqrt(2 layers)
 scaling), rotary positions, 4 heads, one memory token, batch 32 and a constant learning
-rate of 1e-3. Segments of 128 tokens. The first stage is bare qa1 stories (the facts, no
-book text) in one segment with the question: plain attention, the lookup learnt before any
-distractor text; then book text in one segment, and on to 32 segments (4k tokens). A stage
-ends once the running train accuracy (answer and end-of-answer tokens) reaches 0.92, or
-after 6,000 steps. Fresh simulated qa1 stories in bAbI's wording; evaluation on the
-original qa1 test questions at 0k, 1k and 4k. Kill it and rerun the same command: it
-resumes.
+rate of 1e-3. Segments of 128 tokens. The first stage is bare two-fact qa1 stories
+(`curriculum.story_questions`: each story ends at its first question), where the person's
+name alone finds the answer: the lookup forms there on every seed tried, where full-length
+bare stories left it to chance (seed 0 of 3). Then bare stories of every length in one
+segment with the question (the most recent of the person's moves), then book text in one
+segment, and on to 32 segments (4k tokens). A stage ends once the running train accuracy
+(answer and end-of-answer tokens) reaches 0.92, or after 6,000 steps. Fresh simulated qa1
+stories in bAbI's wording; evaluation on the original qa1 test questions at 0k, 1k and 4k.
+Kill it and rerun the same command: it resumes.
 
 `configs/qa1_cpu.py:qa1_5` is the same recipe on qa1..qa5 mixed in every batch, with two
 changes: segments of 256 tokens, since a bare qa3 story takes 175 to 1,070 tokens (median
 285; none fits the 112 context tokens of a 128-token segment, 31% fit 240), and stages of at
-most 2,500 steps, so that an hour on this CPU reaches the memory stages (what it reached:
-results/qa1_5_cpu/README.md):
+most 2,500 steps, so that an hour on this CPU reaches the memory stages (what it reached,
+before the two-fact stage: results/qa1_5_cpu/README.md):
 
     python -m launch.train --config=configs/qa1_cpu.py:qa1_5 --workdir=/tmp/rmt_qa1_5_cpu
 """
@@ -50,7 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.segment_len = 256 if arg == "qa1_5" else 128
     config.model.max_positions = 320 if arg == "qa1_5" else 192
     config.data.babi_synonyms = False  # stories in the bAbI files' own wording
-    config.curriculum.segments = (0, 1, 2, 4, 8, 16, 32)  # bare stories, then up to 4k tokens
+    # two-fact bare stories (the name lookup alone), bare stories, then up to 4k tokens
+    config.curriculum.segments = (0, 0, 1, 2, 4, 8, 16, 32)
+    config.curriculum.story_questions = (1, 0, 0, 0, 0, 0, 0, 0)
     # most steps of a stage (qa1_5: shorter, to reach the memory stages within an hour)
     config.curriculum.stage_steps = 2500 if arg == "qa1_5" else 6000
     config.curriculum.advance_accuracy = 0.92  # or on once the running accuracy reaches this

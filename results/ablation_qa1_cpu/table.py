@@ -32,6 +32,10 @@ CHANGES = {  # arm -> what it changes, against the arm named first
                   "bAbI asks about one of the last two facts 60% of the time)",
     "r_batch16": "p with batch 16 (from 32) and 5,000 steps (2,500 a stage): about the same "
                  "minutes, more updates",
+    "s_two_fact_stage": "p + a first stage of two-fact bare stories (`curriculum.story_questions"
+                        "=(1,0,0,0)`: each story ends at its first question) before the bare "
+                        "stories",
+    "s_two_fact_stage_seed1": "s with train.seed=1, data.seed=1 (a second run of s)",
 }
 
 
