@@ -8,7 +8,8 @@ one LayerNorm, no biases, no learned first read), `armt` (associative memory in 
 layer, d_mem = d_model / 4) or `full` (no memory: the backbone over one window of 4,096
 tokens, as long as the curriculum's longest stage; a longer input is read through its last
 4,096 tokens). Everything else is qa1_cpu's:
-the model, the curriculum (bare stories, then 1..32 segments of 128 tokens), the optimizer,
+the model, the curriculum (two-fact bare stories, bare stories, then 1..32 segments of 128
+tokens; the committed comparison ran before the two-fact stage), the optimizer,
 the seed. No evaluation during training: the comparison spends its minutes on training and
 evaluates afterwards (results/compare_qa1_cpu/README.md has the commands).
 
