@@ -161,7 +161,7 @@ class Curriculum:
                    max_stage_steps=int(c.get("max_stage_steps", 0)),
                    mixed_length_ratio=float(c.get("mixed_length_ratio", 0.0)),
                    reserved=reserved_tokens(config),
-                   story_questions=_int_tuple(c.get("story_questions", ())))
+                   story_questions=tuple(c.get("story_questions", ())))
 
     @property
     def num_stages(self) -> int:
@@ -296,14 +296,6 @@ def record_heldout(curriculum: Curriculum, state: CurriculumState, *, step: int,
         else:
             state = dataclasses.replace(state, finished=True)
     return state, decision
-
-
-def _int_tuple(value) -> tuple:
-    """A config's tuple (or one int, as a flag gives it) as a tuple; entries that are whole
-    numbers become ints, the rest stay for `Curriculum` to reject."""
-    items = value if isinstance(value, (tuple, list)) else (value,)
-    return tuple(int(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
-                 and float(v).is_integer() else v for v in items)
 
 
 def reserved_tokens(config: ml_collections.ConfigDict) -> int:
