@@ -340,6 +340,9 @@ class BabilongSource:
     carry `input_ids` (int32 context tokens), `question_ids` and `target_ids`, and `input`
     text only when `with_text`. With `max_tokens`, only stories whose facts take at most that
     many tokens are drawn (what bounds a bare story, at length 0, to a training segment).
+    With `length_group` g > 1 the length is drawn once for records g*j .. g*j + g - 1 (a
+    global training batch of g rows: every row the same length); the rest of a record is
+    drawn as with g = 1.
     """
 
     def __init__(
@@ -358,6 +361,7 @@ class BabilongSource:
         max_tokens: int | None = None,
         question_recency: float | None = None,
         story_questions: int = 0,
+        length_group: int = 1,
     ):
         if not tasks or not lengths:
             raise ValueError("BabilongSource needs at least one task and one length")
@@ -387,6 +391,10 @@ class BabilongSource:
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"max_tokens={max_tokens} must be >= 1 (or None)")
         self.max_tokens = max_tokens
+        if isinstance(length_group, bool) or int(length_group) != length_group or length_group < 1:
+            raise ValueError(f"length_group={length_group!r} must be an integer >= 1 (records "
+                             "that share one drawn length)")
+        self.length_group = int(length_group)
 
     @functools.cached_property
     def _pools(self) -> dict[str, StoryPool]:
@@ -414,6 +422,9 @@ class BabilongSource:
         rng = record_rng(self.seed, 0xBAB1, index)
         task = self.tasks[int(rng.integers(len(self.tasks)))]
         length = self.lengths[int(rng.integers(len(self.lengths)))]
+        if self.length_group > 1:  # one draw per group; `rng` went on as with g = 1
+            group = record_rng(self.seed, 0x1E76, index // self.length_group)
+            length = self.lengths[int(group.integers(len(self.lengths)))]
         pool = self._pools[task]
         if pool.samples is not None:
             eligible = pool.eligible(self.composer, length, self.max_tokens)

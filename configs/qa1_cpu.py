@@ -11,8 +11,10 @@ rate of 1e-3. Segments of 128 tokens. The first stage is bare two-fact qa1 stori
 name alone finds the answer: the lookup forms there on every seed tried, where full-length
 bare stories left it to chance (seed 0 of 3). Then bare stories of every length in one
 segment with the question (the most recent of the person's moves), then book text in one
-segment, and on to 32 segments (4k tokens). A stage ends once the running train accuracy
-(answer and end-of-answer tokens) reaches 0.92, or after 6,000 steps. Fresh simulated qa1
+segment, and on to 32 segments (4k tokens), each batch drawing one segment count from 1..the
+stage's and only that wide (`curriculum.same_length_batches`: 1.6x the steps/s of batches
+padded to 8 segments). A stage ends once the running train accuracy (answer and
+end-of-answer tokens) reaches 0.92, or after 6,000 steps. Fresh simulated qa1
 stories in bAbI's wording; evaluation on the original qa1 test questions at 0k, 1k and 4k.
 Kill it and rerun the same command: it resumes.
 
@@ -57,6 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # most steps of a stage (qa1_5: shorter, to reach the memory stages within an hour)
     config.curriculum.stage_steps = 2500 if arg == "qa1_5" else 6000
     config.curriculum.advance_accuracy = 0.92  # or on once the running accuracy reaches this
+    # one segment count per batch, the batch only that wide (results/qa1_cpu/README.md)
+    config.curriculum.same_length_batches = True
     config.optim.learning_rate = 1e-3
     config.optim.warmup_steps = 200
     config.optim.schedule = "constant"

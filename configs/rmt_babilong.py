@@ -170,6 +170,9 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.curriculum.stage_steps = 2000  # steps per stage (the last stage runs to the end)
     config.curriculum.advance_accuracy = 0.0  # advance early once train accuracy passes it (0: off)
     config.curriculum.mix_shorter = True  # draw each sample's segment count from 1..stage's
+    # with mix_shorter: one count per batch, the batch only that wide (about half the compute
+    # of a many-segment stage; each width compiles once)
+    config.curriculum.same_length_batches = False
     config.curriculum.accuracy_decay = 0.98  # EMA decay of the accuracy compared to that
     # 'steps': the above; 'heldout': each stage trains until the exact match on a held-out set
     # of generated stories at its lengths stops improving, then the next starts from its best

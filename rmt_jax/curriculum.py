@@ -35,6 +35,10 @@ official code's flag of that name draws a sample at the stage's longest length w
 probability r and otherwise uniformly among all the stage's lengths (its comment says "prob
 for shorter samples"); here the share is the shorter rows', exact in every batch, and
 `mix_shorter` (the official `vary_n_segments`) is the way to draw all lengths uniformly.
+`same_length_batches` draws that count once per global batch instead of once per sample,
+and the batch is only as wide as its count: the same lengths in expectation, at about half
+the compute of a stage of many segments (a batch padded to the stage's longest length runs
+every segment, empty ones too). Each width compiles once, the next stage's ahead of time.
 
 `StageIterators` switches the data iterators at a stage change, the next stage's started
 early in the background (`StartedIterator`); `AheadOfTime` compiles the next stage's programs
@@ -67,6 +71,8 @@ class Stage:
     shorter_sizes: tuple[int, ...] = ()  # earlier stages' sizes, for `shorter_rows` rows
     shorter_rows: int = 0            # rows of a batch drawn at shorter_sizes
     story_questions: int = 0         # simulated stories end after this many questions (0: own)
+    # one context size per global batch, the batch padded to it (same_length_batches)
+    size_per_batch: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +85,7 @@ class Curriculum:
     accuracy_decay: float = 0.98   # EMA decay of the running accuracy
     segment_len: int = 0           # context tokens per segment (needed by `stage`)
     mix_shorter: bool = True       # draw 1..count whole segments per sample, not just count
+    same_length_batches: bool = False  # with mix_shorter: one count per batch, padded to it
     batch_size: int = 0            # rows of a batch (needed by `stage` for shorter_rows)
     advance_on: str = "steps"      # 'steps' (stage_steps, advance_accuracy) | 'heldout'
     eval_every: int = 0            # heldout: steps of a stage between held-out evaluations
@@ -141,6 +148,11 @@ class Curriculum:
                              "curriculum.mix_shorter=True already draws every sample's "
                              "segment count from 1..the stage's: set "
                              "--config.curriculum.mix_shorter=False with it")
+        if self.same_length_batches and not self.mix_shorter:
+            raise ValueError("curriculum.same_length_batches=True draws one segment count per "
+                             "batch from 1..the stage's, which needs "
+                             "curriculum.mix_shorter=True (without it every sample of a stage "
+                             "already has the same length): set one of them back")
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> Curriculum:
@@ -151,6 +163,8 @@ class Curriculum:
                    accuracy_decay=float(c.get("accuracy_decay", 0.98)),
                    segment_len=int(config.model.segment_len),
                    mix_shorter=bool(c.mix_shorter),
+                   # configs saved before the option: per-sample lengths
+                   same_length_batches=bool(c.get("same_length_batches", False)),
                    batch_size=int(config.train.batch_size),
                    # configs saved before these fields: today's step-based curriculum
                    advance_on=str(c.get("advance_on", "steps")),
@@ -191,7 +205,8 @@ class Curriculum:
                      context_len=padded * self.segment_len - self.reserved,
                      shorter_sizes=shorter, shorter_rows=rows,
                      story_questions=(self.story_questions[index] if self.story_questions
-                                      else 0))
+                                      else 0),
+                     size_per_batch=self.same_length_batches and len(sizes) > 1)
 
     def needs_accuracy(self, state: CurriculumState) -> bool:
         """Whether `advance` reads the step's accuracy (fetching it costs a device sync)."""
@@ -441,48 +456,61 @@ class AheadOfTime:
     """A jitted `fn(first, batch)` compiled once per batch shape, ahead of time on request.
 
     A curriculum stage change brings new batch shapes, which `jax.jit` would compile at the
-    first call while the accelerator waits. `prepare(first, batch_structs)` compiles the
-    next stage's shapes in a background thread while the current stage trains; a call finds
-    the executable ready (or waits for it, or compiles then, as jit would). The programs are
-    the ones jit would build: same lowering, same in/out shardings and donation.
+    first call while the accelerator waits. `prepare(first, *batch_structs)` compiles the
+    next stage's shapes (one, or each width of a stage with `same_length_batches`) one after
+    the other in a background thread while the current stage trains; a call finds the
+    executable ready (or waits for that shape's compile, or compiles then, as jit would).
+    The programs are the ones jit would build: same lowering, same in/out shardings and
+    donation.
     """
 
     def __init__(self, jitted):
         self.jitted = jitted
         self.ready: dict[tuple, jax.stages.Compiled] = {}
-        self.pending: dict[tuple, threading.Thread] = {}
+        self.pending: dict[tuple, threading.Event] = {}  # set once that shape is compiled
+        self.threads: list[threading.Thread] = []
 
     @staticmethod
     def key(batch: dict) -> tuple:
         return tuple((k, tuple(v.shape), str(v.dtype)) for k, v in sorted(batch.items()))
 
-    def prepare(self, first, batch: dict) -> None:
-        key = self.key(batch)
-        if key not in self.ready and key not in self.pending:
-            thread = threading.Thread(target=self._compile, args=(key, first, batch),
+    def prepare(self, first, *batches: dict) -> None:
+        """Compiles each batch shape not compiled yet, one after the other in one thread."""
+        todo = {}
+        for batch in batches:
+            key = self.key(batch)
+            if key not in self.ready and key not in self.pending:
+                todo[key] = batch
+        if todo:
+            events = {key: threading.Event() for key in todo}
+            self.pending.update(events)
+            thread = threading.Thread(target=self._compile, args=(todo, events, first),
                                       daemon=True)
-            self.pending[key] = thread
+            self.threads.append(thread)
             thread.start()
 
-    def _compile(self, key, first, batch) -> None:
-        try:
-            self.ready[key] = self.jitted.lower(first, batch).compile()
-        except Exception as error:  # noqa: BLE001 - the call compiles again and raises
-            logging.warning("compiling ahead of time failed (%s); compiling at first use",
-                            error)
+    def _compile(self, todo: dict, events: dict, first) -> None:
+        for key, batch in todo.items():
+            try:
+                self.ready[key] = self.jitted.lower(first, batch).compile()
+            except Exception as error:  # noqa: BLE001 - the call compiles again and raises
+                logging.warning("compiling ahead of time failed (%s); compiling at first use",
+                                error)
+            finally:
+                events[key].set()
 
     def wait(self) -> None:
         """Waits for the background compiles (a thread inside XLA must not outlive Python)."""
-        for thread in list(self.pending.values()):
+        for thread in list(self.threads):
             thread.join()
 
     def __call__(self, first, batch: dict):
         key = self.key(batch)
         program = self.ready.get(key)
         if program is None or key in self.pending:
-            thread = self.pending.pop(key, None)
-            if thread is not None:
-                thread.join()  # returns at once if the compile has finished
+            done = self.pending.pop(key, None)
+            if done is not None:
+                done.wait()  # returns at once if that shape's compile has finished
             program = self.ready.get(key)
             if program is None:
                 program = self.ready[key] = self.jitted.lower(first, batch).compile()

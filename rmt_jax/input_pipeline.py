@@ -251,15 +251,25 @@ class TrainData:
             story_questions=self.curriculum.stage(stage).story_questions,
             # a bare story (size 0) must fit the stage's context too
             max_tokens=self.curriculum.stage(stage).context_len,
+            # same_length_batches: one size per global batch (records j*batch .. of batch j)
+            length_group=(self.config.train.batch_size
+                          if self.curriculum.stage(stage).size_per_batch else 1),
         )
 
     def dataset(self, stage: int) -> grain.IterDataset:
-        context_len = self.curriculum.stage(stage).context_len
+        shape = self.curriculum.stage(stage)
         tokenizer = self.composer.tokenizer
         config = self.config
+
+        def encode(record: dict) -> dict:
+            # same_length_batches: padded to its batch's drawn size (the record's length),
+            # else to the stage's longest
+            size = int(record["length"]) if shape.size_per_batch else shape.context_len
+            return encode_example(record, tokenizer, config, context_len=size)
+
         ds = grain.MapDataset.source(self.source(stage))
         ds = ds[self.process_index :: self.process_count]
-        ds = ds.map(lambda r: encode_example(r, tokenizer, config, context_len=context_len))
+        ds = ds.map(encode)
         ds = ds.batch(self.local_batch, drop_remainder=True, batch_fn=collate)
         iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
         if config.data.worker_count > 0:

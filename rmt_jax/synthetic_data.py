@@ -2,9 +2,10 @@
 
 The task: copy the first context token. The context holds random tokens of
 `config.model.vocab_size`, whole segments of them (1..segments[stage] per sample with
-`curriculum.mix_shorter`; `curriculum.mixed_length_ratio`: a share of the rows at the earlier
-stages' segment counts); the question is random tokens; the answer is the first context
-token then the end-of-answer token `EOS_ID`. Learning it needs the memory to carry one
+`curriculum.mix_shorter`; one count per batch, the batch that wide, with
+`curriculum.same_length_batches`; `curriculum.mixed_length_ratio`: a share of the rows at
+the earlier stages' segment counts); the question is random tokens; the answer is the first
+context token then the end-of-answer token `EOS_ID`. Learning it needs the memory to carry one
 token over every segment, so the loss falls and long contexts are harder, as on BABILong.
 
 Batch i of a stage depends on (data.seed, stage, i, process_index) alone, and the iterator
@@ -67,15 +68,20 @@ class SyntheticData:
         max_q, max_a = cfg.data.max_question_len, cfg.data.max_answer_len
         b = self.local_batch
         rng = np.random.default_rng([cfg.data.seed, stage, index, self.process_index])
-        context = rng.integers(FIRST_TOKEN, vocab, (b, shape.context_len), dtype=np.int32)
+        context_len = shape.context_len
+        if shape.size_per_batch:  # one count for the global batch: every process draws it
+            segments = int(np.random.default_rng([cfg.data.seed, stage, index, 1 << 20])
+                           .integers(1, segments + 1))
+            context_len = segments * seg_len - reserved
+        context = rng.integers(FIRST_TOKEN, vocab, (b, context_len), dtype=np.int32)
         counts = (rng.integers(1, segments + 1, b) if self.curriculum.mix_shorter
-                  else np.full(b, segments))
+                  and not shape.size_per_batch else np.full(b, segments))
         if shape.shorter_rows:  # mixed_length_ratio: these rows of the global batch
             rows = np.arange(b) * self.process_count + self.process_index < shape.shorter_rows
             shorter = np.array([max(1, (size + reserved) // seg_len)
                                 for size in shape.shorter_sizes])
             counts = np.where(rows, rng.choice(shorter, b), counts)
-        context_mask = (np.arange(shape.context_len)[None, :]
+        context_mask = (np.arange(context_len)[None, :]
                         < (counts * seg_len - reserved)[:, None])
         context = np.where(context_mask, context, PAD_ID).astype(np.int32)
         question_length = rng.integers(1, max_q + 1, b).astype(np.int32)

@@ -503,11 +503,15 @@ class TrainingRun:
         """Compiles the next stage's programs now, from this stage's (numpy) batch."""
         if stage + 1 >= self.curriculum.num_stages:
             return
-        context_len = self.curriculum.stage(stage + 1).context_len
-        structs = stage_batch(batch, context_len, self.batch_sharding)
-        self.train_step.prepare(self.abstract_state, {k: structs[k] for k in MODEL_INPUTS})
+        shape = self.curriculum.stage(stage + 1)
+        # with same_length_batches, every width of the stage, the longest first
+        sizes = sorted(shape.context_sizes, reverse=True) if shape.size_per_batch else [
+            shape.context_len]
+        structs = [stage_batch(batch, size, self.batch_sharding) for size in sizes]
+        self.train_step.prepare(self.abstract_state,
+                                *({k: s[k] for k in MODEL_INPUTS} for s in structs))
         if self.config.train.answer_rows:
-            self.answer_fn.prepare(self.abstract_state["params"], structs)
+            self.answer_fn.prepare(self.abstract_state["params"], structs[0])
 
     def close(self) -> None:
         """Restores the SIGTERM handler, waits for background work, closes files."""

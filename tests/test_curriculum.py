@@ -194,6 +194,18 @@ def test_heldout_and_mixing_settings_are_checked():
         Curriculum(segments=(1, 2), stage_steps=5, mixed_length_ratio=0.5)
     with pytest.raises(ValueError, match=r"mixed_length_ratio=1.0 must lie in \[0, 1\)"):
         Curriculum(segments=(1, 2), stage_steps=5, mixed_length_ratio=1.0, mix_shorter=False)
+    with pytest.raises(ValueError, match="same_length_batches=True .* needs "
+                                         "curriculum.mix_shorter=True"):
+        Curriculum(segments=(1, 2), stage_steps=5, same_length_batches=True, mix_shorter=False)
+
+
+def test_same_length_batches_mark_the_stages_with_more_than_one_size():
+    c = Curriculum(segments=(0, 0.5, 1, 4), stage_steps=5, segment_len=8,
+                   same_length_batches=True)
+    assert [c.stage(i).size_per_batch for i in range(4)] == [False, False, False, True]
+    assert c.stage(3).context_sizes == (8, 16, 24, 32) and c.stage(3).context_len == 32
+    plain = Curriculum(segments=(0, 0.5, 1, 4), stage_steps=5, segment_len=8)
+    assert not any(plain.stage(i).size_per_batch for i in range(4))
 
 
 def test_mixed_length_ratio_takes_rows_at_the_earlier_stages_lengths():

@@ -209,3 +209,22 @@ def test_story_questions_shorten_the_simulated_stories(composer, babi_root):
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="story_questions must be an integer >= 0"):
             BabilongSource(composer, ["qa1"], [0], story_questions=bad)
+
+
+def test_length_group_draws_one_length_per_group_of_records(composer):
+    sizes = [40, 80, 120]
+    own = BabilongSource(composer, ["qa1"], sizes, seed=3)
+    grouped = BabilongSource(composer, ["qa1"], sizes, seed=3, length_group=4)
+    records = [grouped[i] for i in range(24)]
+    lengths = [r["length"] for r in records]
+    assert all(len(set(lengths[g:g + 4])) == 1 for g in range(0, 24, 4))  # one per group
+    assert len(set(lengths)) > 1  # and it varies between groups
+    # the rest of a record is drawn as without groups: where the two lengths agree, the
+    # records are the same
+    agree = [i for i in range(24) if own[i]["length"] == lengths[i]]
+    assert agree and all(list(own[i]["input_ids"]) == list(records[i]["input_ids"])
+                         for i in agree)
+    assert [grouped[i]["length"] for i in range(8)] == lengths[:8]  # deterministic
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="length_group=.* must be an integer >= 1"):
+            BabilongSource(composer, ["qa1"], sizes, length_group=bad)

@@ -1,5 +1,7 @@
 """RMT batches from BABILong: shapes, answer masks, resumable deterministic iterators."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -282,3 +284,29 @@ def test_story_questions_reach_a_stages_training_and_heldout_stories(config, com
     with pytest.raises(ValueError, match=r"curriculum.story_questions=\(1, 0, 0\) shortens "
                                          "simulated stories, but data.babi_source='files'"):
         check_run_config(short)
+
+
+def test_same_length_batches_draw_one_width_per_global_batch(config, composer):
+    config = config.copy_and_resolve_references()
+    config.train.batch_size = 4
+    config.curriculum.same_length_batches = True
+    seg = config.model.segment_len
+    reserved = config.data.max_question_len + config.data.max_answer_len
+    data = ip.TrainData(config, composer)
+    stage = data.curriculum.stage(2)  # 1..4 segments
+    assert stage.size_per_batch and not data.curriculum.stage(0).size_per_batch
+    batches = list(itertools.islice(data.iterator(2), 8))
+    widths = [b["context"].shape[1] for b in batches]
+    assert set(widths) <= {k * seg - reserved for k in (1, 2, 3, 4)} and len(set(widths)) > 1
+    for b in batches:  # each row within its batch's width, a real context
+        assert (b["context_mask"].sum(1) > 0).all()
+    # two processes read halves of the same global batches: the same widths
+    halves = [list(itertools.islice(ip.TrainData(config, composer, process_index=p,
+                                                 process_count=2).iterator(2), 8))
+              for p in (0, 1)]
+    assert [b["context"].shape for b in halves[0]] == [b["context"].shape for b in halves[1]]
+    assert [b["context"].shape[1] for b in halves[0]] == widths
+    it = data.iterator(2)  # resumable like any other stream
+    next(it)
+    state = it.get_state()
+    assert same(next(it), next(data.iterator(2, state)))

@@ -156,6 +156,7 @@ def test_the_committed_qa1_cpu_workdir_takes_its_readme_resume_command():
     # it was trained before the two-fact first stage: the command names its curriculum
     config.curriculum.segments = (0, 1, 2, 4, 8, 16, 32)
     config.curriculum.story_questions = ()
+    config.curriculum.same_length_batches = False  # and every batch padded to the longest
     model_config = input_pipeline.model_config(config, 8192)  # the shipped sentencepiece's
     allow = ["curriculum.advance_accuracy", "curriculum.stage_steps"]
     changes = checkpointing.check_config_change(workdir, config, model_config, allow)

@@ -142,7 +142,7 @@ def test_ahead_of_time_compiles_in_the_background_and_matches_jit():
     w = jnp.float32(2.0)
     x = {"x": jnp.arange(12.0).reshape(3, 4)}
     aot.prepare(w, {"x": jax.ShapeDtypeStruct((3, 4), jnp.float32)})
-    aot.pending[aot.key(x)].join()  # compiled before it is needed
+    aot.pending[aot.key(x)].wait()  # compiled before it is needed
     assert counting.lowered == [(3, 4)] and aot.key(x) in aot.ready
     np.testing.assert_array_equal(aot(w, x), jax.jit(fn)(w, x))
     assert counting.lowered == [(3, 4)]  # the call took the prepared program
@@ -151,6 +151,16 @@ def test_ahead_of_time_compiles_in_the_background_and_matches_jit():
     assert counting.lowered == [(3, 4), (3, 5)]
     aot.prepare(w, {"x": jax.ShapeDtypeStruct((3, 5), jnp.float32)})  # ready: nothing to do
     assert counting.lowered == [(3, 4), (3, 5)] and not aot.pending
+    # several shapes: compiled one after the other in one thread, each call waiting for its
+    # own shape only
+    shapes = [(3, 6), (3, 7), (3, 8)]
+    aot.prepare(w, *({"x": jax.ShapeDtypeStruct(s, jnp.float32)} for s in shapes))
+    assert len(aot.threads) == 2 and all(aot.key({"x": jnp.ones(s)}) in aot.pending
+                                         for s in shapes)
+    for s in shapes:
+        np.testing.assert_array_equal(aot(w, {"x": jnp.ones(s)}), fn(w, {"x": jnp.ones(s)}))
+    aot.wait()
+    assert counting.lowered == [(3, 4), (3, 5), *shapes]  # none compiled twice
 
 
 def test_ahead_of_time_falls_back_when_the_background_compile_fails():
@@ -158,7 +168,7 @@ def test_ahead_of_time_falls_back_when_the_background_compile_fails():
     w = jnp.ones((4, 2))
     bad = {"x": jax.ShapeDtypeStruct((3, 5), jnp.float32)}  # 5 != 4: does not lower
     aot.prepare(w, bad)
-    aot.pending[aot.key(bad)].join()
+    aot.pending[aot.key(bad)].wait()
     assert aot.key(bad) not in aot.ready
     with pytest.raises(TypeError):  # the call compiles again and raises as jit would
         aot(w, {"x": jnp.ones((3, 5))})
@@ -169,9 +179,9 @@ def test_each_stage_is_compiled_before_it_starts(tmp_path, monkeypatch):
     prepared, compiled_at_call = [], []
 
     class Recording(AheadOfTime):
-        def prepare(self, first, batch):
-            prepared.append(batch["context"].shape)
-            super().prepare(first, batch)
+        def prepare(self, first, *batches):
+            prepared.extend(b["context"].shape for b in batches)
+            super().prepare(first, *batches)
 
         def __call__(self, first, batch):
             key = self.key(batch)
@@ -190,6 +200,14 @@ def test_each_stage_is_compiled_before_it_starts(tmp_path, monkeypatch):
     # prepared while the stage before them trained
     assert compiled_at_call == [(rows, ctx)] * 2
     assert prepared == [(rows, seg + ctx)] * 2 + [(rows, 2 * seg + ctx)] * 2
+    # same_length_batches: every width of the next stage for the train step, the longest
+    # first (the answer function: the longest alone)
+    prepared.clear()
+    config.curriculum.same_length_batches = True
+    config.curriculum.segments, config.train.num_steps = (1, 3), 5
+    train_lib.train_and_evaluate(config, tmp_path / "same_length")
+    assert prepared == [(rows, 2 * seg + ctx), (rows, seg + ctx), (rows, ctx),
+                        (rows, 2 * seg + ctx)]
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -504,6 +522,21 @@ def test_mixed_length_ratio_rows_of_every_global_batch():
     segments = (data.batch(2, 0)["context_mask"].sum(-1) + reserved) // seg
     assert set(segments[:4]) <= {1, 2} and set(segments[4:]) == {4}
     assert set((data.batch(0, 0)["context_mask"].sum(-1) + reserved) // seg) == {1}
+
+
+def test_same_length_batches_train_at_each_batchs_own_width(tmp_path):
+    config = tiny_config({"curriculum.segments": (1, 4), "curriculum.stage_steps": 2,
+                          "curriculum.same_length_batches": True, "train.num_steps": 10,
+                          "train.log_every": 5, "eval.every": 0})
+    seg, reserved = config.model.segment_len, 6
+    halves = [SyntheticData(config, process_index=p, process_count=2) for p in (0, 1)]
+    widths = [halves[0].batch(1, i)["context"].shape[1] for i in range(12)]
+    assert set(widths) <= {k * seg - reserved for k in (1, 2, 3, 4)} and len(set(widths)) > 1
+    assert widths == [halves[1].batch(1, i)["context"].shape[1] for i in range(12)]
+    batch = halves[0].batch(1, 0)  # every row fills its batch's width
+    assert (batch["context_mask"].sum(1) == batch["context"].shape[1]).all()
+    out = train_lib.train_and_evaluate(config, tmp_path)  # compiles each width it meets
+    assert out["step"] == 10 and np.isfinite(read_metrics(tmp_path)[-1]["train/loss"])
 
 
 def test_heldout_set_is_generated_apart_from_training_and_scored_as_evaluation(
