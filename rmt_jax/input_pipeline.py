@@ -236,6 +236,7 @@ class TrainData:
 
     def _source(self, stage: int, lengths: list[int]) -> BabilongSource:
         data = self.config.data
+        shape = self.curriculum.stage(stage)
         return BabilongSource(
             self.composer,
             self.tasks,
@@ -248,12 +249,11 @@ class TrainData:
             # configs saved before the option were trained with the synonyms
             synonyms=data.get("babi_synonyms", True),
             question_recency=data.get("question_recency"),
-            story_questions=self.curriculum.stage(stage).story_questions,
+            story_questions=shape.story_questions,
             # a bare story (size 0) must fit the stage's context too
-            max_tokens=self.curriculum.stage(stage).context_len,
+            max_tokens=shape.context_len,
             # same_length_batches: one size per global batch (records j*batch .. of batch j)
-            length_group=(self.config.train.batch_size
-                          if self.curriculum.stage(stage).size_per_batch else 1),
+            length_group=self.config.train.batch_size if shape.size_per_batch else 1,
         )
 
     def dataset(self, stage: int) -> grain.IterDataset:
