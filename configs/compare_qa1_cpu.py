@@ -61,4 +61,5 @@ def get_config(arg: str | None = "rmt") -> ml_collections.ConfigDict:
         config.curriculum.segments = (2, 4, 8)
         config.curriculum.story_questions = ()
         config.curriculum.stage_steps = 1000
+        config.optim.stage_lr_scales = ()  # the rate of the committed warm runs throughout
     return config

@@ -204,6 +204,9 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.optim.grad_clip = 1.0  # global-norm clipping
     config.optim.b1 = 0.9
     config.optim.b2 = 0.99
+    # a factor on the learning rate per curriculum stage, one per curriculum.segments entry
+    # (): 1 in every stage
+    config.optim.stage_lr_scales = ()
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 64  # global batch, split over the data axis

@@ -453,7 +453,9 @@ def _close(iterator) -> None:
 
 # -- the next stage's programs, compiled early --------------------------------------------
 class AheadOfTime:
-    """A jitted `fn(first, batch)` compiled once per batch shape, ahead of time on request.
+    """A jitted `fn(first, batch, *rest)` compiled once per batch shape, ahead of time on
+    request (`rest`: arguments of fixed shape, as a traced scalar; `prepare` takes their
+    shape structs).
 
     A curriculum stage change brings new batch shapes, which `jax.jit` would compile at the
     first call while the accelerator waits. `prepare(first, *batch_structs)` compiles the
@@ -474,7 +476,7 @@ class AheadOfTime:
     def key(batch: dict) -> tuple:
         return tuple((k, tuple(v.shape), str(v.dtype)) for k, v in sorted(batch.items()))
 
-    def prepare(self, first, *batches: dict) -> None:
+    def prepare(self, first, *batches: dict, rest: tuple = ()) -> None:
         """Compiles each batch shape not compiled yet, one after the other in one thread."""
         todo = {}
         for batch in batches:
@@ -484,15 +486,15 @@ class AheadOfTime:
         if todo:
             events = {key: threading.Event() for key in todo}
             self.pending.update(events)
-            thread = threading.Thread(target=self._compile, args=(todo, events, first),
+            thread = threading.Thread(target=self._compile, args=(todo, events, first, rest),
                                       daemon=True)
             self.threads.append(thread)
             thread.start()
 
-    def _compile(self, todo: dict, events: dict, first) -> None:
+    def _compile(self, todo: dict, events: dict, first, rest: tuple) -> None:
         for key, batch in todo.items():
             try:
-                self.ready[key] = self.jitted.lower(first, batch).compile()
+                self.ready[key] = self.jitted.lower(first, batch, *rest).compile()
             except Exception as error:  # noqa: BLE001 - the call compiles again and raises
                 logging.warning("compiling ahead of time failed (%s); compiling at first use",
                                 error)
@@ -504,7 +506,7 @@ class AheadOfTime:
         for thread in list(self.threads):
             thread.join()
 
-    def __call__(self, first, batch: dict):
+    def __call__(self, first, batch: dict, *rest):
         key = self.key(batch)
         program = self.ready.get(key)
         if program is None or key in self.pending:
@@ -513,8 +515,8 @@ class AheadOfTime:
                 done.wait()  # returns at once if that shape's compile has finished
             program = self.ready.get(key)
             if program is None:
-                program = self.ready[key] = self.jitted.lower(first, batch).compile()
-        return program(first, batch)
+                program = self.ready[key] = self.jitted.lower(first, batch, *rest).compile()
+        return program(first, batch, *rest)
 
 
 def stage_batch(batch: dict, context_len: int, batch_sharding: NamedSharding) -> dict:

@@ -95,6 +95,7 @@ from rmt_jax.train_state import (
     make_train_step,
     model_graphdef,
     schedule_count,
+    stage_lr_scales,
 )
 
 
@@ -118,6 +119,7 @@ def check_run_config(config: ml_collections.ConfigDict) -> None:
                          f"{config.data.babi_source!r} reads the bAbI files: set "
                          "--config.data.babi_source=generated or --config.curriculum."
                          "story_questions='()'")
+    stage_lr_scales(config)
     try:
         check_recency(config.data.get("question_recency"))
     except ValueError as error:
@@ -173,6 +175,9 @@ class TrainingRun:
         self.pace = Pace(config.train.num_steps)  # the ETA in the log line
         self.last_eval = None  # the newest full evaluation results (real data)
         self.prepared_for = None  # the stage whose successor is being compiled
+        self.lr_scales = stage_lr_scales(config)  # () or a factor per stage
+        self.lr_scale_arrays: dict[int, jax.Array] = {}  # on the devices, by stage
+        self.last_lr_scale = 1.0  # the factor of the newest step (logged)
 
     def _set_up(self, workdir, allow_config_change: Sequence[str]) -> None:
         """Checks everything that can be checked, then writes the workdir's config files."""
@@ -300,7 +305,7 @@ class TrainingRun:
         state_sharding, batch_sharding = self.state_sharding, self.batch_sharding
         self.train_step = AheadOfTime(jax.jit(
             make_train_step(self.graphdef, self.tx, self.config.train.get("microbatches", 1)),
-            in_shardings=(state_sharding, batch_sharding),
+            in_shardings=(state_sharding, batch_sharding, self.replicated),
             out_shardings=(state_sharding, self.replicated), donate_argnums=0))
         self.answer_fn = AheadOfTime(jax.jit(
             make_answer_fn(self.graphdef, self.config.data.max_answer_len,
@@ -358,7 +363,8 @@ class TrainingRun:
         batch = next(self.iterator)
         device_batch = sharding.global_batch({k: batch[k] for k in MODEL_INPUTS},
                                              self.batch_sharding)
-        self.state, metrics = self.train_step(self.state, device_batch)
+        self.state, metrics = self.train_step(self.state, device_batch,
+                                              self.lr_scale_array(self.cstate.stage))
         if self.prepared_for != self.cstate.stage:
             self.prepare_next(self.cstate.stage, batch)
             self.prepared_for = self.cstate.stage
@@ -367,6 +373,16 @@ class TrainingRun:
         self.pending.append((self.step, metrics["loss"]))
         self.window.append(metrics)
         return batch, metrics
+
+    def lr_scale_array(self, stage: int) -> jax.Array:
+        """The stage's factor on the learning rate (optim.stage_lr_scales), a replicated
+        float32 scalar: the step takes it as an argument, so a new factor compiles nothing."""
+        self.last_lr_scale = self.lr_scales[stage] if self.lr_scales else 1.0
+        if stage not in self.lr_scale_arrays:
+            value = np.float32(self.last_lr_scale)
+            self.lr_scale_arrays[stage] = jax.make_array_from_callback(
+                (), self.replicated, lambda _: value)
+        return self.lr_scale_arrays[stage]
 
     def advance_curriculum(self, metrics: dict) -> None:
         """The step-based curriculum (rmt_jax.curriculum.advance): the next stage's data."""
@@ -435,7 +451,8 @@ class TrainingRun:
                  for k, v in jax.device_get(jax.tree.map(lambda *x: x, *self.window)).items()}
         self.scalars = {f"train/{k}": v for k, v in means.items()}
         self.scalars.update({
-            "train/learning_rate": float(self.schedule(schedule_count(self.state) - 1)),
+            "train/learning_rate": float(self.schedule(schedule_count(self.state) - 1))
+                                   * self.last_lr_scale,
             "train/stage": self.cstate.stage,
             "train/segments": self.curriculum.stage(self.cstate.stage).count,
             "train/steps_per_s": len(self.window) / elapsed,
@@ -509,7 +526,9 @@ class TrainingRun:
             shape.context_len]
         structs = [stage_batch(batch, size, self.batch_sharding) for size in sizes]
         self.train_step.prepare(self.abstract_state,
-                                *({k: s[k] for k in MODEL_INPUTS} for s in structs))
+                                *({k: s[k] for k in MODEL_INPUTS} for s in structs),
+                                rest=(jax.ShapeDtypeStruct((), np.float32,
+                                                           sharding=self.replicated),))
         if self.config.train.answer_rows:
             self.answer_fn.prepare(self.abstract_state["params"], structs[0])
 

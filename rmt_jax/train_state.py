@@ -5,7 +5,8 @@ The train state is a plain pytree, updated by a pure jitted function (`make_trai
   {'params': nnx.State, 'opt_state': optax state, 'step': int32 [], 'rng': uint32 key data}
 
 The optimizer is AdamW after global-norm clipping (`make_optimizer`), its learning rate a
-warm-up then cosine, linear or constant decay (`make_schedule`). Weight decay (0.01 in the
+warm-up then cosine, linear or constant decay (`make_schedule`), times a factor per
+curriculum stage (`stage_lr_scales`, given to the step). Weight decay (0.01 in the
 papers) applies to the weight matrices only: not to biases, LayerNorm scales and offsets,
 nor the learned initial memory (`decay_mask`). Dropout keys are fold_in(rng, step).
 `make_answer_fn` (greedy answers) and `make_eval_step` (loss without dropout) score a batch.
@@ -42,6 +43,27 @@ def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
         raise ValueError(f"unknown optim.schedule {o.schedule!r}: expected cosine, linear or "
                          "constant")
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def stage_lr_scales(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+    """`optim.stage_lr_scales`, checked: one factor > 0 on the learning rate per curriculum
+    stage (`curriculum.segments`), or () for 1 in every stage. Raises a ValueError naming
+    the fix."""
+    scales = tuple(config.optim.get("stage_lr_scales", ()) or ())
+    stages = len(config.curriculum.segments)
+    if not scales:
+        return ()
+    try:
+        values = tuple(float(x) for x in scales)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != stages or not all(0 < x < float("inf") for x in values):
+        raise ValueError(
+            f"optim.stage_lr_scales={scales} must hold one factor > 0 for each of the "
+            f"{stages} curriculum stages (curriculum.segments="
+            f"{tuple(config.curriculum.segments)}): set --config.optim.stage_lr_scales="
+            f"'({','.join(['1'] * stages)})' with your factors, or '()' for none")
+    return values
 
 
 def decay_mask(params):
@@ -87,7 +109,9 @@ def split_microbatches(batch: dict, microbatches: int) -> dict:
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     microbatches: int = 1) -> Callable:
-    """(state, batch) -> (state, metrics): one AdamW step on the answer-token loss.
+    """(state, batch[, lr_scale]) -> (state, metrics): one AdamW step on the answer-token
+    loss, at `lr_scale` (a scalar, traced: no recompile when it changes) times the schedule's
+    learning rate (`optim.stage_lr_scales`: a factor per curriculum stage).
 
     microbatches > 1: the batch's gradient is accumulated over that many slices of it in a
     `lax.scan` (activation memory of one slice), each slice weighted by its answer tokens, so
@@ -118,13 +142,17 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         grads = jax.tree.map(lambda g, p: (g / count).astype(p.dtype), total, params)
         return (loss_sum / count, {"accuracy": correct / count}), grads
 
-    def train_step(state: dict, batch: dict):
+    def train_step(state: dict, batch: dict, lr_scale: jax.Array | float | None = None):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         if microbatches > 1:
             (loss, aux), grads = accumulated(state["params"], batch, key)
         else:
             (loss, aux), grads = grad_of(state["params"], batch, key)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        if lr_scale is not None:
+            # AdamW's update (weight decay included) is proportional to the learning rate:
+            # scaling it is the step at lr_scale times the schedule's rate, moments unchanged
+            updates = jax.tree.map(lambda u: u * jnp.asarray(lr_scale, u.dtype), updates)
         params = optax.apply_updates(state["params"], updates)
         metrics = {"loss": loss, "accuracy": aux["accuracy"],
                    "grad_norm": optax.tree.norm(grads)}

@@ -179,15 +179,15 @@ def test_each_stage_is_compiled_before_it_starts(tmp_path, monkeypatch):
     prepared, compiled_at_call = [], []
 
     class Recording(AheadOfTime):
-        def prepare(self, first, *batches):
+        def prepare(self, first, *batches, rest=()):
             prepared.extend(b["context"].shape for b in batches)
-            super().prepare(first, *batches)
+            super().prepare(first, *batches, rest=rest)
 
-        def __call__(self, first, batch):
+        def __call__(self, first, batch, *rest):
             key = self.key(batch)
             if key not in self.ready and key not in self.pending:
                 compiled_at_call.append(batch["context"].shape)
-            return super().__call__(first, batch)
+            return super().__call__(first, batch, *rest)
 
     monkeypatch.setattr(train_lib, "AheadOfTime", Recording)
     config = tiny_config({"train.num_steps": 12, "curriculum.segments": (1, 2, 3),
@@ -216,8 +216,8 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     def make_nan_at_step_5(graphdef, tx, microbatches):
         step_fn = make(graphdef, tx, microbatches)
 
-        def poisoned(state, batch):
-            new_state, metrics = step_fn(state, batch)
+        def poisoned(state, batch, lr_scale=None):
+            new_state, metrics = step_fn(state, batch, lr_scale)
             bad = state["step"] + 1 == 5
             metrics["loss"] = jnp.where(bad, jnp.nan, metrics["loss"])
             new_state["params"] = jax.tree.map(lambda x: jnp.where(bad, jnp.nan, x),
@@ -598,3 +598,60 @@ def test_heldout_curriculum_sigkill_at_random_steps_then_resume_is_bitwise_exact
     final = [param_leaves(checkpointing.restore_for_inference(d)[0])
              for d in (reference, resumed)]
     assert all(np.array_equal(a, b) for a, b in zip(*final, strict=True)), f"kills at {kills}"
+
+
+def test_lr_scale_is_the_step_at_that_factor_times_the_learning_rate():
+    """optim.stage_lr_scales reaches the step as a traced scalar: AdamW's step at factor s
+    and rate r is the step at rate s * r (weight decay included), the moments unchanged."""
+    import optax
+
+    from rmt_jax import input_pipeline
+
+    config = tiny_config({"curriculum.segments": (2,), "optim.weight_decay": 0.1})
+    data = SyntheticData(config, process_index=0, process_count=1)
+    batch = {k: v for k, v in next(data.iterator(0)).items() if k in train_lib.MODEL_INPUTS}
+    model_config = input_pipeline.model_config(config, config.model.vocab_size)
+    graphdef = train_state.model_graphdef(model_config)
+    outs = {}
+    for name, rate, scale in (("scaled", 1e-2, 0.1), ("lower", 1e-3, None),
+                              ("unscaled", 1e-2, None)):
+        tx = train_state.make_optimizer(config, optax.constant_schedule(rate))
+        state = train_state.create_train_state(model_config, tx, seed=0)
+        step = jax.jit(train_state.make_train_step(graphdef, tx))
+        for _ in range(3):  # the moments differ from the update after the first step
+            state, _ = step(state, batch, None if scale is None else jnp.float32(scale))
+        outs[name] = state
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)  # noqa: E731
+    jax.tree.map(close, outs["scaled"]["params"], outs["lower"]["params"])
+    jax.tree.map(close, outs["scaled"]["opt_state"], outs["lower"]["opt_state"])
+    assert not np.allclose(jax.tree.leaves(outs["scaled"]["params"])[0],
+                           jax.tree.leaves(outs["unscaled"]["params"])[0])
+
+
+def test_stage_lr_scales_apply_from_their_stage_on(tmp_path):
+    base = {"train.num_steps": 6, "curriculum.segments": (1, 2), "curriculum.stage_steps": 3,
+            "train.log_every": 1, "eval.every": 0, "train.answer_rows": 0,
+            "optim.schedule": "constant", "optim.warmup_steps": 1}
+    train_lib.train_and_evaluate(tiny_config(base), tmp_path / "plain")
+    scaled_config = tiny_config({**base, "optim.stage_lr_scales": (1.0, 0.25)})
+    train_lib.train_and_evaluate(scaled_config, tmp_path / "scaled")
+    plain, scaled = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "scaled")
+    peak = scaled_config.optim.learning_rate
+    rates = [m["train/learning_rate"] for m in scaled]
+    segments = [m["train/segments"] for m in scaled]
+    assert segments == [1, 1, 2, 2, 2, 2]  # logged after step 3 moved the curriculum on
+    np.testing.assert_allclose(rates[1:], [peak] * 2 + [0.25 * peak] * 3, rtol=1e-6)
+    losses = lambda ms: [m["train/loss"] for m in ms]  # noqa: E731
+    # the same run to the stage change (step 4 runs at the new factor), another after it
+    np.testing.assert_allclose(losses(scaled)[:4], losses(plain)[:4], rtol=1e-6)
+    assert not np.allclose(losses(scaled)[4:], losses(plain)[4:], rtol=1e-6)
+
+
+@pytest.mark.parametrize("scales", [(1.0,), (1.0, 0.0), (1.0, -1.0), ("a", 1.0),
+                                    (1.0, float("inf"))])
+def test_stage_lr_scales_that_do_not_fit_the_curriculum_are_an_error(tmp_path, scales):
+    config = tiny_config({"curriculum.segments": (1, 2), "optim.stage_lr_scales": scales})
+    with pytest.raises(ValueError, match=r"optim.stage_lr_scales=.*2 curriculum stages.*"
+                                         r"--config.optim.stage_lr_scales='\(1,1\)'"):
+        train_lib.train_and_evaluate(config, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
