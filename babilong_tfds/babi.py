@@ -147,10 +147,14 @@ def file_name(task: str, split: str) -> str:
 
 
 def _variant_rank(path: str) -> int:
+    """The rank of the first PREFERRED_VARIANTS entry naming a folder of `path`: the folder
+    itself (`en-10k`) or a copy of one task's files (`v1.2-en-10k-qa1`); unknown last."""
     parts = Path(path).parts
     for rank, variant in enumerate(PREFERRED_VARIANTS):
-        if variant in parts:
-            return rank
+        for part in parts:
+            task = part.removeprefix(f"{variant}-qa")
+            if part == variant or (task != part and task.isdigit()):
+                return rank
     return len(PREFERRED_VARIANTS)
 
 

@@ -26,6 +26,22 @@ def test_prefers_en10k_from_archive(babi_root, task):
     assert "en-10k" in samples[0].origin and len(samples) == 1000
 
 
+def test_a_folder_of_one_tasks_en10k_files_is_preferred_to_v11(tmp_path):
+    """A copy of one task's v1.2 files named after the variant and the task (as
+    ../shared/data/babi/v1.2-en-10k-qa1) ranks as the variant, above v1.1; a folder whose
+    name only starts like a variant does not."""
+    name = babi.file_name("qa1", "test")
+    for folder, fact in (("v1.1/en", "Mary moved to the bathroom."),
+                         ("v1.2-en-10k-qa1", "John went to the hallway."),
+                         ("en-valid-10k", "Sandra journeyed to the garden.")):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / name).write_text(f"1 {fact}\n2 Where is X?\tplace\t1\n")
+    assert [str(f.path.parent.relative_to(tmp_path)) for f in
+            babi.find_babi_files(tmp_path, "qa1", "test")] == [
+        "v1.2-en-10k-qa1", "v1.1/en", "en-valid-10k"]
+    assert babi.load_babi("qa1", "test", tmp_path)[0].facts == ("John went to the hallway.",)
+
+
 def test_supporting_facts_name_the_answer_for_qa1(babi_root):
     for s in babi.load_babi("qa1", "test", babi_root):
         fact = s.facts[s.supporting[0]]
