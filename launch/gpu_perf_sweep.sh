@@ -9,13 +9,14 @@
 # The profiled runs add `profile` to their record: the device's busy fraction over one call
 # and its costliest kernels (launch/trace_summary.py). jax.profiler turns command buffers
 # off while it traces, so a profile shows the run without CUDA graphs. The baseline of
-# inference at batch 1 leaves its optimized HLO in OUT_DIR/hlo_infer_b1.
+# inference at batch 1 leaves its optimized HLO in OUT_DIR/hlo_infer_b1.tar.gz.
 #
 # Usage: launch/gpu_perf_sweep.sh OUT_DIR
 # Env: SWEEP_SECONDS (360): runs not started by then are skipped; PRESET (gpt2_small);
 #      SMOKE=1 runs every variant on a CPU with the tiny preset in about a minute.
-# Writes OUT_DIR/perf_sweep.json (one record per run, `tag` names the variant) and
-# OUT_DIR/perf_sweep.txt (the log, ending with the table).
+# Writes OUT_DIR/perf_sweep.json (one record per run, `tag` names the variant),
+# OUT_DIR/perf_sweep.txt (the log, ending with the table) and hlo_infer_b1.tar.gz: three
+# files, within the 8 that the device tool returns from $OUT.
 set -uo pipefail
 
 if [[ $# -ne 1 ]]; then
@@ -64,9 +65,11 @@ b1=(--mode=infer --batch=1 --segments=64 --param_dtype=bf16)
 # The baseline also dumps its optimized HLO (the kernels of one segment: the while body).
 run infer_b1 "--xla_dump_to=$WORK/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=infer" \
   "${b1[@]}" --profile_dir="$WORK/prof_infer_b1"
-mkdir -p "$OUT/hlo_infer_b1"
-find "$WORK/hlo" -name '*infer*after_optimizations.txt' -exec cp {} "$OUT/hlo_infer_b1/" \; \
+# one archive, not a folder of files: the device returns at most 8 files from $OUT
+mkdir -p "$WORK/hlo_infer_b1"
+find "$WORK/hlo" -name '*infer*after_optimizations.txt' -exec cp {} "$WORK/hlo_infer_b1/" \; \
   2>/dev/null
+tar -C "$WORK" -czf "$OUT/hlo_infer_b1.tar.gz" hlo_infer_b1
 run infer_b1_unroll4 "" "${b1[@]}" --scan_unroll=4
 run infer_b1_cmdbuf "$CMDBUF" "${b1[@]}"
 run infer_b1_unroll8 "" "${b1[@]}" --scan_unroll=8
