@@ -59,14 +59,7 @@ work, out = Path(sys.argv[1]), Path(sys.argv[2])
 parts = [json.loads(p.read_text()) for p in (work / "eval_short" / "results.json",
                                              work / "eval_long" / "results.json") if p.exists()]
 if parts:
-    merged = parts[0]
-    for extra in parts[1:]:
-        for key in ("results", "examples"):
-            for task, cells in extra[key].items():
-                merged[key].setdefault(task, {}).update(cells)
-        merged["meta"]["lengths"] += extra["meta"]["lengths"]
-        for task, seconds in extra["meta"].get("seconds", {}).items():
-            merged["meta"]["seconds"].setdefault(task, {}).update(seconds)
+    merged = evaluate_lib.merge_results(parts)
     evaluate_lib.write_results(merged, out, title="RMT (small) on qa1 after the GPU run")
     print("results of", merged["meta"]["lengths"])
 EOF

@@ -40,6 +40,7 @@ continues it, taking over the finished cells of a partial file made by the same 
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
@@ -496,6 +497,24 @@ def comparison_grid(runs: dict[str, dict], task: str, lengths: Sequence[str],
         rows.append([float(cells[n]) if n in cells else np.nan for n in lengths])
         names.append(name)
     return np.asarray(rows, np.float64), names
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """One results dict of several evaluations of one model (e.g. 0k..128k, then 1M): their
+    cells, examples, lengths, seconds and samples per length, in the order given."""
+    merged = copy.deepcopy(parts[0])
+    meta = merged["meta"]
+    meta["num_samples_by_length"] = {k: meta["num_samples"] for k in meta["lengths"]}
+    for extra in parts[1:]:
+        for key in ("results", "examples"):
+            for task, cells in extra[key].items():
+                merged[key].setdefault(task, {}).update(cells)
+        meta["lengths"] = meta["lengths"] + extra["meta"]["lengths"]
+        meta["num_samples_by_length"].update(
+            {k: extra["meta"]["num_samples"] for k in extra["meta"]["lengths"]})
+        for task, seconds in extra["meta"].get("seconds", {}).items():
+            meta.setdefault("seconds", {}).setdefault(task, {}).update(seconds)
+    return merged
 
 
 def write_results(results: dict, out_dir: str | os.PathLike, *,
