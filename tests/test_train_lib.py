@@ -655,3 +655,25 @@ def test_stage_lr_scales_that_do_not_fit_the_curriculum_are_an_error(tmp_path, s
                                          r"--config.optim.stage_lr_scales='\(1,1\)'"):
         train_lib.train_and_evaluate(config, tmp_path / "w")
     assert not (tmp_path / "w").exists()
+
+
+def test_host_waits_for_the_oldest_dispatched_step():
+    # the loop reads no metric between logs; without a bound the host queues steps as fast
+    # as it makes batches, and a SIGTERM then waits for all of them before the checkpoint
+    waited = []
+
+    class Loss:
+        def __init__(self, step):
+            self.step = step
+
+        def block_until_ready(self):
+            waited.append(self.step)
+            return self
+
+    run = object.__new__(train_lib.TrainingRun)
+    run.in_flight = []
+    for step in range(6):
+        run.wait_for_device(Loss(step))
+        assert len(run.in_flight) <= train_lib.MAX_STEPS_AHEAD
+    assert waited == list(range(6 - train_lib.MAX_STEPS_AHEAD))
+    assert [loss.step for loss in run.in_flight] == [4, 5]
