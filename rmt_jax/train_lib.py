@@ -384,8 +384,7 @@ class TrainingRun:
         bound, steps whose metrics nothing reads (no accuracy-based stage end, between logs)
         queue up as fast as batches are made, and a SIGTERM waited for all of them before
         the checkpoint (27 queued 4k-token steps on the CPU: 4 minutes, past a preemption's
-        usual grace). The step dispatched next still overlaps the
-        one running."""
+        usual grace). The step dispatched next still overlaps the one running."""
         self.in_flight.append(loss)
         if len(self.in_flight) > MAX_STEPS_AHEAD:
             self.in_flight.pop(0).block_until_ready()
