@@ -305,10 +305,11 @@ def test_retrieval_reads_only_valid_states(variant):
                                    rtol=1e-6, atol=1e-6)
 
 
-def test_remat_policy_keeps_gradients():
+@pytest.mark.parametrize("policy", ["dots_saveable", "dots_with_no_batch_dims_saveable",
+                                    "full"])
+def test_remat_policy_keeps_gradients(policy):
     context = random_tokens((1, 3 * SEG), seed=9)
     _, g_ref = value_and_grad(objective(scan_segments, context), make_model())
-    _, g_remat = value_and_grad(
-        objective(scan_segments, context), make_model(remat_policy="dots_saveable")
-    )
+    _, g_remat = value_and_grad(objective(scan_segments, context),
+                                make_model(remat_policy=policy))
     assert rel_err(g_remat, g_ref) <= 1e-5
