@@ -99,7 +99,7 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, dtype) -> jax.Ar
     g = dy · scale, dx = (g - mean(g) - x̂ · mean(g · x̂)) / σ, dscale = Σ dy · x̂, dbias = Σ dy.
     Differentiated by JAX instead, it kept more arrays per call, and in a scan's backward XLA's
     CPU backend fused the chain of them across layers into slow transposing loops: the
-    written-out pass makes the training step 6-14% faster there
+    written-out pass makes a CPU training step 5-30% faster, depending on the shape
     (results/benchmark_rmt_cpu.md)."""
     return _layer_norm_fwd(x, scale, bias, dtype)[0]
 
