@@ -19,8 +19,8 @@ serves; see rmt_jax.files):
 Resuming checks the run's config against the workdir's first (`check_config_change`): a
 changed field stops the run with an error naming it, before anything is written. Fields in
 `RUN_CADENCE` (logging, evaluation and checkpoint cadence, the mesh, the gradient's
-microbatches) may change freely; others only when named in `allow`; `PARAM_FIELDS`
-(parameter shapes and dtypes) never.
+microbatches, the scan's recomputation and unrolling) may change freely; others only when
+named in `allow`; `PARAM_FIELDS` (parameter shapes and dtypes) never.
 The config files are written once the checks have passed (`write_configs`).
 
 Orbax writes each step to a temporary folder and renames it when complete, so a process
@@ -60,11 +60,12 @@ CORRUPT_DIR = "checkpoints_corrupt"
 PARAM_FIELDS = ("layers", "d_model", "heads", "vocab_size", "mem_tokens", "max_positions",
                 "memory", "d_mem", "retrieval_variant", "param_dtype", "positions",
                 "write_positions")
-# Config fields (or sections) that steer how often the run logs, evaluates and saves, or
-# how it is laid out on devices, but not what it computes: free to change on resume.
+# Config fields (or sections) that steer how often the run logs, evaluates and saves, how
+# it is laid out on devices, or what the backward pass keeps and recomputes, but not what it
+# computes: free to change on resume.
 RUN_CADENCE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                "train.async_checkpoint", "train.answer_rows", "train.microbatches", "eval",
-               "mesh")
+               "mesh", "model.remat_policy", "model.scan_unroll")
 
 
 class _Absent:

@@ -99,9 +99,12 @@ def test_an_allowed_change_resumes_and_is_recorded(trained, tmp_path, caplog):
     assert "resumed from step 3" in caplog.text and out["step"] == 5
     saved, _ = checkpointing.read_configs(workdir)
     assert saved.train.num_steps == 5 and saved.optim.learning_rate == 1e-3
-    # the run's cadence (logging, checkpoints, evaluation) may change without the flag
+    # the run's cadence (logging, checkpoints, evaluation) and what the backward pass
+    # recomputes may change without the flag
     config = tiny_config({**RUN, "train.num_steps": 5, "optim.learning_rate": 1e-3,
-                          "train.log_every": 1, "train.checkpoint_every": 2})
+                          "train.log_every": 1, "train.checkpoint_every": 2,
+                          "model.remat_policy": "dots_with_no_batch_dims_saveable",
+                          "model.scan_unroll": 2})
     assert train_lib.train_and_evaluate(config, workdir)["step"] == 5
 
 
@@ -165,7 +168,10 @@ def test_the_committed_qa1_cpu_workdir_takes_its_readme_resume_command():
     config.train.num_steps = 40_000
     train_lib.check_run_config(config)
     model_config = input_pipeline.model_config(config, 8192)  # the shipped sentencepiece's
-    assert checkpointing.check_config_change(workdir, config, model_config, allow=()) == {}
+    changes = checkpointing.check_config_change(workdir, config, model_config, allow=())
+    # the one change, free on a resume: what the backward pass recomputes (the config's
+    # remat_policy since 2026-12-05)
+    assert changes == {"model.remat_policy": ("none", "dots_with_no_batch_dims_saveable")}
 
 
 def test_only_a_checkpoint_that_fails_to_read_is_set_aside_each_under_its_own_name(
