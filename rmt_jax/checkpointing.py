@@ -18,7 +18,7 @@ serves; see rmt_jax.files):
 
 Resuming checks the run's config against the workdir's first (`check_config_change`): a
 changed field stops the run with an error naming it, before anything is written. Fields in
-`RUN_CADENCE` (logging, evaluation and checkpoint cadence, the mesh, the gradient's
+`FREE_ON_RESUME` (logging, evaluation and checkpoint cadence, the mesh, the gradient's
 microbatches, the scan's recomputation and unrolling) may change freely; others only when
 named in `allow`; `PARAM_FIELDS` (parameter shapes and dtypes) never.
 The config files are written once the checks have passed (`write_configs`).
@@ -63,9 +63,9 @@ PARAM_FIELDS = ("layers", "d_model", "heads", "vocab_size", "mem_tokens", "max_p
 # Config fields (or sections) that steer how often the run logs, evaluates and saves, how
 # it is laid out on devices, or what the backward pass keeps and recomputes, but not what it
 # computes: free to change on resume.
-RUN_CADENCE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-               "train.async_checkpoint", "train.answer_rows", "train.microbatches", "eval",
-               "mesh", "model.remat_policy", "model.scan_unroll")
+FREE_ON_RESUME = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                  "train.async_checkpoint", "train.answer_rows", "train.microbatches", "eval",
+                  "mesh", "model.remat_policy", "model.scan_unroll")
 
 
 class _Absent:
@@ -202,7 +202,7 @@ def check_config_change(workdir: str | os.PathLike, config: ml_collections.Confi
                         model_config: ModelConfig, allow: Sequence[str] = ()
                         ) -> dict[str, tuple[Any, Any]]:
     """Compares the run's config with the workdir's before a resume; returns the changes
-    that are allowed (to log). Changes to `RUN_CADENCE` fields are always allowed; other
+    that are allowed (to log). Changes to `FREE_ON_RESUME` fields are always allowed; other
     fields when they or their section are named in `allow`; a change of the parameter
     shapes (`PARAM_FIELDS`) never, while the workdir holds checkpoints.
 
@@ -236,7 +236,7 @@ def check_config_change(workdir: str | os.PathLike, config: ml_collections.Confi
               if k.startswith("model.") and k.removeprefix("model.") in PARAM_FIELDS}
     # A config.json field whose resolved model field did not change is an ordinary change.
     refused = {k: v for k, v in changes.items()
-               if not _covers(RUN_CADENCE, k) and not _covers(allow, k)}
+               if not _covers(FREE_ON_RESUME, k) and not _covers(allow, k)}
     refused.update(shapes)
     if not refused:
         return changes
