@@ -3,7 +3,7 @@ of facts before the question, on the original qa1 test stories (the official rec
 answers as `launch.evaluate` decodes them).
 
     python results/qa1_cpu/errors_by_name.py --workdir=results/qa1_cpu/model --length=0k \
-        --num_samples=500 --out=results/qa1_cpu/errors_by_name/shipped_0k.json
+        --num_samples=500 --out=results/qa1_cpu/lookup_probes/shipped_0k.json
 
 Prints one table per breakdown and, for a wrong answer, whose location it gave (the asked
 person's own earlier room, another person's latest room, or neither), and writes the counts
@@ -24,7 +24,7 @@ from rmt_jax.checkpointing import parse_step
 
 _WORKDIR = flags.DEFINE_string("workdir", "results/qa1_cpu/model", "checkpoint or export")
 _STEP = flags.DEFINE_string("step", "best", "'best', 'latest' or a step")
-_LENGTH = flags.DEFINE_string("length", "0k", "BABILong length, e.g. 0k, 1k, 4k")
+_LENGTH = flags.DEFINE_string("length", "0k", "BABILong length, 0k to 128k (no streaming here)")
 _NUM = flags.DEFINE_integer("num_samples", 500, "test questions (the file holds 1,000)")
 _BATCH = flags.DEFINE_integer("batch_size", 50, "rows per forward pass")
 _OUT = flags.DEFINE_string("out", None, "JSON file for the counts (optional)")
@@ -37,7 +37,7 @@ def text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def latest_rooms(facts: list[str]) -> dict[str, list[str]]:
+def rooms_by_person(facts: list[str]) -> dict[str, list[str]]:
     """person -> the rooms of their moves, in story order."""
     rooms = collections.defaultdict(list)
     for fact in facts:
@@ -86,7 +86,7 @@ def main(argv):
         by_facts[len(facts)][0] += right
         by_facts[len(facts)][1] += 1
         if not right:
-            rooms = latest_rooms(facts)
+            rooms = rooms_by_person(facts)
             kind = kind_of_error(person, output, rooms)
             errors[kind] += 1
             if kind == "another person's latest room":
