@@ -19,6 +19,7 @@ import re
 import numpy as np
 from absl import app, flags
 
+from babilong_tfds.babi_generator.vocab import HOUSE_ACTORS
 from rmt_jax import checkpointing, evaluate_lib, input_pipeline
 from rmt_jax.checkpointing import parse_step
 
@@ -29,8 +30,8 @@ _NUM = flags.DEFINE_integer("num_samples", 500, "test questions (the file holds 
 _BATCH = flags.DEFINE_integer("batch_size", 50, "rows per forward pass")
 _OUT = flags.DEFINE_string("out", None, "JSON file for the counts (optional)")
 
-NAMES = ("Daniel", "John", "Mary", "Sandra")
-MOVE = re.compile(r"\b(Mary|John|Sandra|Daniel) (?:\w+ )+?the (\w+)\.")
+NAMES = tuple(sorted(HOUSE_ACTORS))  # qa1's four people
+MOVE = re.compile(rf"\b({'|'.join(NAMES)}) (?:\w+ )+?the (\w+)\.")
 
 
 def text(value) -> str:
