@@ -342,7 +342,8 @@ class BabilongSource:
     many tokens are drawn (what bounds a bare story, at length 0, to a training segment).
     With `length_group` g > 1 the length is drawn once for records g*j .. g*j + g - 1 (a
     global training batch of g rows: every row the same length); the rest of a record is
-    drawn as with g = 1.
+    drawn as with g = 1. `length_weights` (one per length, summing to 1) draws the lengths at
+    those shares instead of uniformly.
     """
 
     def __init__(
@@ -362,6 +363,7 @@ class BabilongSource:
         question_recency: float | None = None,
         story_questions: int = 0,
         length_group: int = 1,
+        length_weights: Sequence[float] | None = None,
     ):
         if not tasks or not lengths:
             raise ValueError("BabilongSource needs at least one task and one length")
@@ -395,6 +397,21 @@ class BabilongSource:
             raise ValueError(f"length_group={length_group!r} must be an integer >= 1 (records "
                              "that share one drawn length)")
         self.length_group = int(length_group)
+        self.length_cdf = None  # None: every length equally likely
+        if length_weights is not None:
+            weights = np.asarray(length_weights, np.float64)
+            if weights.shape != (len(self.lengths),) or (weights < 0).any() \
+                    or not np.isclose(weights.sum(), 1.0):
+                raise ValueError(f"length_weights={list(length_weights)}: expected one share "
+                                 f">= 0 per length ({len(self.lengths)}), summing to 1")
+            self.length_cdf = np.cumsum(weights)
+
+    def _length(self, rng: np.random.Generator) -> str | int:
+        """One length drawn from `rng` (uniformly, or at `length_weights`)."""
+        if self.length_cdf is None:
+            return self.lengths[int(rng.integers(len(self.lengths)))]
+        at = int(np.searchsorted(self.length_cdf, rng.random(), side="right"))
+        return self.lengths[min(at, len(self.lengths) - 1)]
 
     @functools.cached_property
     def _pools(self) -> dict[str, StoryPool]:
@@ -421,10 +438,9 @@ class BabilongSource:
             raise IndexError(f"index {index} out of range [0, {self.num_records})")
         rng = record_rng(self.seed, 0xBAB1, index)
         task = self.tasks[int(rng.integers(len(self.tasks)))]
-        length = self.lengths[int(rng.integers(len(self.lengths)))]
+        length = self._length(rng)
         if self.length_group > 1:  # one draw per group; `rng` went on as with g = 1
-            group = record_rng(self.seed, 0x1E76, index // self.length_group)
-            length = self.lengths[int(group.integers(len(self.lengths)))]
+            length = self._length(record_rng(self.seed, 0x1E76, index // self.length_group))
         pool = self._pools[task]
         if pool.samples is not None:
             eligible = pool.eligible(self.composer, length, self.max_tokens)

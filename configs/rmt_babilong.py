@@ -131,6 +131,8 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.model.init_std = 0.02
     # GPT-2's output projections at init_std / sqrt(2 layers); False: at init_std
     config.model.scaled_residual_init = True
+    # the LM head is the token embedding (GPT-2's tie); False: a [vocab, d] head of its own
+    config.model.tied_head = True
     # Weights to start from: a Hugging Face GPT-2 checkpoint for the backbone (folder or hub
     # name, rmt_jax.pretrained), or one of our models (a training workdir or an exported
     # model, any memory: rmt_jax.warm_start); checked at every start, loaded on a fresh one
@@ -189,6 +191,9 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     # asks one every two statements: 1 gives two-fact stories, the name lookup without the
     # recency); 0 for the tasks' own lengths; () for none (rmt_jax.curriculum)
     config.curriculum.story_questions = ()
+    # share of the batches of every stage of whole segments drawn as bare stories (0k, one
+    # segment): the plain lookup kept in training past the bare stages (0: off)
+    config.curriculum.bare_share = 0.0
     # 'in_context': a stage of k segments is k segments in all, the question and answer slots
     # (max_question_len + max_answer_len tokens) ending the last, as the official code counts
     # them; False: k segments of context, then the question and answer in one more

@@ -35,6 +35,11 @@ official code's flag of that name draws a sample at the stage's longest length w
 probability r and otherwise uniformly among all the stage's lengths (its comment says "prob
 for shorter samples"); here the share is the shorter rows', exact in every batch, and
 `mix_shorter` (the official `vary_n_segments`) is the way to draw all lengths uniformly.
+`bare_share` s > 0 draws bare stories (0k, in one segment) as a share s of the batches of
+every stage of whole segments (of the samples, without `same_length_batches`), the stage's
+own sizes sharing the rest equally: the plain lookup stays in training once book text and
+memory come in, and every story drawn then has facts that fit one segment. The running
+accuracy counts those easier batches too, so such a stage reaches `advance_accuracy` sooner.
 `same_length_batches` draws that count once per global batch instead of once per sample,
 and the batch is only as wide as its count: the same lengths in expectation, at about half
 the compute of a stage of many segments (a batch padded to the stage's longest length runs
@@ -73,6 +78,16 @@ class Stage:
     story_questions: int = 0         # simulated stories end after this many questions (0: own)
     # one context size per global batch, the batch padded to it (same_length_batches)
     size_per_batch: bool = False
+    size_weights: tuple[float, ...] = ()  # share of each of context_sizes (): equal shares
+    story_tokens: int = 0            # most tokens of a drawn story's facts
+    bare_len: int = 0                # tokens a bare story is padded to: one segment's context
+
+    def padded_len(self, size: int) -> int:
+        """Tokens a context of `size` drawn in this stage is padded to: the stage's longest,
+        or with `size_per_batch` its own size (a bare story: one segment)."""
+        if not self.size_per_batch:
+            return self.context_len
+        return size or self.bare_len
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +113,8 @@ class Curriculum:
     # per stage: simulated stories end after at most this many questions (qa1 asks one every
     # two statements, so 1 gives two-fact stories); 0 or () for the tasks' own lengths
     story_questions: tuple[int, ...] = ()
+    # share of the batches of every stage of whole segments that are bare stories (0: none)
+    bare_share: float = 0.0
 
     def __post_init__(self):
         if not self.segments or any(s < 0 or (s > 1 and s != int(s))
@@ -148,6 +165,9 @@ class Curriculum:
                              "curriculum.mix_shorter=True already draws every sample's "
                              "segment count from 1..the stage's: set "
                              "--config.curriculum.mix_shorter=False with it")
+        if not 0.0 <= self.bare_share < 1.0:
+            raise ValueError(f"curriculum.bare_share={self.bare_share} must lie in [0, 1) "
+                             "(the share of a stage's batches that are bare stories)")
         if self.same_length_batches and not self.mix_shorter:
             raise ValueError("curriculum.same_length_batches=True draws one segment count per "
                              "batch from 1..the stage's, which needs "
@@ -175,7 +195,9 @@ class Curriculum:
                    max_stage_steps=int(c.get("max_stage_steps", 0)),
                    mixed_length_ratio=float(c.get("mixed_length_ratio", 0.0)),
                    reserved=reserved_tokens(config),
-                   story_questions=tuple(c.get("story_questions", ())))
+                   story_questions=tuple(c.get("story_questions", ())),
+                   # configs saved before the option: no bare stories past the bare stages
+                   bare_share=float(c.get("bare_share", 0.0)))
 
     @property
     def num_stages(self) -> int:
@@ -195,6 +217,12 @@ class Curriculum:
                              "Curriculum.from_config(config)")
         count = self.segments[index]
         padded, sizes = stage_context(count, self.segment_len, self.mix_shorter, self.reserved)
+        weights = ()
+        if self.bare_share > 0 and count >= 1:  # bare stories as a share of the stage
+            weights = (self.bare_share,) + ((1 - self.bare_share) / len(sizes),) * len(sizes)
+            sizes = [0, *sizes]
+        bare_len = self.segment_len - self.reserved
+        context_len = padded * self.segment_len - self.reserved
         shorter, rows = (), 0
         if self.mixed_length_ratio > 0 and index > 0:
             shorter = tuple(sorted({max(stage_context(s, self.segment_len, False,
@@ -202,11 +230,16 @@ class Curriculum:
                                     for s in self.segments[:index]} - set(sizes)))
             rows = round(self.mixed_length_ratio * self.batch_size) if shorter else 0
         return Stage(index=index, count=count, segments=padded, context_sizes=tuple(sizes),
-                     context_len=padded * self.segment_len - self.reserved,
+                     context_len=context_len,
                      shorter_sizes=shorter, shorter_rows=rows,
                      story_questions=(self.story_questions[index] if self.story_questions
                                       else 0),
-                     size_per_batch=self.same_length_batches and len(sizes) > 1)
+                     size_per_batch=self.same_length_batches and len(sizes) > 1,
+                     size_weights=weights,
+                     # a bare story must fit one segment (at every size then: the same story
+                     # pool for all of them)
+                     story_tokens=bare_len if 0 in sizes else context_len,
+                     bare_len=bare_len)
 
     def needs_accuracy(self, state: CurriculumState) -> bool:
         """Whether `advance` reads the step's accuracy (fetching it costs a device sync)."""

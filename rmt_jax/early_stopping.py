@@ -71,7 +71,7 @@ class Heldout:
             split="test", babi_source="generated", num_records=self.curriculum.heldout_samples,
             synonyms=self.config.data.get("babi_synonyms", True),
             story_questions=self.curriculum.stage(stage).story_questions,
-            max_tokens=self.curriculum.stage(stage).context_len)
+            max_tokens=self.curriculum.stage(stage).story_tokens)
 
     def _record(self, source: BabilongSource, stage: int, index: int) -> dict:
         try:

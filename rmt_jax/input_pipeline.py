@@ -98,6 +98,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelCon
         attention_impl=m.attention_impl or None,
         attention_chunk=m.get("attention_chunk", 0),  # configs saved before it: 0
         answer_mode=m.get("answer_mode", "separate"),  # configs saved before it: 'separate'
+        tied_head=m.get("tied_head", True),  # configs saved before it: the tied head
         positions=m.get("positions", "learned"),  # configs saved before it: learned
         write_positions=m.get("write_positions", "follow"),  # configs saved before it
         init_std=m.get("init_std", 0.02),  # configs saved before it: GPT-2's 0.02
@@ -227,14 +228,15 @@ class TrainData:
     def source(self, stage: int) -> BabilongSource | MixedLengths:
         """The stage's record stream; with `curriculum.mixed_length_ratio`, the first
         `Stage.shorter_rows` rows of every global batch at the earlier stages' lengths."""
-        own = self._source(stage, self.stage_lengths(stage))
         shape = self.curriculum.stage(stage)
+        own = self._source(stage, self.stage_lengths(stage), shape.size_weights or None)
         if not shape.shorter_rows:
             return own
         return MixedLengths(own, self._source(stage, list(shape.shorter_sizes)),
                             rows=shape.shorter_rows, batch=self.config.train.batch_size)
 
-    def _source(self, stage: int, lengths: list[int]) -> BabilongSource:
+    def _source(self, stage: int, lengths: list[int],
+                weights: tuple[float, ...] | None = None) -> BabilongSource:
         data = self.config.data
         shape = self.curriculum.stage(stage)
         return BabilongSource(
@@ -250,10 +252,11 @@ class TrainData:
             synonyms=data.get("babi_synonyms", True),
             question_recency=data.get("question_recency"),
             story_questions=shape.story_questions,
-            # a bare story (size 0) must fit the stage's context too
-            max_tokens=shape.context_len,
+            # a bare story (size 0) must fit its one segment (or the stage's context)
+            max_tokens=shape.story_tokens,
             # same_length_batches: one size per global batch (records j*batch .. of batch j)
             length_group=self.config.train.batch_size if shape.size_per_batch else 1,
+            length_weights=weights,  # curriculum.bare_share: bare stories at their share
         )
 
     def dataset(self, stage: int) -> grain.IterDataset:
@@ -262,9 +265,9 @@ class TrainData:
         config = self.config
 
         def encode(record: dict) -> dict:
-            # same_length_batches: padded to its batch's drawn size (the record's length),
-            # else to the stage's longest
-            size = int(record["length"]) if shape.size_per_batch else shape.context_len
+            # same_length_batches: padded to its batch's drawn size (the record's length; a
+            # bare story to one segment), else to the stage's longest
+            size = shape.padded_len(int(record["length"]))
             return encode_example(record, tokenizer, config, context_len=size)
 
         ds = grain.MapDataset.source(self.source(stage))

@@ -274,12 +274,16 @@ def _read_tensors(ckpt: Gpt2Checkpoint) -> dict[str, np.ndarray]:
 def gpt2_arrays(ckpt: Gpt2Checkpoint, cfg: ModelConfig) -> dict[tuple, np.ndarray]:
     """Our parameter paths (as in `nnx.to_pure_dict`) -> arrays in our layout, float32."""
     t = {k: np.asarray(v, np.float32) for k, v in _read_tensors(ckpt).items()}
-    if "lm_head.weight" in t and not np.array_equal(t["lm_head.weight"], t["wte.weight"]):
+    if cfg.tied_head and "lm_head.weight" in t and \
+            not np.array_equal(t["lm_head.weight"], t["wte.weight"]):
         raise ValueError(f"init_from={ckpt.source!r}: lm_head.weight differs from wte.weight, "
-                         "but our LM head is tied to the token embedding")
+                         "but model.tied_head=True ties the LM head to the token embedding: "
+                         "set --config.model.tied_head=False")
     d, h, hd = cfg.d_model, cfg.heads, cfg.head_dim
     out = {("wte",): t["wte.weight"], ("wpe",): t["wpe.weight"][: cfg.max_positions],
            ("ln_f", "scale"): t["ln_f.weight"], ("ln_f", "bias"): t["ln_f.bias"]}
+    if not cfg.tied_head:  # our own head, starting as GPT-2's (its lm_head is its wte)
+        out[("lm_head",)] = t.get("lm_head.weight", t["wte.weight"]).copy()
     for i in range(cfg.layers):
         g = lambda name, i=i: t[f"h.{i}.{name}"]  # noqa: E731
         out.update({

@@ -25,6 +25,7 @@ MODEL_AXIS_RULES: dict[tuple[str, ...], tuple[str | None, ...]] = {
     ("mlp", "fc_bias"): ("model",),                  # [4d]
     ("mlp", "proj"): ("model", None),                # [4d, d]
     ("wte",): ("model", None),                       # [vocab, d]
+    ("lm_head",): ("model", None),                   # [vocab, d] (tied_head=False)
 }
 
 

@@ -122,6 +122,11 @@ def check_run_config(config: ml_collections.ConfigDict) -> None:
                          f"{config.data.babi_source!r} reads the bAbI files: set "
                          "--config.data.babi_source=generated or --config.curriculum."
                          "story_questions='()'")
+    if config.curriculum.get("bare_share", 0.0) > 0 and config.data.synthetic:
+        raise ValueError(f"curriculum.bare_share={config.curriculum.bare_share} mixes bare "
+                         "BABILong stories into the stages, but data.synthetic=True has no "
+                         "stories: set --config.curriculum.bare_share=0 or "
+                         "--config.data.synthetic=False")
     stage_lr_scales(config)
     try:
         check_recency(config.data.get("question_recency"))
@@ -537,8 +542,7 @@ class TrainingRun:
             return
         shape = self.curriculum.stage(stage + 1)
         # with same_length_batches, every width of the stage, the longest first
-        sizes = sorted(shape.context_sizes, reverse=True) if shape.size_per_batch else [
-            shape.context_len]
+        sizes = sorted({shape.padded_len(size) for size in shape.context_sizes}, reverse=True)
         structs = [stage_batch(batch, size, self.batch_sharding) for size in sizes]
         self.train_step.prepare(self.abstract_state,
                                 *({k: s[k] for k in MODEL_INPUTS} for s in structs),

@@ -117,6 +117,9 @@ def open_checked(init_from: str, cfg: ModelConfig,
         partial = tuple(k for k in ROWS if k in src_shapes and k in run_shapes
                         and src_shapes[k] != run_shapes[k])
         fresh = tuple(sorted(run_shapes.keys() - src_shapes.keys(), key=_name))
+        if ("lm_head",) in fresh:  # an untied head starts as the checkpoint's tied one: wte
+            fresh = tuple(k for k in fresh if k != ("lm_head",))
+            copied = (*copied, ("lm_head",))
         dropped = tuple(sorted(src_shapes.keys() - run_shapes.keys(), key=_name))
     if problems:
         raise ValueError(f"{where} (model_config.json: memory={src.memory!r}) does not fit "
@@ -130,6 +133,8 @@ def load_params(ckpt: RmtCheckpoint, params: nnx.State, cfg: ModelConfig) -> nnx
     source = {_key(p): np.asarray(x, np.float32) for p, x in
               jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]}
     del model
+    if ("lm_head",) not in source:  # the checkpoint's head is its token embedding
+        source[("lm_head",)] = source[("wte",)]
 
     def replace(path, leaf):
         key = _key(path)

@@ -227,3 +227,29 @@ def test_story_questions_are_one_per_stage_and_checked():
     for bad in ((1,), (1, -1), (1, True), (1, 0.5)):
         with pytest.raises(ValueError, match=r"story_questions=.*one integer >= 0 per stage"):
             Curriculum(segments=(0, 1), stage_steps=5, story_questions=bad)
+
+
+def test_bare_share_adds_bare_stories_to_the_stages_of_whole_segments():
+    c = Curriculum(segments=(0, 0.5, 1, 4), stage_steps=5, segment_len=8, reserved=2,
+                   same_length_batches=True, bare_share=0.25)
+    bare, half, one, four = (c.stage(i) for i in range(4))
+    # the bare and fractional stages are as without it
+    assert bare.context_sizes == (0,) and bare.size_weights == ()
+    assert half.context_sizes == (3,) and half.size_weights == ()
+    # stages of whole segments: the bare story at its share, the stage's own sizes equal
+    assert one.context_sizes == (0, 6) and one.size_weights == (0.25, 0.75)
+    assert four.context_sizes == (0, 6, 14, 22, 30)
+    assert four.size_weights == pytest.approx((0.25, 0.1875, 0.1875, 0.1875, 0.1875))
+    # every story of such a stage has facts that fit one segment; a bare one is padded to it
+    assert [s.story_tokens for s in (bare, one, four)] == [6, 6, 6]
+    assert [four.padded_len(s) for s in four.context_sizes] == [6, 6, 14, 22, 30]
+    assert four.size_per_batch and one.size_per_batch  # two sizes: one width per batch
+    # per-sample lengths: every sample padded to the stage's longest
+    plain = Curriculum(segments=(1, 4), stage_steps=5, segment_len=8, reserved=2,
+                       bare_share=0.25)
+    assert [plain.stage(1).padded_len(s) for s in (0, 14)] == [30, 30]
+    off = Curriculum(segments=(0, 4), stage_steps=5, segment_len=8, reserved=2)
+    assert off.stage(1).context_sizes == (6, 14, 22, 30) and off.stage(1).story_tokens == 30
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"curriculum.bare_share=.* must lie in \[0, 1\)"):
+            Curriculum(segments=(0, 1), stage_steps=5, bare_share=bad)

@@ -228,3 +228,23 @@ def test_length_group_draws_one_length_per_group_of_records(composer):
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="length_group=.* must be an integer >= 1"):
             BabilongSource(composer, ["qa1"], sizes, length_group=bad)
+
+
+def test_length_weights_draw_the_lengths_at_their_shares(composer):
+    sizes = [0, 40, 80]
+    plain = BabilongSource(composer, ["qa1"], sizes, seed=5)
+    weighted = BabilongSource(composer, ["qa1"], sizes, seed=5, length_weights=[0.75, 0.25, 0])
+    lengths = [weighted[i]["length"] for i in range(64)]
+    assert "80" not in lengths  # a share of 0 is never drawn
+    assert 40 <= lengths.count("0") <= 60  # about 48 of 64 (binomial sd 3.5)
+    assert [weighted[i]["length"] for i in range(8)] == lengths[:8]  # deterministic
+    grouped = BabilongSource(composer, ["qa1"], sizes, seed=5, length_group=4,
+                             length_weights=[0.5, 0.5, 0])
+    group_lengths = [grouped[i]["length"] for i in range(32)]
+    assert all(len(set(group_lengths[g:g + 4])) == 1 for g in range(0, 32, 4))
+    assert set(group_lengths) == {"0", "40"}
+    # no weights: the uniform draw, every length
+    assert {plain[i]["length"] for i in range(32)} == {"0", "40", "80"}
+    for bad in ([0.5, 0.5], [0.5, 0.6, -0.1], [0.2, 0.2, 0.2]):
+        with pytest.raises(ValueError, match=r"length_weights=.*one share >= 0 per length"):
+            BabilongSource(composer, ["qa1"], sizes, length_weights=bad)

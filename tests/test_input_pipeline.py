@@ -310,3 +310,38 @@ def test_same_length_batches_draw_one_width_per_global_batch(config, composer):
     next(it)
     state = it.get_state()
     assert same(next(it), next(data.iterator(2, state)))
+
+
+def test_bare_share_mixes_bare_story_batches_into_a_memory_stage(config, composer,
+                                                                sp_tokenizer):
+    from rmt_jax.train_lib import check_run_config
+
+    mixed = get_config("quick,qa1").unlock()
+    mixed.train.batch_size = 4
+    mixed.data.babi_dir, mixed.data.haystack_dir = config.data.babi_dir, config.data.haystack_dir
+    mixed.model.segment_len = 64
+    mixed.curriculum.segments = (0, 2)
+    mixed.curriculum.same_length_batches = True
+    mixed.curriculum.bare_share = 0.5
+    room = 64 - curriculum.reserved_tokens(mixed)
+    data = ip.TrainData(mixed.lock(), composer)
+    assert data.stage_lengths(1) == [0, room, 64 + room]
+    rooms = ("bathroom", "bedroom", "garden", "hallway", "kitchen", "office")
+    bare = 0
+    for batch in itertools.islice(data.iterator(1), 12):
+        texts = [sp_tokenizer.decode(row[mask].tolist())
+                 for row, mask in zip(batch["context"], batch["context_mask"], strict=True)]
+        facts_only = [all(s.split()[-1] in rooms for s in t.split(".") if s.strip())
+                      for t in texts]
+        if all(facts_only):  # a bare batch: the facts alone, padded to one segment
+            bare += 1
+            assert batch["context"].shape == (4, room)
+        else:  # book text too, in one or two segments
+            assert not any(facts_only) and batch["context"].shape[1] in (room, 64 + room)
+    assert 2 <= bare <= 10  # about half of 12 batches (binomial sd 1.7)
+    # synthetic batches have no bare stories: a clear error, not a silent no-op
+    synthetic = mixed.copy_and_resolve_references()
+    synthetic.data.synthetic = True
+    with pytest.raises(ValueError, match=r"curriculum.bare_share=0.5 mixes bare BABILong "
+                                         "stories .* data.synthetic=True"):
+        check_run_config(synthetic)

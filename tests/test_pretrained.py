@@ -19,6 +19,7 @@ the problem, and training stops with them before writing anything.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -459,3 +460,23 @@ def test_logits_equal_transformers_gpt2(tmp_path, safe):
     diff = max(diff, assert_close(memory, hidden.last_hidden_state.numpy()[:, -4:],
                                   "segment memory"))
     print(f"max abs diff vs transformers {transformers.__version__} ({weights}): {diff:.2e}")
+
+
+def test_an_untied_head_starts_as_gpt2s_and_a_differing_head_needs_it(tmp_path):
+    untied = dataclasses.replace(CFG, tied_head=False)
+    tensors = random_gpt2()
+    model = loaded(write_checkpoint(tmp_path / "tied", tensors), untied)
+    np.testing.assert_array_equal(model.lm_head[...], tensors["wte.weight"])
+    np.testing.assert_array_equal(model.wte[...], tensors["wte.weight"])
+    # a checkpoint whose head is not its embedding: refused by a tied model, loaded by ours
+    own = {**tensors, "lm_head.weight": random_gpt2(seed=1)["wte.weight"]}
+    folder = write_checkpoint(tmp_path / "own", own, prefix="")
+    with pytest.raises(ValueError, match="lm_head.weight differs from wte.weight.*"
+                                         "set --config.model.tied_head=False"):
+        loaded(folder)
+    model = loaded(folder, untied)
+    np.testing.assert_array_equal(model.lm_head[...], own["lm_head.weight"])
+    tokens = np.random.default_rng(1).integers(0, CFG.vocab_size, (1, 9))
+    want = reference_hidden(own, own["wte.weight"][tokens[0]]) @ own[
+        "lm_head.weight"].T.astype(np.float64)
+    assert_close(model.lm_logits(jnp.asarray(tokens))[0], want, "untied lm logits")

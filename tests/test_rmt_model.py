@@ -264,3 +264,31 @@ def test_the_core_imports_no_data_pipeline_or_run_layer():
             "'babilong_tfds') or m in ('rmt_jax.train_lib', 'rmt_jax.input_pipeline')); "
             "print(bad); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_untied_head_leaves_unseen_tokens_embeddings_without_gradient():
+    """With the tied head every token's embedding row gets the softmax's gradient, answered or
+    not; with `tied_head=False` only the tokens read do, and the head gets the rest."""
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 50, (2, 12)))  # ids < 50 only
+    grads = {}
+    for tied in (True, False):
+        cfg = get_config("test", vocab_size=128, tied_head=tied)
+        model = RMT(cfg, rngs=nnx.Rngs(0))
+        assert (getattr(model, "lm_head", None) is None) == tied
+
+        def loss(model):
+            logits = model.lm_logits(tokens[:, :-1])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+        grads[tied] = nnx.grad(loss)(model)
+        if not tied:  # the head is its own matrix: the logits follow it, not the embedding
+            h = jnp.ones((1, cfg.d_model))
+            np.testing.assert_allclose(model.logits(h), h @ model.lm_head[...].T, rtol=1e-5)
+    unseen = slice(50, 128)
+    assert float(jnp.abs(grads[True].wte[...][unseen]).max()) > 0
+    assert float(jnp.abs(grads[False].wte[...][unseen]).max()) == 0
+    assert float(jnp.abs(grads[False].lm_head[...][unseen]).max()) > 0
+    n = count_params(RMT(get_config("test", vocab_size=128, tied_head=False),
+                         rngs=nnx.Rngs(0)))
+    assert n == count_params(RMT(get_config("test", vocab_size=128), rngs=nnx.Rngs(0))) \
+        + 128 * get_config("test").d_model

@@ -96,6 +96,22 @@ def test_a_resume_restores_its_own_checkpoint_not_the_source(source, tmp_path):
     np.testing.assert_array_equal(model.wte[...], src.wte[...])
 
 
+def test_an_untied_head_starts_as_the_sources_tied_one(source, tmp_path):
+    """A run with its own LM head (model.tied_head=False) from a tied source: the head starts
+    as the source's token embedding, which was its head; it trains, saves and restores."""
+    config = smoke(num_steps=1, learning_rate=0.0)
+    config.model.init_from = str(source)
+    config.model.tied_head = False
+    train_lib.train_and_evaluate(config, tmp_path / "untied")
+    model, _, _ = checkpointing.restore_for_inference(tmp_path / "untied")
+    src, _, _ = checkpointing.restore_for_inference(source)
+    assert model.config.tied_head is False
+    np.testing.assert_array_equal(model.lm_head[...], src.wte[...])
+    np.testing.assert_array_equal(model.wte[...], src.wte[...])
+    checked = warm_start.open_checked(str(source), model.config, config)
+    assert ("lm_head",) in checked.copied and ("lm_head",) not in checked.fresh
+
+
 def test_an_exported_model_is_a_source_too(source, tmp_path):
     from launch.export_checkpoint import export
 

@@ -110,6 +110,9 @@ class ModelConfig:
     # draws them at init_std like every other matrix (with 1/sqrt(d) and one memory token, the
     # from-scratch d-64 backbone then leaves qa1's shortcut; results/ablation_qa1_cpu/README.md)
     scaled_residual_init: bool = True
+    # The output head is the token embedding (GPT-2's tie); False gives it its own [vocab, d]
+    # matrix, so that tokens never answered (qa1's names) get no gradient from the softmax
+    tied_head: bool = True
 
     def __post_init__(self):
         for name in ("layers", "d_model", "heads", "vocab_size", "segment_len", "max_positions"):

@@ -445,6 +445,9 @@ class RMT(nnx.Module):
         self.config = cfg
         pd = cfg.params_dtype
         self.wte = _normal(rngs, (cfg.vocab_size, cfg.d_model), cfg.init_std, pd)
+        # [vocab, d]: the output head when it is not the token embedding (tied_head=False)
+        self.lm_head = (None if cfg.tied_head
+                        else _normal(rngs, (cfg.vocab_size, cfg.d_model), cfg.init_std, pd))
         # GPT-2's learned positions; ALiBi and RoPE act inside the attention instead
         # (write_positions='own': N more rows, the write tokens' own)
         self.wpe = (_normal(rngs, (cfg.max_positions + cfg.own_write_rows, cfg.d_model),
@@ -513,9 +516,11 @@ class RMT(nnx.Module):
         return self.ln_f(x), maps, assoc, caches
 
     def logits(self, h: jax.Array) -> jax.Array:
-        """[..., d] -> [..., vocab] float32 through the tied embedding."""
+        """[..., d] -> [..., vocab] float32 through the output head (the token embedding
+        unless `tied_head=False`)."""
         dt = self.config.compute_dtype
-        return (h.astype(dt) @ self.wte[...].astype(dt).T).astype(jnp.float32)
+        head = self.wte if self.lm_head is None else self.lm_head
+        return (h.astype(dt) @ head[...].astype(dt).T).astype(jnp.float32)
 
     def lm_logits(self, tokens: jax.Array) -> jax.Array:
         """The backbone alone as a language model: tokens [b, t] at positions 0..t-1, no
