@@ -1,6 +1,6 @@
 #!/bin/bash
 # two arms from the shipped checkpoint (step 11,515, 16-segment stage), 20 minutes each
-cd /work/main
+cd "$(dirname "$0")/../../.."  # the repository root
 export PYTHONPATH=.
 for share in 0 0.25; do
   W=/tmp/bare/w_$share

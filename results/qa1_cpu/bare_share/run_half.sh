@@ -1,7 +1,7 @@
 #!/bin/bash
 # a third arm from the shipped checkpoint: half the batches bare, the stage held at 16
 # segments (advance_accuracy 0.99), 20 minutes; compare with run.sh's bare_share=0 arm
-cd /work/main
+cd "$(dirname "$0")/../../.."  # the repository root
 export PYTHONPATH=.
 W=/tmp/bare/w_0.5
 rm -rf $W && cp -r results/qa1_cpu/train_workdir $W
