@@ -47,6 +47,9 @@ BACKBONE_FIELDS = ("layers", "d_model", "heads", "vocab_size", "positions")
 # Row tables that may differ in length (RMT-R learns 2N first-read memory rows, RMT N; a
 # longer window needs more learned positions): the rows both have are copied.
 ROWS = (("memory",), ("wpe",))
+# A run's parameter that a source lacks, copied from another of the source's: an untied LM
+# head (model.tied_head=False) starts as a tied source's head, its token embedding.
+STAND_INS = {("lm_head",): ("wte",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,10 +119,10 @@ def open_checked(init_from: str, cfg: ModelConfig,
                                if src_shapes[k] == run_shapes[k]), key=_name))
         partial = tuple(k for k in ROWS if k in src_shapes and k in run_shapes
                         and src_shapes[k] != run_shapes[k])
-        fresh = tuple(sorted(run_shapes.keys() - src_shapes.keys(), key=_name))
-        if ("lm_head",) in fresh:  # an untied head starts as the checkpoint's tied one: wte
-            fresh = tuple(k for k in fresh if k != ("lm_head",))
-            copied = (*copied, ("lm_head",))
+        stand_ins = tuple(k for k in run_shapes.keys() - src_shapes.keys()
+                          if STAND_INS.get(k) in src_shapes)
+        copied = (*copied, *stand_ins)
+        fresh = tuple(sorted(run_shapes.keys() - src_shapes.keys() - set(stand_ins), key=_name))
         dropped = tuple(sorted(src_shapes.keys() - run_shapes.keys(), key=_name))
     if problems:
         raise ValueError(f"{where} (model_config.json: memory={src.memory!r}) does not fit "
@@ -133,8 +136,9 @@ def load_params(ckpt: RmtCheckpoint, params: nnx.State, cfg: ModelConfig) -> nnx
     source = {_key(p): np.asarray(x, np.float32) for p, x in
               jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]}
     del model
-    if ("lm_head",) not in source:  # the checkpoint's head is its token embedding
-        source[("lm_head",)] = source[("wte",)]
+    for key, stand_in in STAND_INS.items():  # e.g. a tied source's head: its wte
+        if key not in source and stand_in in source:
+            source[key] = source[stand_in]
 
     def replace(path, leaf):
         key = _key(path)
