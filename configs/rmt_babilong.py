@@ -114,7 +114,8 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
         "official" if retrieval else ml_collections.config_dict.placeholder(str))
     config.model.remat_policy = "none" if size != "gpt2_small" else "dots_saveable"
     config.model.scan_unroll = 1  # segments per iteration of the scan loop (1: no unrolling)
-    config.model.bptt_segments = 0  # back-propagate through the last k segments; 0 = all
+    # back-propagate through the last k context segments (earlier ones run forward only); 0 = all
+    config.model.bptt_segments = 0
     config.model.attention_impl = ""  # '': 'einsum' on a CPU, else JAX's; 'cudnn' on NVIDIA GPUs
     # queries per attention block in windows longer than this (0: whole windows); the
     # full-attention baseline's windows of thousands of tokens need blocks on a CPU

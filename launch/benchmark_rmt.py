@@ -78,6 +78,8 @@ flags.DEFINE_string("attention_impl", None, "None ('einsum' on a CPU, else JAX p
                     "'einsum', 'xla' or 'cudnn'")
 flags.DEFINE_string("remat_policy", "none", "remat policy of the segment step (train)")
 flags.DEFINE_integer("scan_unroll", 1, "segments per iteration of the scan loop")
+flags.DEFINE_integer("bptt_segments", 0, "train: back-propagate through the last k segments "
+                     "only (the others run forward only); 0 = all")
 flags.DEFINE_string("profile_dir", None, "trace one more call with jax.profiler into this folder "
                     "and add launch.trace_summary's figures to the record")
 flags.DEFINE_integer("query_len", 16, "question+answer tokens in the answer segment")
@@ -108,7 +110,8 @@ def build_config():
     d_mem = (FLAGS.d_mem or max(1, preset.d_model // 4)) if memory == "armt" else 0
     overrides = dict(dtype=DTYPE_NAMES[FLAGS.dtype], param_dtype=DTYPE_NAMES[FLAGS.param_dtype],
                      memory=memory, d_mem=d_mem, attention_impl=FLAGS.attention_impl,
-                     remat_policy=FLAGS.remat_policy, scan_unroll=FLAGS.scan_unroll)
+                     remat_policy=FLAGS.remat_policy, scan_unroll=FLAGS.scan_unroll,
+                     bptt_segments=FLAGS.bptt_segments or None)
     if FLAGS.segment_len:
         overrides["segment_len"] = FLAGS.segment_len
     if FLAGS.mem_tokens:
@@ -332,7 +335,8 @@ def main(argv):
                   mode=FLAGS.mode, memory=cfg.memory, d_mem=cfg.d_mem,
                   retrieval=cfg.retrieval, params=count_params(model),
                   remat_policy=cfg.remat_policy, attention_impl=cfg.attention_path or "auto",
-                  scan_unroll=cfg.scan_unroll, xla_flags=os.environ.get("XLA_FLAGS", ""),
+                  scan_unroll=cfg.scan_unroll, bptt_segments=cfg.bptt_segments,
+                  xla_flags=os.environ.get("XLA_FLAGS", ""),
                   keep_host_memory=host_memory.keep(),
                   device=f"{device.platform}:{device.device_kind}",
                   cpu_count=os.cpu_count(), jax=jax.__version__)

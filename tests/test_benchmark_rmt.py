@@ -17,7 +17,8 @@ FIGURES = {"tokens_per_s", "tokens_per_s_fastest", "min_s", "compile_s", "peak_m
 
 @pytest.mark.parametrize("mode,extra", [("infer", ["--scan_unroll=2", "--profile_dir=PROF",
                                                    "--memory=armt"]),
-                                        ("train", ["--retrieval", "--remat_policy=full"])])
+                                        ("train", ["--retrieval", "--remat_policy=full",
+                                                   "--bptt_segments=2"])])
 def test_benchmark_writes_a_full_record(tmp_path, mode, extra):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "launch.benchmark_rmt", "--preset=test", f"--mode={mode}",
@@ -34,6 +35,7 @@ def test_benchmark_writes_a_full_record(tmp_path, mode, extra):
     assert record["d_mem"] == (0 if train else 8)  # d_model / 4 of the test preset
     assert record["remat_policy"] == ("full" if train else "none")
     assert record["scan_unroll"] == (1 if train else 2)
+    assert record["bptt_segments"] == (2 if train else None)
     if not train:  # the profiled call: its device (here: host XLA op) events were read
         assert record["profile"]["events"] > 0
         assert 0 < record["profile"]["busy_fraction"] <= 1

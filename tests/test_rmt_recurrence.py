@@ -155,6 +155,61 @@ def test_truncated_bptt_cuts_gradients_of_older_segments():
 
 
 @pytest.mark.parametrize("memory", VARIANTS)
+def test_truncated_scan_equals_loop_with_padding_in_front(memory):
+    """The scan's forward-only head gives the loop's outputs and gradients (the loop cuts
+    the gradient at the same segment with the parameters live before it), with dropout,
+    and with one sample whose segments before the cut are all empty."""
+    model = make_model(**VARIANTS[memory], dropout=0.1)
+    context = random_tokens((2, 5 * SEG), seed=5)
+    mask = np.ones(context.shape, bool)
+    mask[1, : 3 * SEG + 2] = False  # sample 1: 2 real segments, padding in front
+    key = jax.random.key(2)
+    (v_loop, s_loop), g_loop = value_and_grad(
+        objective(loop_segments, context, mask, key=key, bptt_segments=2), model)
+    (v_scan, s_scan), g_scan = value_and_grad(
+        objective(scan_segments, context, mask, key=key, bptt_segments=2), model)
+    assert rel_err(s_scan, s_loop) <= 1e-5
+    assert abs(float(v_scan - v_loop)) <= 1e-5 * abs(float(v_loop))
+    assert rel_err(g_scan, g_loop) <= 1e-5
+    (_, s_full), g_full = value_and_grad(
+        objective(scan_segments, context, mask, key=key, bptt_segments=None), model)
+    assert rel_err(s_scan, s_full) <= 1e-6  # truncation changes gradients only
+    assert rel_err(g_scan, g_full) > 1e-3
+
+
+def test_truncation_keeps_the_initial_memory_gradient_of_a_sample_padded_in_front():
+    """A sample with no real token before the cut enters the back-propagated segments with
+    the learned memory itself: with k covering its real segments, its gradients are full
+    BPTT's."""
+    model = make_model()
+    context = random_tokens((1, 4 * SEG), seed=6)
+    mask = np.ones(context.shape, bool)
+    mask[:, : 2 * SEG] = False  # two empty segments, then two real ones
+    _, g_full = value_and_grad(objective(scan_segments, context, mask, bptt_segments=None), model)
+    _, g_k2 = value_and_grad(objective(scan_segments, context, mask, bptt_segments=2), model)
+    assert float(jnp.abs(g_full["memory"][...]).max()) > 0
+    assert rel_err(g_k2, g_full) <= 1e-6
+
+
+def test_truncated_head_runs_forward_only():
+    """The segments before the cut appear once in the gradient's program (no backward scan
+    over them), the back-propagated ones twice (forward and backward)."""
+    model = make_model()
+    context = random_tokens((2, 6 * SEG), seed=7)
+    graphdef, params = nnx.split(model)
+
+    def loss(p, k):
+        return objective(scan_segments, context, bptt_segments=k)(nnx.merge(graphdef, p))[0]
+
+    def scan_lengths(k):
+        jaxpr = jax.make_jaxpr(jax.grad(loss), static_argnums=1)(params, k)
+        return sorted(e.params["length"] for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan")
+
+    assert scan_lengths(None) == [6, 6]
+    assert scan_lengths(2) == [2, 2, 4]
+
+
+@pytest.mark.parametrize("memory", VARIANTS)
 def test_empty_segments_leave_memory_unchanged(memory):
     model = make_model(**VARIANTS[memory])
     context = random_tokens((1, 3 * SEG), seed=4)

@@ -89,7 +89,9 @@ class ModelConfig:
     retrieval_variant: str | None = None  # RMT-R: 'official' | 'shared_norm' (None = official)
     remat_policy: str = "none"       # 'none', 'full' (save nothing), or a checkpoint_policies name
     scan_unroll: int = 1             # segments per iteration of the scan's loop (lax.scan unroll)
-    bptt_segments: int | None = None  # back-propagate through the last k segments; None = all
+    # back-propagate through the last k segments of a scan, the earlier ones forward only
+    # (rmt_jax.core.recurrence); None = all
+    bptt_segments: int | None = None
     attention_map_layers: tuple[int, ...] = ()  # layers whose attention weights are returned
     # 'einsum' (model.causal_attention, hand-written backward), or jax.nn.dot_product_attention's
     # 'xla' | 'cudnn'; None: 'einsum' on a CPU backend, else what jax.nn picks

@@ -16,8 +16,14 @@ Array contract (B = batch, S = segments, L = segment_len, n = mem_tokens, d = d_
                 segment changes nothing (only the last window is read: rmt_jax.core.answer).
 
 `loop_segments` runs the same `segment_step` in a Python loop: the reference the tests hold
-`scan_segments` equal to. Truncated BPTT (`bptt_segments=k`) stops the gradient of the memory
-entering each sample's last k non-empty segments, so nothing older gets a gradient.
+`scan_segments` equal to.
+
+Truncated BPTT (`bptt_segments=k`): only the last k segment positions back-propagate. The
+segments before them run forward only, with the parameters held constant, so the backward
+pass neither keeps their activations nor spends time on them, and the state they leave
+enters the k-th segment from the end as a constant. A sample whose segments before the cut
+are all empty (the in-context layout pads in front) enters with its starting memory itself,
+so the learned initial memory keeps its gradient there.
 """
 
 from __future__ import annotations
@@ -42,7 +48,6 @@ class MemoryState(NamedTuple):
 class SegmentInput(NamedTuple):
     tokens: jax.Array        # [B, L] int32, real tokens first
     lengths: jax.Array       # [B] int32 real tokens in this segment
-    stop_gradient: jax.Array  # [B] bool: cut the gradient of the incoming memory (truncation)
     key: jax.Array | None    # dropout key for this segment, None = deterministic
 
 
@@ -83,19 +88,26 @@ def split_segments(context, context_mask, segment_len: int):
     return tokens.transpose(1, 0, 2), lengths.T
 
 
-def bptt_stop_mask(lengths: jax.Array, bptt_segments: int | None) -> jax.Array:
-    """[S, B] bool: stop the incoming memory's gradient at each sample's k-th-from-last segment.
+def _constant(tree):
+    """`tree` with the gradient of every floating-point leaf stopped."""
+    return jax.tree.map(lambda x: jax.lax.stop_gradient(x)
+                        if jnp.issubdtype(jnp.result_type(x), jnp.inexact) else x, tree)
 
-    The cut is placed where exactly k non-empty segments remain (counting this one) and some
-    earlier non-empty segment exists, so the learned initial memory keeps its gradient when
-    k covers every segment.
-    """
-    if bptt_segments is None:
-        return jnp.zeros(lengths.shape, bool)
-    nonempty = (lengths > 0).astype(jnp.int32)
-    remaining = jnp.cumsum(nonempty[::-1], axis=0)[::-1]  # non-empty segments in [t, S)
-    before = jnp.cumsum(nonempty, axis=0) - nonempty  # non-empty segments in [0, t)
-    return (remaining >= bptt_segments) & (before > 0)
+
+def bptt_cut(segments: int, bptt_segments: int | None) -> int:
+    """How many leading segments of `segments` run forward only under truncation to k."""
+    if bptt_segments is None or segments <= bptt_segments:
+        return 0
+    return segments - bptt_segments
+
+
+def resume_after_cut(start: MemoryState, after: MemoryState, lengths: jax.Array) -> MemoryState:
+    """The state entering the first back-propagated segment: `after` (the forward-only
+    segments' state) as a constant, but the starting memory itself, gradient and all, for a
+    sample whose segments so far ([S_cut, B] `lengths`) were all empty."""
+    ran = (lengths > 0).any(axis=0)  # [B]
+    memory = jnp.where(ran[:, None, None], jax.lax.stop_gradient(after.memory), start.memory)
+    return _constant(after)._replace(memory=memory)
 
 
 def segment_step(model: RMT, state: MemoryState, seg: SegmentInput,
@@ -103,18 +115,13 @@ def segment_step(model: RMT, state: MemoryState, seg: SegmentInput,
     """One segment of the recurrence -> (next MemoryState, attention maps or None)."""
     if model.config.memory == "none":
         return state._replace(step=state.step + 1), None
-    stop = seg.stop_gradient
-
-    def cut(x):  # [B, ...]: the incoming state's gradient stops where `stop`
-        return jnp.where(stop.reshape(-1, *(1,) * (x.ndim - 1)), jax.lax.stop_gradient(x), x)
-
     k_read = k_seg = None
     if seg.key is not None:
         k_read, k_seg = jax.random.split(seg.key)
     nonempty = seg.lengths > 0  # [B]
     if state.assoc is not None:
         # ARMT carries only its associations; every segment writes the learned memory
-        assoc = Associations(*map(cut, state.assoc))
+        assoc = state.assoc
         write = model.initial_memory(seg.tokens.shape[0])
         _, maps, new_assoc = model.segment(write[:, :0], write, seg.tokens, seg.lengths, k_seg,
                                            return_attention, assoc)
@@ -122,7 +129,7 @@ def segment_step(model: RMT, state: MemoryState, seg: SegmentInput,
                                              new, old)
                                    for new, old in zip(new_assoc, assoc, strict=True)))
         return state._replace(step=state.step + 1, assoc=new_assoc), maps
-    m = cut(state.memory)
+    m = state.memory
     read = model.read_memory(m, state.buffer, state.buffer_valid, k_read)
     new_m, maps, _ = model.segment(read, m, seg.tokens, seg.lengths, k_seg, return_attention)
     new_m = jnp.where(nonempty[:, None, None], new_m.astype(m.dtype), m)
@@ -148,7 +155,7 @@ def _prepare(model, context, context_mask, state, key, bptt_segments, return_att
                          "segments follow: grow the buffer (see streaming.grow_buffer)")
     k = cfg.bptt_segments if bptt_segments == "config" else bptt_segments
     keys = None if key is None else jax.random.split(key, segments)
-    return state, SegmentInput(tokens, lengths, bptt_stop_mask(lengths, k), keys)
+    return state, SegmentInput(tokens, lengths, keys), bptt_cut(segments, k)
 
 
 def _step_fn(model: RMT, return_attention: bool):
@@ -174,21 +181,35 @@ def scan_segments(model: RMT, context, context_mask=None, *, state: MemoryState 
     maps: {'layer_i': [S, B, h, T, T]} for the configured layers when `return_attention`,
     else None.
     """
-    state, xs = _prepare(model, context, context_mask, state, key, bptt_segments,
-                         return_attention)
+    start, xs, cut = _prepare(model, context, context_mask, state, key, bptt_segments,
+                              return_attention)
     params, step = _step_fn(model, return_attention)
-    return jax.lax.scan(lambda carry, seg: step(params, carry, seg), state, xs,
-                        unroll=model.config.scan_unroll)
+
+    def run(params, state, xs):
+        return jax.lax.scan(lambda carry, seg: step(params, carry, seg), state, xs,
+                            unroll=model.config.scan_unroll)
+
+    if not cut:
+        return run(params, start, xs)
+    head = jax.tree.map(lambda a: a[:cut], xs)
+    tail = jax.tree.map(lambda a: a[cut:], xs)
+    after, head_maps = run(_constant(params), _constant(start), head)  # forward only
+    state, tail_maps = run(params, resume_after_cut(start, after, head.lengths), tail)
+    maps = (jax.tree.map(lambda a, b: jnp.concatenate([a, b]), head_maps, tail_maps)
+            if return_attention else None)
+    return state, maps
 
 
 def loop_segments(model: RMT, context, context_mask=None, *, state: MemoryState | None = None,
                   key: jax.Array | None = None, bptt_segments="config",
                   return_attention: bool = False):
     """The Python-loop reference of `scan_segments` (same arguments, same results)."""
-    state, xs = _prepare(model, context, context_mask, state, key, bptt_segments,
-                         return_attention)
-    maps = []
+    start, xs, cut = _prepare(model, context, context_mask, state, key, bptt_segments,
+                              return_attention)
+    state, maps = start, []
     for t in range(xs.tokens.shape[0]):
+        if cut and t == cut:  # the gradient stops here (the parameters stayed live before)
+            state = resume_after_cut(start, state, xs.lengths[:cut])
         state, m = segment_step(model, state, jax.tree.map(lambda a, t=t: a[t], xs),
                                 return_attention)
         maps.append(m)
