@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rmt_jax import RMT, answer_logits, get_config, loop_segments, scan_segments
+from rmt_jax import RMT, answer_logits, get_config, loop_segments, loss_fn, scan_segments
 
 SEG = 8  # segment_len of the 'test' preset
 # Tests check numbers, not speed: XLA's backend optimisations only cost compile time here.
@@ -189,6 +189,27 @@ def test_truncation_keeps_the_initial_memory_gradient_of_a_sample_padded_in_fron
     _, g_k2 = value_and_grad(objective(scan_segments, context, mask, bptt_segments=2), model)
     assert float(jnp.abs(g_full["memory"][...]).max()) > 0
     assert rel_err(g_k2, g_full) <= 1e-6
+
+
+def test_truncated_loss_counts_real_segments_of_contexts_padded_at_the_end():
+    """The separate answer segment's contexts are padded at the end; the loss moves each
+    row's real segments last, so k counts real segments: a row of 2 real segments in a
+    6-segment batch with k=2 gets full BPTT's gradients (a cut by position would leave its
+    context none)."""
+    context = np.zeros((1, 6 * SEG), np.int32)
+    context[:, : 2 * SEG - 3] = random_tokens((1, 2 * SEG - 3), seed=8)
+    batch = {"context": context, "context_mask": context > 0,
+             "query": np.arange(1, 7, dtype=np.int32)[None],
+             "loss_mask": np.array([[0, 0, 0, 1, 1, 1]], np.float32)}
+
+    def grads(k):
+        model = make_model(bptt_segments=k)
+        return jit(lambda m: nnx.grad(lambda m: loss_fn(m, batch)[0])(m), model)()
+
+    full, truncated = grads(None), grads(2)
+    assert float(jnp.abs(full["memory"][...]).max()) > 0
+    assert rel_err(truncated, full) <= 1e-6
+    assert rel_err(grads(1), full) > 1e-3  # one real segment: the first is cut off
 
 
 def test_truncated_head_runs_forward_only():

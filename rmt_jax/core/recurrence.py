@@ -21,9 +21,12 @@ Array contract (B = batch, S = segments, L = segment_len, n = mem_tokens, d = d_
 Truncated BPTT (`bptt_segments=k`): only the last k segment positions back-propagate. The
 segments before them run forward only, with the parameters held constant, so the backward
 pass neither keeps their activations nor spends time on them, and the state they leave
-enters the k-th segment from the end as a constant. A sample whose segments before the cut
-are all empty (the in-context layout pads in front) enters with its starting memory itself,
-so the learned initial memory keeps its gradient there.
+enters the k-th segment from the end as a constant. The cut counts positions, so k real
+segments back-propagate where a row's padding is in front: the in-context layout puts it
+there, and the separate answer segment's loss moves each row's real segments last
+(`rmt_jax.core.answer.real_segments_last`). A sample whose segments before the cut are all
+empty enters with its starting memory itself, so the learned initial memory keeps its
+gradient there.
 """
 
 from __future__ import annotations
