@@ -192,10 +192,9 @@ def test_truncation_keeps_the_initial_memory_gradient_of_a_sample_padded_in_fron
 
 
 def test_truncated_loss_counts_real_segments_of_contexts_padded_at_the_end():
-    """The separate answer segment's contexts are padded at the end; the loss moves each
-    row's real segments last, so k counts real segments: a row of 2 real segments in a
-    6-segment batch with k=2 gets full BPTT's gradients (a cut by position would leave its
-    context none)."""
+    """The separate answer segment's contexts are padded at the end; k counts real
+    segments: a row of 2 real segments in a 6-segment batch with k=2 gets full BPTT's
+    gradients (a cut by position would leave its context none)."""
     context = np.zeros((1, 6 * SEG), np.int32)
     context[:, : 2 * SEG - 3] = random_tokens((1, 2 * SEG - 3), seed=8)
     batch = {"context": context, "context_mask": context > 0,
@@ -210,6 +209,26 @@ def test_truncated_loss_counts_real_segments_of_contexts_padded_at_the_end():
     assert float(jnp.abs(full["memory"][...]).max()) > 0
     assert rel_err(truncated, full) <= 1e-6
     assert rel_err(grads(1), full) > 1e-3  # one real segment: the first is cut off
+
+
+def test_truncated_scan_returns_attention_maps_in_the_input_order():
+    """Segments moved for the cut come back in place: the maps of a context padded at the
+    end equal the untruncated scan's at every real segment (an empty one's maps, over
+    padding, depend on where it ran)."""
+    model = make_model(attention_map_layers=(0,))
+    context = random_tokens((2, 5 * SEG), seed=9)
+    mask = np.ones(context.shape, bool)
+    mask[0, 2 * SEG :] = False  # sample 0: 2 real segments, padding at the end
+
+    def maps(k):
+        run = jit(lambda m: scan_segments(m, context, mask, bptt_segments=k,
+                                          return_attention=True)[1], model)
+        return run()
+
+    full, truncated = maps(None)["layer_0"], maps(2)["layer_0"]  # [S, B, h, T, T]
+    assert truncated.shape == full.shape
+    assert rel_err(truncated[:, 1], full[:, 1]) <= 1e-6  # sample 1: all real
+    assert rel_err(truncated[:2, 0], full[:2, 0]) <= 1e-6  # sample 0's real segments
 
 
 def test_truncated_head_runs_forward_only():

@@ -104,21 +104,6 @@ def _last_segment(model: RMT, tokens, mask, key=None):
     return state, last[0], lengths[0]
 
 
-def real_segments_last(context, context_mask, segment_len: int):
-    """[B, T] context and mask -> [B, S*L] with each row's segments holding real tokens moved
-    after its empty ones, whole and in order. An empty segment changes nothing, so the model
-    sees the same context; truncated BPTT's cut, which counts segment positions from the end,
-    then falls k real segments before each row's end (its padding is in front)."""
-    tokens, lengths = split_segments(context, context_mask, segment_len)  # [S, B, L], [S, B]
-    order = jnp.argsort(lengths > 0, axis=0, stable=True)  # empty segments first
-    tokens = jnp.take_along_axis(tokens, order[..., None], axis=0)
-    lengths = jnp.take_along_axis(lengths, order, axis=0)
-    mask = jnp.arange(segment_len)[None, None, :] < lengths[..., None]
-    batch = tokens.shape[1]
-    return (tokens.transpose(1, 0, 2).reshape(batch, -1),
-            mask.transpose(1, 0, 2).reshape(batch, -1))
-
-
 def _in_context_loss(model: RMT, batch: dict, key):
     k_ctx, k_read, k_ans = (None, None, None) if key is None else tuple(jax.random.split(key, 3))
     answer = jnp.asarray(batch["answer"], jnp.int32)
@@ -150,11 +135,7 @@ def loss_fn(model: RMT, batch: dict, key: jax.Array | None = None):
         hidden, targets, weights = _in_context_loss(model, batch, key)
         return _cross_entropy(model, hidden, targets, weights)
     k_ctx, k_read, k_ans = (None, None, None) if key is None else tuple(jax.random.split(key, 3))
-    context, context_mask = batch["context"], batch.get("context_mask")
-    if model.config.bptt_segments is not None:  # contexts are padded at the end
-        context, context_mask = real_segments_last(context, context_mask,
-                                                   model.config.segment_len)
-    state, _ = scan_segments(model, context, context_mask, key=k_ctx)
+    state, _ = scan_segments(model, batch["context"], batch.get("context_mask"), key=k_ctx)
     query = jnp.asarray(batch["query"], jnp.int32)
     read = model.read_memory(state.memory, state.buffer, state.buffer_valid, k_read)
     hidden = model.answer_hidden(read, query, k_ans, state.assoc)[:, :-1]  # t predicts q[t+1]

@@ -21,12 +21,13 @@ Array contract (B = batch, S = segments, L = segment_len, n = mem_tokens, d = d_
 Truncated BPTT (`bptt_segments=k`): only the last k segment positions back-propagate. The
 segments before them run forward only, with the parameters held constant, so the backward
 pass neither keeps their activations nor spends time on them, and the state they leave
-enters the k-th segment from the end as a constant. The cut counts positions, so k real
-segments back-propagate where a row's padding is in front: the in-context layout puts it
-there, and the separate answer segment's loss moves each row's real segments last
-(`rmt_jax.core.answer.real_segments_last`). A sample whose segments before the cut are all
-empty enters with its starting memory itself, so the learned initial memory keeps its
-gradient there.
+enters the k-th segment from the end as a constant. k counts each sample's real segments:
+before the cut, a sample's segments with real tokens are moved after its empty ones, in
+order (an empty segment changes nothing; the in-context layout already pads in front, the
+separate answer segment's contexts are padded at the end). Dropout keys stay with the
+positions; attention maps come back in the input's order. A sample whose segments before the
+cut are all empty enters with its starting memory itself, so the learned initial memory
+keeps its gradient there.
 """
 
 from __future__ import annotations
@@ -104,6 +105,24 @@ def bptt_cut(segments: int, bptt_segments: int | None) -> int:
     return segments - bptt_segments
 
 
+def real_segments_last(xs: SegmentInput) -> tuple[SegmentInput, jax.Array]:
+    """Each sample's segments with real tokens moved after its empty ones, in order ->
+    (the moved segments, order [S, B]: the input position of each)."""
+    order = jnp.argsort(xs.lengths > 0, axis=0, stable=True)
+    return xs._replace(tokens=jnp.take_along_axis(xs.tokens, order[..., None], axis=0),
+                       lengths=jnp.take_along_axis(xs.lengths, order, axis=0)), order
+
+
+def _input_order(maps, order):
+    """Attention maps [S, B, ...] of moved segments back in the input's order."""
+    if maps is None or order is None:
+        return maps
+    back = jnp.argsort(order, axis=0)
+    return jax.tree.map(
+        lambda a: jnp.take_along_axis(a, back.reshape(back.shape + (1,) * (a.ndim - 2)), axis=0),
+        maps)
+
+
 def resume_after_cut(start: MemoryState, after: MemoryState, lengths: jax.Array) -> MemoryState:
     """The state entering the first back-propagated segment: `after` (the forward-only
     segments' state) as a constant, but the starting memory itself, gradient and all, for a
@@ -158,7 +177,10 @@ def _prepare(model, context, context_mask, state, key, bptt_segments, return_att
                          "segments follow: grow the buffer (see streaming.grow_buffer)")
     k = cfg.bptt_segments if bptt_segments == "config" else bptt_segments
     keys = None if key is None else jax.random.split(key, segments)
-    return state, SegmentInput(tokens, lengths, keys), bptt_cut(segments, k)
+    xs, cut, order = SegmentInput(tokens, lengths, keys), bptt_cut(segments, k), None
+    if cut:
+        xs, order = real_segments_last(xs)
+    return state, xs, cut, order
 
 
 def _step_fn(model: RMT, return_attention: bool):
@@ -184,8 +206,8 @@ def scan_segments(model: RMT, context, context_mask=None, *, state: MemoryState 
     maps: {'layer_i': [S, B, h, T, T]} for the configured layers when `return_attention`,
     else None.
     """
-    start, xs, cut = _prepare(model, context, context_mask, state, key, bptt_segments,
-                              return_attention)
+    start, xs, cut, order = _prepare(model, context, context_mask, state, key, bptt_segments,
+                                     return_attention)
     params, step = _step_fn(model, return_attention)
 
     def run(params, state, xs):
@@ -200,15 +222,15 @@ def scan_segments(model: RMT, context, context_mask=None, *, state: MemoryState 
     state, tail_maps = run(params, resume_after_cut(start, after, head.lengths), tail)
     maps = (jax.tree.map(lambda a, b: jnp.concatenate([a, b]), head_maps, tail_maps)
             if return_attention else None)
-    return state, maps
+    return state, _input_order(maps, order)
 
 
 def loop_segments(model: RMT, context, context_mask=None, *, state: MemoryState | None = None,
                   key: jax.Array | None = None, bptt_segments="config",
                   return_attention: bool = False):
     """The Python-loop reference of `scan_segments` (same arguments, same results)."""
-    start, xs, cut = _prepare(model, context, context_mask, state, key, bptt_segments,
-                              return_attention)
+    start, xs, cut, order = _prepare(model, context, context_mask, state, key, bptt_segments,
+                                     return_attention)
     state, maps = start, []
     for t in range(xs.tokens.shape[0]):
         if cut and t == cut:  # the gradient stops here (the parameters stayed live before)
@@ -217,4 +239,4 @@ def loop_segments(model: RMT, context, context_mask=None, *, state: MemoryState 
                                 return_attention)
         maps.append(m)
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *maps) if return_attention else None
-    return state, stacked
+    return state, _input_order(stacked, order)
