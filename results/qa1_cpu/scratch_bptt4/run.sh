@@ -25,3 +25,7 @@ python -m launch.evaluate --workdir=results/qa1_cpu/model --tasks=qa1 --lengths=
 python results/qa1_cpu/errors_by_name.py --workdir=$R/m --length=0k --num_samples=500 \
   --out=results/qa1_cpu/scratch_bptt4/names_0k.json
 python -m launch.plot_training --workdir=$R/w --out=results/qa1_cpu/scratch_bptt4/curve.png
+# resume this run from the committed checkpoint (step 18,271, the 16-segment stage):
+#   cp -r results/qa1_cpu/scratch_bptt4/train_workdir /tmp/resume
+#   python -m launch.train --config=configs/qa1_cpu.py --workdir=/tmp/resume \
+#     --config.model.bptt_segments=4
