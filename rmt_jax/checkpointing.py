@@ -47,7 +47,7 @@ from absl import logging
 from flax import nnx
 
 from rmt_jax import files
-from rmt_jax.core.config import ModelConfig
+from rmt_jax.core.config import RETRIEVAL_FIELDS, ModelConfig
 from rmt_jax.core.model import RMT
 
 CONFIG_FILE = "config.json"
@@ -224,10 +224,13 @@ def check_config_change(workdir: str | os.PathLike, config: ml_collections.Confi
         return changes
     # A field that the code added (or dropped) since the workdir was made is taken as it is:
     # old workdirs stay resumable. (A checkpoint that does not fit still raises at restore.)
-    # So is a model field now unset (a placeholder: it does not apply to this model, as
-    # model.retrieval_dropout for an RMT, whose old configs held RMT-R's 0.1).
+    # So is an RMT-R field now unset for a model without retrieval (a placeholder: old RMT
+    # configs held RMT-R's retrieval_dropout of 0.1). Any other field set to None is a change
+    # like any other (model.bptt_segments 4 -> None turns truncation off).
+    unset = {f"model.{name}" for name in RETRIEVAL_FIELDS} if model_config.memory != "rmt_r" \
+        else set()
     added = {k: v for k, v in changes.items()
-             if ABSENT in v or (k.startswith("model.") and v[1] is None)}
+             if ABSENT in v or (k in unset and v[1] is None)}
     if added:
         logging.warning("config fields added or dropped since %s was made: %s", workdir,
                         _describe(added))

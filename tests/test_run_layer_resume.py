@@ -147,31 +147,25 @@ def test_a_model_field_now_unset_resumes(trained, tmp_path, caplog):
 
 
 def test_the_committed_qa1_cpu_workdir_takes_its_readme_resume_command():
-    """results/qa1_cpu/train_workdir (the shipped model's full checkpoint) is kept to be
-    resumed: the config of results/qa1_cpu/README.md's resume command passes the run checks
-    and the resume check with nothing to allow."""
+    """results/qa1_cpu/train_workdir (the shipped model's full checkpoint, step 18,271) is kept
+    to be resumed: the config of results/qa1_cpu/scratch_bptt4/run.sh's resume command passes
+    the run checks and the resume check with no change at all."""
     from configs import qa1_cpu
 
     workdir = REPO / "results" / "qa1_cpu" / "train_workdir"
     if not (workdir / checkpointing.CONFIG_FILE).exists():
         pytest.skip(f"{workdir} is not in this checkout")
     config = qa1_cpu.get_config("")
-    # it was trained before the two-fact first stage: the command names its curriculum
-    config.curriculum.segments = (0, 1, 2, 4, 8, 16, 32)
-    config.curriculum.story_questions = ()
-    config.curriculum.same_length_batches = False  # and every batch padded to the longest
-    config.curriculum.stage_steps = 2000
-    # its rate: 1e-4 throughout since step 10,642, given as the rate (no factors per stage)
-    config.optim.learning_rate = 1e-4
-    config.optim.stage_lr_scales = ()
-    config.eval.every = 0
-    config.train.num_steps = 40_000
+    config.model.bptt_segments = 4  # the command's one flag
     train_lib.check_run_config(config)
     model_config = input_pipeline.model_config(config, 8192)  # the shipped sentencepiece's
-    changes = checkpointing.check_config_change(workdir, config, model_config, allow=())
-    # the one change, free on a resume: what the backward pass recomputes (the config's
-    # remat_policy since 2026-12-05)
-    assert changes == {"model.remat_policy": ("none", "dots_with_no_batch_dims_saveable")}
+    assert checkpointing.check_config_change(workdir, config, model_config, allow=()) == {}
+    # without the flag the resume would turn truncation off: refused, the field named
+    config.model.bptt_segments = None
+    model_config = input_pipeline.model_config(config, 8192)
+    with pytest.raises(checkpointing.ConfigChangeError,
+                       match=r"model.bptt_segments 4 -> null.*allow_config_change"):
+        checkpointing.check_config_change(workdir, config, model_config, allow=())
 
 
 def test_only_a_checkpoint_that_fails_to_read_is_set_aside_each_under_its_own_name(

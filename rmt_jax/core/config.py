@@ -64,6 +64,8 @@ MEMORIES = ("rmt", "rmt_r", "armt", "none")
 WRITE_POSITIONS = ("follow", "own")
 ARMT_NU = 3  # DPFP's nu in the published ARMT: d_key = 2 * nu * d_mem
 DEFAULT_RETRIEVAL_DROPOUT = 0.1  # RMT-R's, when retrieval_dropout is None
+# RMT-R's own fields: None (unset) for every other memory
+RETRIEVAL_FIELDS = ("retrieval_dropout", "retrieval_variant")
 # RMT-R's retrieval block (rmt_jax.core.model.MemoryRetrieval): 'official' as the published code
 # (branch babilong_retr): LayerNorms of its own for the query and for the stored states,
 # biased projections, and 2N learned read rows in a segment with nothing stored yet;
@@ -139,7 +141,7 @@ class ModelConfig:
         if self.memory != "armt" and self.d_mem:
             raise ValueError(f"d_mem={self.d_mem} is ARMT's key width but memory="
                              f"{self.memory!r}: set memory='armt' or d_mem=0")
-        for name in ("retrieval_dropout", "retrieval_variant"):
+        for name in RETRIEVAL_FIELDS:
             if self.memory != "rmt_r" and getattr(self, name) is not None:
                 raise ValueError(f"{name}={getattr(self, name)!r} is RMT-R's but memory="
                                  f"{self.memory!r} has no retrieval: set memory='rmt_r' or "

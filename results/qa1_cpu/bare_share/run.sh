@@ -4,7 +4,8 @@ cd "$(dirname "$0")/../../.."  # the repository root
 export PYTHONPATH=.
 for share in 0 0.25; do
   W=/tmp/bare/w_$share
-  rm -rf $W && cp -r results/qa1_cpu/train_workdir $W
+  rm -rf $W && mkdir -p $W && git archive 71e752f results/qa1_cpu/train_workdir \
+    | tar -x -C $W --strip-components=3  # step 11,515: train_workdir/ until git 71e752f
   timeout -s TERM 20m .venv/bin/python -m launch.train --config=configs/qa1_cpu.py --workdir=$W \
     --config.curriculum.segments='(0,1,2,4,8,16,32)' --config.curriculum.story_questions='()' \
     --config.curriculum.stage_steps=2000 \

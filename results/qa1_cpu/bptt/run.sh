@@ -11,7 +11,8 @@ export PYTHONPATH=.
 ARM=$1; shift
 R=${WORK_ROOT:-/tmp/bptt}; mkdir -p $R
 W=$R/w_$ARM
-rm -rf $W && cp -r results/qa1_cpu/train_workdir $W
+rm -rf $W && mkdir -p $W && git archive 71e752f results/qa1_cpu/train_workdir \
+  | tar -x -C $W --strip-components=3  # step 11,515: train_workdir/ until git 71e752f
 COMMON=(--config=configs/qa1_cpu.py --workdir=$W
   --config.curriculum.segments='(0,1,2,4,8,16,32)' --config.curriculum.story_questions='()'
   --config.curriculum.stage_steps=2000

@@ -1,7 +1,9 @@
 #!/bin/bash
 # configs/qa1_cpu.py from scratch (seed 0) with model.bptt_segments=4, the issue's 2 hours on
 # 2 CPU cores, alone; then the evaluations of results/qa1_cpu/README.md ("A 2-hour run of the
-# config from scratch, truncated back-propagation").
+# config from scratch, truncated back-propagation"). Its model is the shipped one since
+# 2026-12-05: results/qa1_cpu/{model,eval_all,curve.png,train_workdir} came from $R/m, the
+# evaluations and $R/w below.
 #   bash results/qa1_cpu/scratch_bptt4/run.sh      (WORK_ROOT=/tmp/scratch_bptt4 by default)
 set -e
 cd "$(dirname "$0")/../../.."  # the repository root
@@ -16,16 +18,18 @@ python -m launch.evaluate --workdir=$R/m --tasks=qa1 --lengths=0k,1k,4k,16k,128k
   --num_samples=100 --batch_size=50 --recipe=official --out_dir=$R/eval
 python -m launch.evaluate --workdir=$R/m --tasks=qa1 --lengths=1M --num_samples=25 \
   --batch_size=25 --recipe=official --out_dir=$R/eval_1m
-python results/qa1_cpu/merge_eval.py $R/eval $R/eval_1m results/qa1_cpu/scratch_bptt4/eval_all
+python results/qa1_cpu/merge_eval.py $R/eval $R/eval_1m results/qa1_cpu/eval_all
 python -m launch.evaluate --workdir=$R/m --tasks=qa1 --lengths=0k,1k,4k,16k \
   --num_samples=500 --batch_size=50 --recipe=official --out_dir=$R/eval_500
-# the shipped model on the same 500 questions per length
-python -m launch.evaluate --workdir=results/qa1_cpu/model --tasks=qa1 --lengths=0k,1k,4k,16k \
+# the model shipped before (step 11,515, results/qa1_cpu/model until git 71e752f) on the same
+# 500 questions per length
+mkdir -p $R/old && git archive 71e752f results/qa1_cpu/model | tar -x -C $R/old --strip-components=3
+python -m launch.evaluate --workdir=$R/old --tasks=qa1 --lengths=0k,1k,4k,16k \
   --num_samples=500 --batch_size=50 --recipe=official --out_dir=$R/shipped_500
 python results/qa1_cpu/errors_by_name.py --workdir=$R/m --length=0k --num_samples=500 \
   --out=results/qa1_cpu/scratch_bptt4/names_0k.json
-python -m launch.plot_training --workdir=$R/w --out=results/qa1_cpu/scratch_bptt4/curve.png
+python -m launch.plot_training --workdir=$R/w --out=results/qa1_cpu/curve.png
 # resume this run from the committed checkpoint (step 18,271, the 16-segment stage):
-#   cp -r results/qa1_cpu/scratch_bptt4/train_workdir /tmp/resume
+#   cp -r results/qa1_cpu/train_workdir /tmp/resume
 #   python -m launch.train --config=configs/qa1_cpu.py --workdir=/tmp/resume \
 #     --config.model.bptt_segments=4
