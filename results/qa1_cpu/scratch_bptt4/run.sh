@@ -28,6 +28,8 @@ python -m launch.evaluate --workdir=$R/old --tasks=qa1 --lengths=0k,1k,4k,16k \
   --num_samples=500 --batch_size=50 --recipe=official --out_dir=$R/shipped_500
 python results/qa1_cpu/errors_by_name.py --workdir=$R/m --length=0k --num_samples=500 \
   --out=results/qa1_cpu/scratch_bptt4/names_0k.json
+# (the committed curve.png was drawn from the committed copy of $R/w/metrics.jsonl:
+#  --metrics=results/qa1_cpu/scratch_bptt4/metrics.jsonl in place of --workdir, the same rows)
 python -m launch.plot_training --workdir=$R/w --out=results/qa1_cpu/curve.png \
   --title="qa1_cpu from scratch, bptt_segments=4 (shipped)"
 # resume this run from the committed checkpoint (step 18,271, the 16-segment stage):
