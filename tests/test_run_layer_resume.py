@@ -147,9 +147,9 @@ def test_a_model_field_now_unset_resumes(trained, tmp_path, caplog):
 
 
 def test_the_committed_qa1_cpu_workdir_takes_its_readme_resume_command():
-    """results/qa1_cpu/train_workdir (the shipped model's full checkpoint, step 18,271) is kept
-    to be resumed: the config of results/qa1_cpu/scratch_bptt4/run.sh's resume command passes
-    the run checks and the resume check with no change at all."""
+    """results/qa1_cpu/train_workdir (the shipped model's full checkpoint, step 23,818) is kept
+    to be resumed: the config of results/qa1_cpu/resume32/run.sh's resume command passes the
+    run checks and the resume check with no change at all."""
     from configs import qa1_cpu
 
     workdir = REPO / "results" / "qa1_cpu" / "train_workdir"

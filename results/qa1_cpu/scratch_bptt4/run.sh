@@ -1,9 +1,9 @@
 #!/bin/bash
 # configs/qa1_cpu.py from scratch (seed 0) with model.bptt_segments=4, the issue's 2 hours on
 # 2 CPU cores, alone; then the evaluations of results/qa1_cpu/README.md ("A 2-hour run of the
-# config from scratch, truncated back-propagation"). Its model is the shipped one since
-# 2026-12-05: results/qa1_cpu/{model,eval_all,curve.png,train_workdir} came from $R/m, the
-# evaluations and $R/w below.
+# config from scratch, truncated back-propagation"). Its model was the shipped one on
+# 2026-12-05 until ../resume32/run.sh resumed its checkpoint (in git at bdffcd9:
+# results/qa1_cpu/{model,train_workdir}); its table and curve are here.
 #   bash results/qa1_cpu/scratch_bptt4/run.sh      (WORK_ROOT=/tmp/scratch_bptt4 by default)
 set -e
 cd "$(dirname "$0")/../../.."  # the repository root
@@ -18,7 +18,7 @@ python -m launch.evaluate --workdir=$R/m --tasks=qa1 --lengths=0k,1k,4k,16k,128k
   --num_samples=100 --batch_size=50 --recipe=official --out_dir=$R/eval
 python -m launch.evaluate --workdir=$R/m --tasks=qa1 --lengths=1M --num_samples=25 \
   --batch_size=25 --recipe=official --out_dir=$R/eval_1m
-python results/qa1_cpu/merge_eval.py $R/eval $R/eval_1m results/qa1_cpu/eval_all
+python results/qa1_cpu/merge_eval.py $R/eval $R/eval_1m results/qa1_cpu/scratch_bptt4/eval_all
 python -m launch.evaluate --workdir=$R/m --tasks=qa1 --lengths=0k,1k,4k,16k \
   --num_samples=500 --batch_size=50 --recipe=official --out_dir=$R/eval_500
 # the model shipped before (step 11,515, results/qa1_cpu/model until git 71e752f) on the same
@@ -28,11 +28,9 @@ python -m launch.evaluate --workdir=$R/old --tasks=qa1 --lengths=0k,1k,4k,16k \
   --num_samples=500 --batch_size=50 --recipe=official --out_dir=$R/shipped_500
 python results/qa1_cpu/errors_by_name.py --workdir=$R/m --length=0k --num_samples=500 \
   --out=results/qa1_cpu/scratch_bptt4/names_0k.json
-# (the committed curve.png was drawn from the committed copy of $R/w/metrics.jsonl:
-#  --metrics=results/qa1_cpu/scratch_bptt4/metrics.jsonl in place of --workdir, the same rows)
-python -m launch.plot_training --workdir=$R/w --out=results/qa1_cpu/curve.png \
+# (the committed curve.png, in results/qa1_cpu/ until bdffcd9, was drawn from the committed
+#  copy of $R/w/metrics.jsonl: --metrics=results/qa1_cpu/scratch_bptt4/metrics.jsonl in place
+#  of --workdir, the same rows)
+python -m launch.plot_training --workdir=$R/w --out=results/qa1_cpu/scratch_bptt4/curve.png \
   --title="qa1_cpu from scratch, bptt_segments=4 (shipped)"
-# resume this run from the committed checkpoint (step 18,271, the 16-segment stage):
-#   cp -r results/qa1_cpu/train_workdir /tmp/resume
-#   python -m launch.train --config=configs/qa1_cpu.py --workdir=/tmp/resume \
-#     --config.model.bptt_segments=4
+# resumed from its checkpoint (step 18,271, the 16-segment stage): ../resume32/run.sh
