@@ -23,6 +23,12 @@ python -m launch.evaluate --workdir=$R/m --tasks=qa1 --lengths=128k \
   --num_samples=100 --batch_size=50 --recipe=official --out_dir=$R/eval_128k
 python results/qa1_cpu/errors_by_name.py --workdir=$R/m --length=0k --num_samples=500 \
   --out=results/qa1_cpu/resume32/names_0k.json
+# between 16k and 128k: this model and step 18,271's (from git) on 100 questions each
+python -m launch.evaluate --workdir=$R/m --tasks=qa1 --lengths=32k,64k --num_samples=100 \
+  --batch_size=50 --recipe=official --out_dir=results/qa1_cpu/resume32/eval_32k_64k
+mkdir -p $R/old && git archive bdffcd9 results/qa1_cpu/model | tar -x -C $R/old --strip-components=3
+python -m launch.evaluate --workdir=$R/old --tasks=qa1 --lengths=32k,64k --num_samples=100 \
+  --batch_size=50 --recipe=official --out_dir=results/qa1_cpu/resume32/step18271_32k_64k
 # the shipped model's table (results/qa1_cpu/eval_all): 100 questions per length, 25 at 1M
 python -m launch.evaluate --workdir=$R/m --tasks=qa1 --lengths=0k,1k,4k,16k,128k \
   --num_samples=100 --batch_size=50 --recipe=official --out_dir=$R/eval
