@@ -206,6 +206,9 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.optim.warmup_steps = 500  # linear warm-up
     config.optim.schedule = "cosine"  # decay after warm-up: cosine | linear | constant
     config.optim.end_lr_fraction = 0.1  # final learning rate as a fraction of the peak
+    # the last updates before train.num_steps over which the rate falls linearly to 0 (0: none);
+    # on resume, with a new num_steps: --allow_config_change=train.num_steps,optim.cooldown_steps
+    config.optim.cooldown_steps = 0
     config.optim.weight_decay = 0.01  # AdamW decoupled weight decay
     config.optim.grad_clip = 1.0  # global-norm clipping
     config.optim.b1 = 0.9

@@ -87,6 +87,7 @@ from rmt_jax.run_control import Preempted, StopSignal, check_finite, periodic
 from rmt_jax.scoring import MODEL_INPUTS, answer_metrics
 from rmt_jax.synthetic_data import SyntheticData
 from rmt_jax.train_state import (
+    cooldown_steps,
     create_train_state,
     make_answer_fn,
     make_eval_step,
@@ -128,6 +129,7 @@ def check_run_config(config: ml_collections.ConfigDict) -> None:
                          "stories: set --config.curriculum.bare_share=0 or "
                          "--config.data.synthetic=False")
     stage_lr_scales(config)
+    cooldown_steps(config)
     try:
         check_recency(config.data.get("question_recency"))
     except ValueError as error:

@@ -5,7 +5,8 @@ The train state is a plain pytree, updated by a pure jitted function (`make_trai
   {'params': nnx.State, 'opt_state': optax state, 'step': int32 [], 'rng': uint32 key data}
 
 The optimizer is AdamW after global-norm clipping (`make_optimizer`), its learning rate a
-warm-up then cosine, linear or constant decay (`make_schedule`), times a factor per
+warm-up then cosine, linear or constant decay (`make_schedule`), optionally a linear
+cool-down to 0 over the last `optim.cooldown_steps` updates, times a factor per
 curriculum stage (`stage_lr_scales`, given to the step). Weight decay (0.01 in the
 papers) applies to the weight matrices only: not to biases, LayerNorm scales and offsets,
 nor the learned initial memory (`decay_mask`). Dropout keys are fold_in(rng, step).
@@ -34,15 +35,35 @@ def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     peak, warmup = o.learning_rate, min(o.warmup_steps, steps)
     end = peak * o.end_lr_fraction
     if o.schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(steps, warmup + 1), end)
-    if o.schedule == "linear":
-        decay = optax.linear_schedule(peak, end, max(steps - warmup, 1))
-    elif o.schedule == "constant":
-        decay = optax.constant_schedule(peak)
+        schedule = optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(steps, warmup + 1),
+                                                      end)
+    elif o.schedule in ("linear", "constant"):
+        decay = optax.linear_schedule(peak, end, max(steps - warmup, 1)) \
+            if o.schedule == "linear" else optax.constant_schedule(peak)
+        schedule = optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay],
+                                        [warmup])
     else:
         raise ValueError(f"unknown optim.schedule {o.schedule!r}: expected cosine, linear or "
                          "constant")
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+    cooldown = cooldown_steps(config)
+    if not cooldown:
+        return schedule
+    start = steps - cooldown
+    # the warm-stable-decay shape: the schedule's rate times 1 until `start`, then falling
+    # linearly to 0 at train.num_steps (a constant schedule resumed with a cool-down)
+    ramp = optax.join_schedules([optax.constant_schedule(1.0),
+                                 optax.linear_schedule(1.0, 0.0, cooldown)], [start])
+    return lambda count: schedule(count) * ramp(count)
+
+
+def cooldown_steps(config: ml_collections.ConfigDict) -> int:
+    """`optim.cooldown_steps`, checked: the last updates before train.num_steps over which the
+    learning rate falls linearly to 0 (0: none). Raises a ValueError naming the fix."""
+    value, steps = config.optim.get("cooldown_steps", 0) or 0, config.train.num_steps
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= steps:
+        raise ValueError(f"optim.cooldown_steps={value!r} must be a whole number of updates "
+                         f"from 0 to train.num_steps={steps}: set --config.optim.cooldown_steps")
+    return value
 
 
 def stage_lr_scales(config: ml_collections.ConfigDict) -> tuple[float, ...]:

@@ -82,6 +82,27 @@ def test_schedule_warms_up_then_decays():
         train_state.make_schedule(config)
 
 
+def test_cooldown_falls_linearly_to_zero_over_the_last_updates():
+    config = tiny_config({"optim.warmup_steps": 10, "train.num_steps": 100,
+                          "optim.schedule": "constant", "optim.cooldown_steps": 40})
+    lr, peak = train_state.make_schedule(config), config.optim.learning_rate
+    assert float(lr(10)) == pytest.approx(peak) and float(lr(60)) == pytest.approx(peak)
+    assert float(lr(80)) == pytest.approx(peak / 2) and float(lr(100)) == pytest.approx(0.0)
+    config.optim.schedule = "cosine"  # on top of a decaying schedule: the product
+    assert float(train_state.make_schedule(config)(80)) == pytest.approx(
+        float(lr(80)) / peak * float(train_state.make_schedule(
+            tiny_config({"optim.warmup_steps": 10, "train.num_steps": 100}))(80)))
+
+
+@pytest.mark.parametrize("value", [-1, 101])
+def test_cooldown_steps_outside_the_run_are_an_error(tmp_path, value):
+    config = tiny_config({"train.num_steps": 100, "optim.cooldown_steps": value})
+    with pytest.raises(ValueError, match=r"optim.cooldown_steps=.*from 0 to train.num_steps="
+                                         r"100: set --config.optim.cooldown_steps"):
+        train_lib.train_and_evaluate(config, tmp_path / "w")
+    assert not (tmp_path / "w" / "config.json").exists()
+
+
 def test_exact_match_needs_every_target_token_up_to_eos():
     answer = np.array([[5, 1, 0], [7, 8, 1]])
     predicted = np.array([[5, 1, 9], [7, 9, 1]])
