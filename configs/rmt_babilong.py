@@ -134,6 +134,9 @@ def get_config(arg: str = "small,qa1") -> ml_collections.ConfigDict:
     config.model.scaled_residual_init = True
     # the LM head is the token embedding (GPT-2's tie); False: a [vocab, d] head of its own
     config.model.tied_head = True
+    # Canon layers (rmt_jax.core.config.ModelConfig.canon_kernel): a causal depthwise convolution
+    # of this many taps before every attention and MLP, starting as the identity; 0: off
+    config.model.canon_kernel = 0
     # Weights to start from: a Hugging Face GPT-2 checkpoint for the backbone (folder or hub
     # name, rmt_jax.pretrained), or one of our models (a training workdir or an exported
     # model, any memory: rmt_jax.warm_start); checked at every start, loaded on a fresh one

@@ -59,7 +59,7 @@ CORRUPT_DIR = "checkpoints_corrupt"
 # resumed under other values (tests/test_run_layer_resume.py holds this list to the model).
 PARAM_FIELDS = ("layers", "d_model", "heads", "vocab_size", "mem_tokens", "max_positions",
                 "memory", "d_mem", "retrieval_variant", "param_dtype", "positions",
-                "write_positions", "tied_head")
+                "write_positions", "tied_head", "canon_kernel")
 # Config fields (or sections) that steer how often the run logs, evaluates and saves, how
 # it is laid out on devices, or what the backward pass keeps and recomputes, but not what it
 # computes: free to change on resume.

@@ -99,6 +99,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelCon
         attention_chunk=m.get("attention_chunk", 0),  # configs saved before it: 0
         answer_mode=m.get("answer_mode", "separate"),  # configs saved before it: 'separate'
         tied_head=m.get("tied_head", True),  # configs saved before it: the tied head
+        canon_kernel=m.get("canon_kernel", 0),  # configs saved before it: no Canon layers
         positions=m.get("positions", "learned"),  # configs saved before it: learned
         write_positions=m.get("write_positions", "follow"),  # configs saved before it
         init_std=m.get("init_std", 0.02),  # configs saved before it: GPT-2's 0.02

@@ -37,6 +37,7 @@ REPLICATED: frozenset[tuple[str, ...]] = frozenset({
     ("memory",), ("wpe",),                           # [N, d], [positions, d]
     ("retrieval",),                                  # RMT-R's d x d projections
     ("associative",),                                # ARMT's d x d_mem and d x d projections
+    ("canon_attn",), ("canon_mlp",),                 # Canon layers' [K, d] taps
     ("rng",),                                        # the run's RNG key (not a parameter)
 })
 

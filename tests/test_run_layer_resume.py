@@ -250,7 +250,7 @@ def test_param_fields_are_the_fields_that_change_parameter_shapes():
                 "bptt_segments": 1, "attention_impl": "xla", "attention_chunk": 4,
                 "answer_mode": "separate",
                 "positions": "rope", "init_std": 0.1, "scaled_residual_init": False,
-                "write_positions": "own", "tied_head": False}
+                "write_positions": "own", "tied_head": False, "canon_kernel": 4}
     # fields that only exist with a memory variant: (the variant, the field changed)
     within = {"d_mem": ({"memory": "armt", "d_mem": 8}, {"d_mem": 16}),
               "retrieval_dropout": ({"memory": "rmt_r"}, {"retrieval_dropout": 0.2}),

@@ -117,6 +117,13 @@ class ModelConfig:
     # The output head is the token embedding (GPT-2's tie); False gives it its own [vocab, d]
     # matrix, so that tokens never answered (qa1's names) get no gradient from the softmax
     tied_head: bool = True
+    # Canon layers (Allen-Zhu 2025, "Physics of Language Models: Part 4.1"): a causal depthwise
+    # convolution of this many taps over a segment's positions, added back (h + conv(h)) to
+    # the input of every attention and every MLP, so that each position sees the few tokens
+    # before it without spending attention on them (a fact's location token, its person's
+    # name). Its weights start at zero: a fresh model, or GPT-2's weights, compute what the
+    # backbone computes without it. 0: off.
+    canon_kernel: int = 0
 
     def __post_init__(self):
         for name in ("layers", "d_model", "heads", "vocab_size", "segment_len", "max_positions"):
@@ -195,6 +202,10 @@ class ModelConfig:
         if self.positions == "rope" and self.head_dim % 2:
             raise ValueError(f"positions='rope' needs an even head_dim, got {self.head_dim} "
                              f"(d_model={self.d_model}, heads={self.heads}): change heads")
+        if self.canon_kernel < 0 or self.canon_kernel == 1:
+            raise ValueError(f"canon_kernel={self.canon_kernel}: the taps of the causal "
+                             "convolution, the position itself and the ones before it: 0 "
+                             "(off) or >= 2, e.g. 4")
         if self.attention_chunk < 0:
             raise ValueError(f"attention_chunk={self.attention_chunk} must be >= 0 (0: the "
                              "whole window at once)")

@@ -300,8 +300,40 @@ class CausalSelfAttention(nnx.Module):
         return self._project_out(y), (keys, values)
 
 
+class Canon(nnx.Module):
+    """A Canon layer (`config.canon_kernel` taps): x + a causal depthwise convolution of x over
+    the positions of a window, tap j weighing the position j before (zeros before the first).
+    The taps start at zero, so a fresh layer passes x through unchanged."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.weight = _zeros((cfg.canon_kernel, cfg.d_model), cfg.params_dtype)  # [K, d]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x [b, t, d] -> [b, t, d]."""
+        w = self.weight[...].astype(x.dtype)
+        taps, t = w.shape[0], x.shape[1]
+        padded = jnp.pad(x, ((0, 0), (taps - 1, 0), (0, 0)))
+        out = x
+        for j in range(taps):
+            out = out + w[j] * padded[:, taps - 1 - j: taps - 1 - j + t]
+        return out
+
+    def decode(self, x: jax.Array, pos: jax.Array, window: jax.Array):
+        """One new position per row: x [b, 1, d] at positions pos [b] of a window whose
+        inputs are `window` [b, T, d] (from `__call__`'s input over it) -> (out [b, 1, d], the
+        window with x at pos)."""
+        rows = jnp.arange(x.shape[0])
+        window = window.at[rows, pos].set(x[:, 0])
+        w = self.weight[...].astype(x.dtype)
+        back = pos[:, None] - jnp.arange(w.shape[0])[None, :]  # [b, K] the positions read
+        taps = jnp.take_along_axis(window, jnp.maximum(back, 0)[:, :, None], axis=1)
+        taps = jnp.where((back >= 0)[:, :, None], taps, 0)  # [b, K, d]
+        return x + jnp.einsum("bkd,kd->bd", taps, w)[:, None], window
+
+
 class Block(nnx.Module):
-    """Pre-LN transformer block."""
+    """Pre-LN transformer block (with `config.canon_kernel`: a Canon layer on the input of the
+    attention and of the MLP, after their LayerNorms)."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         out_std = cfg.init_std  # the output projections: GPT-2 scales them by 1/sqrt(2 layers)
@@ -311,20 +343,34 @@ class Block(nnx.Module):
         self.attn = CausalSelfAttention(cfg, rngs, out_std)
         self.ln2 = LayerNorm(cfg)
         self.mlp = Mlp(cfg, rngs, out_std)
+        self.canon_attn = Canon(cfg) if cfg.canon_kernel else None
+        self.canon_mlp = Canon(cfg) if cfg.canon_kernel else None
         self.rate = cfg.dropout
 
     def __call__(self, x, key=None, return_weights=False):
-        """-> (x, attention weights or None, the attention's keys and values)."""
-        y, weights, kv = self.attn(self.ln1(x), return_weights)
+        """-> (x, attention weights or None, what `decode` needs of this window: the
+        attention's keys and values, and with Canon layers their inputs)."""
+        a = self.ln1(x)
+        y, weights, kv = self.attn(a if self.canon_attn is None else self.canon_attn(a),
+                                   return_weights)
         x = x + dropout(y, self.rate, _fold(key, 0))
-        x = x + dropout(self.mlp(self.ln2(x)), self.rate, _fold(key, 1))
-        return x, weights, kv
+        c = self.ln2(x)
+        x = x + dropout(self.mlp(c if self.canon_mlp is None else self.canon_mlp(c)),
+                        self.rate, _fold(key, 1))
+        return x, weights, (kv if self.canon_attn is None else (*kv, a, c))
 
     def decode(self, x, pos, cache):
         """One new position per row (CausalSelfAttention.decode), no dropout."""
-        y, cache = self.attn.decode(self.ln1(x), pos, cache)
+        a = self.ln1(x)
+        if self.canon_attn is not None:
+            a, a_window = self.canon_attn.decode(a, pos, cache[2])
+        y, kv = self.attn.decode(a, pos, cache[:2])
         x = x + y
-        return x + self.mlp(self.ln2(x)), cache
+        c = self.ln2(x)
+        if self.canon_mlp is None:
+            return x + self.mlp(c), kv
+        c, c_window = self.canon_mlp.decode(c, pos, cache[3])
+        return x + self.mlp(c), (*kv, a_window, c_window)
 
 
 class MemoryRetrieval(nnx.Module):
