@@ -39,6 +39,7 @@ def get_config(arg: str | None = "rmt") -> ml_collections.ConfigDict:
     if variant not in MEMORIES or warm not in ("", "warm"):
         raise ValueError(f"unknown variant {arg!r}: expected one of {VARIANTS}")
     config = qa1_cpu.get_config()
+    config.model.canon_kernel = 0  # these arms ran before qa1_cpu had Canon layers
     config.eval.every = 0
     if variant in ("rmt_r", "rmt_r_shared"):
         config.model.memory = "rmt_r"

@@ -122,3 +122,14 @@ def test_canon_taps_are_replicated_on_a_model_axis():
     spec = sharding.partition_spec([DictKey(n) for n in ("blocks", 0, "canon_attn", "weight")],
                                    (4, 32), 2)
     assert spec == P()
+
+
+def test_gpt2_weights_with_fresh_canon_layers_are_gpt2(tmp_path):
+    from tests.test_pretrained import CFG, loaded, random_gpt2, write_checkpoint
+
+    folder = write_checkpoint(tmp_path / "ckpt", random_gpt2())
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, CFG.vocab_size, (2, 21)))
+    plain = loaded(folder).lm_logits(tokens)
+    canon = loaded(folder, CFG.replace(canon_kernel=4))
+    assert float(jnp.abs(canon.blocks[0].canon_attn.weight[...]).max()) == 0
+    np.testing.assert_array_equal(canon.lm_logits(tokens), plain)

@@ -149,14 +149,16 @@ def test_a_model_field_now_unset_resumes(trained, tmp_path, caplog):
 def test_the_committed_qa1_cpu_workdir_takes_its_readme_resume_command():
     """results/qa1_cpu/train_workdir (the shipped model's full checkpoint, step 23,818) is kept
     to be resumed: the config of results/qa1_cpu/resume32/run.sh's resume command passes the
-    run checks and the resume check with no change at all."""
+    run checks and the resume check with no change at all (with --config.model.canon_kernel=0,
+    since the config has Canon layers)."""
     from configs import qa1_cpu
 
     workdir = REPO / "results" / "qa1_cpu" / "train_workdir"
     if not (workdir / checkpointing.CONFIG_FILE).exists():
         pytest.skip(f"{workdir} is not in this checkout")
     config = qa1_cpu.get_config("")
-    config.model.bptt_segments = 4  # the command's one flag
+    config.model.bptt_segments = 4  # the command's flags
+    config.model.canon_kernel = 0  # (the config has Canon layers since the run)
     train_lib.check_run_config(config)
     model_config = input_pipeline.model_config(config, 8192)  # the shipped sentencepiece's
     assert checkpointing.check_config_change(workdir, config, model_config, allow=()) == {}
@@ -165,6 +167,12 @@ def test_the_committed_qa1_cpu_workdir_takes_its_readme_resume_command():
     model_config = input_pipeline.model_config(config, 8192)
     with pytest.raises(checkpointing.ConfigChangeError,
                        match=r"model.bptt_segments 4 -> null.*allow_config_change"):
+        checkpointing.check_config_change(workdir, config, model_config, allow=())
+    # without --config.model.canon_kernel=0 the config's Canon layers would change the
+    # parameters' shapes: refused, the field named
+    config.model.bptt_segments, config.model.canon_kernel = 4, 4
+    model_config = input_pipeline.model_config(config, 8192)
+    with pytest.raises(checkpointing.ConfigChangeError, match=r"model.canon_kernel 0 -> 4"):
         checkpointing.check_config_change(workdir, config, model_config, allow=())
 
 

@@ -41,4 +41,6 @@ python -m launch.plot_training --out=results/qa1_cpu/curve.png \
 # resume this run from the committed checkpoint (step 23,818, the 32-segment stage):
 #   cp -r results/qa1_cpu/train_workdir /tmp/resume
 #   python -m launch.train --config=configs/qa1_cpu.py --workdir=/tmp/resume \
-#     --config.model.bptt_segments=4
+#     --config.model.bptt_segments=4 --config.model.canon_kernel=0
+# (canon_kernel=0: the config has had Canon layers since this run, and they change the
+#  parameters' shapes)
